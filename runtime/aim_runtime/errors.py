@@ -1,0 +1,39 @@
+"""Errors the runtime reports to people: each says what is wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class AimError(Exception):
+    """Base class. `hint` tells the reader what to do; the CLI prints both and exits non-zero."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+class DetectionError(AimError):
+    """The accelerators given to this process cannot be used as one inventory."""
+
+
+class ModelFactsError(AimError):
+    """The model directory or its config cannot be read."""
+
+
+class RecipeError(AimError):
+    """A recipe file is invalid; the message names the file, the field and the value."""
+
+
+class OverrideError(AimError):
+    """An override (CLI flag or AIM_* variable) asks for something that cannot work."""
+
+
+class NoFitError(AimError):
+    """No plan fits the model into the devices; the message lists what would fit."""
+
+    exit_code = 3
