@@ -33,7 +33,18 @@ class OverrideError(AimError):
     """An override (CLI flag or AIM_* variable) asks for something that cannot work."""
 
 
-class NoFitError(AimError):
-    """No plan fits the model into the devices; the message lists what would fit."""
+class PlanError(AimError):
+    """The planner cannot produce a plan (for a reason other than memory)."""
+
+
+class NoFitError(PlanError):
+    """No plan fits the model into the devices; the message lists what would fit.
+
+    `reasons` keeps every candidate that was tried, for `--explain`.
+    """
 
     exit_code = 3
+
+    def __init__(self, message: str, hint: str = "", reasons: list | None = None) -> None:
+        super().__init__(message, hint)
+        self.reasons = reasons or []
