@@ -64,7 +64,7 @@ def what_would_fit(setting: Any) -> list[str]:
             options.append(f"{precision} weights on these {setting.devices} device(s) "
                            f"(--precision {precision})")
     context = _longest_context(setting, precisions[-1])
-    if context is not None:
+    if context is not None and context < facts.max_position_embeddings:
         options.append(f"--max-model-len {context} with {precisions[-1]} weights on these "
                        f"{setting.devices} device(s)")
     full = facts.max_position_embeddings
