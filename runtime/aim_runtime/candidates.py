@@ -207,14 +207,15 @@ def curated_recipes(catalog: Catalog, facts: ModelFacts) -> list[tuple[int, Reci
 def curated_candidates(recipe: Recipe, facts: ModelFacts, devices: int,
                        product_slug: str) -> Iterator[Candidate]:
     """The candidates of one recipe: its layout filled with data-parallel replicas, and its
-    context (or the automatic contexts when the recipe leaves it open)."""
+    context (or, when the recipe leaves it open, the model's maximum halving down to 4k)."""
     per_replica = recipe.tensor_parallel_size * recipe.pipeline_parallel_size
     layout = Layout(recipe.tensor_parallel_size, recipe.pipeline_parallel_size,
                     devices // per_replica)
     if recipe.max_model_len:
         contexts, pinned = (recipe.max_model_len,), True
     else:
-        contexts, pinned = auto_contexts(facts.max_position_embeddings, CONTEXT_FLOOR), False
+        contexts = auto_contexts(facts.max_position_embeddings, SHORT_CONTEXT_FLOOR)
+        pinned = False
     quantization = recipe.quantization
     if recipe.precision == "fp8" and facts.weight_precision in SIXTEEN_BIT and not quantization:
         quantization = "fp8"

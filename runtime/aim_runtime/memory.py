@@ -36,6 +36,7 @@ DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 GPU_RUNTIME_OVERHEAD_BYTES = 2 * GIB  # HIP context, allocator slack, HIP graphs
 RCCL_OVERHEAD_BYTES = GIB // 2  # communication buffers when a replica spans devices
 CPU_RUNTIME_OVERHEAD_BYTES = 3 * GIB // 2  # API process + engine core process (measured ~1.1 GiB)
+CPU_KV_CACHE_GRANULE = 64 * 1024**2  # CPU KV caches are sized to need, in steps of 64 MiB
 
 
 @dataclass(frozen=True)
@@ -149,20 +150,27 @@ def overhead_bytes(facts: ModelFacts, layout: Layout, batch: BatchShape, dtype: 
 def estimate(
     facts: ModelFacts, *, precision: str, dtype: str, kv_cache_dtype: str, layout: Layout,
     device_memory_bytes: int, usable_fraction: float, max_model_len: int, batch: BatchShape,
-    on_gpu: bool, kv_cache_memory_bytes: int | None = None,
+    on_gpu: bool, kv_cache_memory_bytes: int | None = None, needed_tokens: int = 0,
 ) -> MemoryEstimate:
     """The memory budget of one device for one candidate plan.
 
-    On CPU `device_memory_bytes` is the host memory the pod may use and `kv_cache_memory_bytes`
-    the fixed KV cache vLLM's CPU backend allocates.
+    On GPUs the KV cache takes what is left of the usable memory. On the CPU (where
+    `device_memory_bytes` is the host memory the pod may use) vLLM allocates a fixed KV cache up
+    front, so it is sized to `needed_tokens` (in 64 MiB steps, as start-up time grows with it)
+    unless `kv_cache_memory_bytes` fixes it.
     """
     usable = int(device_memory_bytes * usable_fraction)
     weights = weight_bytes_per_device(facts, precision, dtype, layout)
     overhead = overhead_bytes(facts, layout, batch, dtype, on_gpu)
-    free = usable - weights - overhead
-    kv_budget = max(free, 0) if kv_cache_memory_bytes is None else (
-        kv_cache_memory_bytes if free >= kv_cache_memory_bytes else 0)
+    free = max(usable - weights - overhead, 0)
     per_token = kv_bytes_per_token(facts, kv_dtype_bytes(kv_cache_dtype, dtype), layout)
+    if on_gpu:
+        kv_budget = free
+    else:
+        wanted = kv_cache_memory_bytes or max(
+            CPU_KV_CACHE_GRANULE,
+            math.ceil(needed_tokens * per_token / CPU_KV_CACHE_GRANULE) * CPU_KV_CACHE_GRANULE)
+        kv_budget = wanted if wanted <= free else 0
     capacity = kv_budget // per_token if per_token else 0
     return MemoryEstimate(
         device_memory_bytes=device_memory_bytes,

@@ -47,7 +47,6 @@ DEFAULT_OBJECTIVE = "latency"
 DEFAULT_MIN_CONCURRENCY = 4
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM's default
 CPU_USABLE_FRACTION = 0.9
-CPU_DEFAULT_KV_CACHE_BYTES = 256 * 1024**2
 
 
 class Reason(BaseModel):
@@ -320,6 +319,7 @@ def _evaluate(setting: _Setting, candidate: Candidate) -> tuple[MemoryEstimate, 
     facts = setting.facts
     dtype = compute_dtype(facts, candidate.precision, setting.on_gpu)
     refusal = precision_refusal(setting, candidate.precision)
+    needed = 1 if candidate.context_pinned else setting.min_concurrency
     memory = estimate(
         facts, precision=candidate.precision, dtype=dtype,
         kv_cache_dtype=candidate.kv_cache_dtype, layout=candidate.layout,
@@ -327,6 +327,7 @@ def _evaluate(setting: _Setting, candidate: Candidate) -> tuple[MemoryEstimate, 
         usable_fraction=_usable_fraction(setting, candidate.recipe),
         max_model_len=candidate.max_model_len, batch=_batch(setting, candidate.recipe),
         on_gpu=setting.on_gpu, kv_cache_memory_bytes=_cpu_kv_bytes(setting, candidate.recipe),
+        needed_tokens=needed * candidate.max_model_len,
     )
     if refusal:
         return memory, refusal
@@ -340,7 +341,6 @@ def _evaluate(setting: _Setting, candidate: Candidate) -> tuple[MemoryEstimate, 
         return memory, (f"weights {_gib(memory.weight_bytes_per_device)} + overhead "
                         f"{_gib(memory.overhead_bytes_per_device)} per device leave no room for "
                         f"a KV cache in {_gib(memory.usable_bytes)} usable")
-    needed = 1 if candidate.context_pinned else setting.min_concurrency
     if memory.kv_capacity_tokens < needed * candidate.max_model_len:
         return memory, (f"KV cache holds {memory.kv_capacity_tokens:,} tokens = "
                         f"{memory.full_length_sequences} sequences of {candidate.max_model_len}; "
@@ -357,9 +357,10 @@ def _usable_fraction(setting: _Setting, recipe: Recipe | None) -> float:
 
 
 def _cpu_kv_bytes(setting: _Setting, recipe: Recipe | None) -> int | None:
-    if setting.on_gpu:
+    """A CPU KV cache size fixed by the recipe (None: sized to need)."""
+    if setting.on_gpu or recipe is None:
         return None
-    return (recipe.kv_cache_memory_bytes if recipe else None) or CPU_DEFAULT_KV_CACHE_BYTES
+    return recipe.kv_cache_memory_bytes
 
 
 def _batch(setting: _Setting, recipe: Recipe | None) -> BatchShape:
@@ -394,7 +395,7 @@ def _build(setting: _Setting, candidate: Candidate, memory: MemoryEstimate,
     if setting.on_gpu:
         engine_args["gpu_memory_utilization"] = utilization
     else:
-        engine_args["kv_cache_memory_bytes"] = _cpu_kv_bytes(setting, recipe)
+        engine_args["kv_cache_memory_bytes"] = memory.kv_budget_bytes_per_device
     if candidate.quantization:
         engine_args["quantization"] = candidate.quantization
     env = {**platform_env(setting.isa, layout.tp * layout.pp), **(recipe.env if recipe else {})}

@@ -83,8 +83,7 @@ def _fits(setting: Any, precision: str, devices: int, context: int, sequences: i
             device_memory_bytes=setting.device_memory_bytes,
             usable_fraction=0.92 if setting.on_gpu else 0.9, max_model_len=context,
             batch=vllm_batch_defaults(setting.device_memory_bytes if setting.on_gpu else 0),
-            on_gpu=setting.on_gpu,
-            kv_cache_memory_bytes=None if setting.on_gpu else 256 * 1024**2,
+            on_gpu=setting.on_gpu, needed_tokens=sequences * context,
         )
         if memory.kv_capacity_tokens >= sequences * context:
             return True

