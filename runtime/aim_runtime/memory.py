@@ -180,5 +180,5 @@ def estimate(
         kv_budget_bytes_per_device=kv_budget,
         kv_bytes_per_token=per_token,
         kv_capacity_tokens=capacity,
-        full_length_sequences=round(capacity / max_model_len, 2),
+        full_length_sequences=math.floor(capacity * 100 / max_model_len) / 100,
     )
