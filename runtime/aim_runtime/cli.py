@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of `python -m aim_runtime`."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "serve":
-        from aim_runtime.server import serve_main  # imports KServe and vLLM: only when serving
+        from aim_runtime.startup import serve_main  # imports KServe and vLLM: only when serving
 
         return serve_main(args_list[1:])
     parser = build_parser()

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from aim_runtime.detection import Inventory
 from aim_runtime.memory import GIB
+from aim_runtime.parameters import human_count
 from aim_runtime.planning import Plan, Reason
 from aim_runtime.recipes import engine_args_to_argv
 
@@ -45,7 +46,7 @@ def summarize_plan(plan: Plan) -> str:
     lines = [
         f"recipe {plan.recipe_id} ({plan.recipe_source}, objective {plan.objective}) "
         f"on {where}",
-        f"model {plan.model.architecture}, {plan.model.parameters / 1e9:.2f}B parameters "
+        f"model {plan.model.architecture}, {human_count(plan.model.parameters)} parameters "
         f"(counted from {plan.model.parameter_source})",
         f"parallelism tp={plan.tensor_parallel_size} pp={plan.pipeline_parallel_size} "
         f"dp={plan.data_parallel_size}; {plan.precision} weights (dtype {plan.dtype}"

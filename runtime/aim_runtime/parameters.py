@@ -31,6 +31,14 @@ QK_NORM = {"qwen3", "qwen3_moe", "gemma3", "gemma3_text", "olmo2"}
 QKV_BIAS = {"qwen2", "qwen2_moe", "qwen2_vl", "qwen2_5_vl"}
 
 
+def human_count(value: int) -> str:
+    """8.03B, 70.55B, 598.34K: parameter counts at a readable scale."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if value >= scale:
+            return f"{value / scale:.2f}{suffix}"
+    return str(value)
+
+
 class ParameterCount(BaseModel):
     model_config = ConfigDict(frozen=True)
 

@@ -18,6 +18,7 @@ from aim_runtime.candidates import (
     weight_precision_refusal,
 )
 from aim_runtime.memory import GIB, Layout, estimate, vllm_batch_defaults, weight_bytes_by_role
+from aim_runtime.parameters import human_count
 
 DEVICE_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 DEVICES_PER_NODE = 8
@@ -39,7 +40,7 @@ def no_fit_message(setting: Any, reasons: list[Any]) -> tuple[str, str]:
              f"each)" if setting.on_gpu else
              f"the CPU host ({setting.device_memory_bytes / GIB:.0f} GiB usable memory)")
     tried = sum(1 for r in reasons if r.outcome == "refused")
-    message = (f"{facts.architecture} ({facts.parameters.total / 1e9:.1f}B parameters, "
+    message = (f"{facts.architecture} ({human_count(facts.parameters.total)} parameters, "
                f"{total / GIB:.0f} GiB of {precision} weights) does not fit {where}; "
                f"{tried} candidate(s) refused (see --explain)")
     options = what_would_fit(setting)

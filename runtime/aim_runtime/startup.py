@@ -1,0 +1,168 @@
+"""`aim-runtime serve`: detect -> inspect -> plan -> explain -> engine -> serve.
+
+Arguments come in three families, parsed in this order: KServe's model-server flags (its own
+parser is the parent of ours: `--http_port`, `--model_name`, `--workers`...), AIM Runtime's
+(`--model_dir`, `--host`, planner overrides), and whatever is left goes to vLLM's own `vllm serve`
+parser. A flag none of the three knows is an error. vLLM flags win over the plan; the ones the
+planner understands (parallel sizes, context, KV dtype, memory utilisation, trust_remote_code) are
+given to the planner too, so the plan and its memory check agree with what will run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from aim_runtime import metrics
+from aim_runtime.cli import add_detection_args, add_planner_args, catalog_from_args
+from aim_runtime.detection import detect
+from aim_runtime.errors import AimError
+from aim_runtime.explain import summarize_plan
+from aim_runtime.model_facts import load_model_facts
+from aim_runtime.overrides import FIELDS, collect_overrides
+from aim_runtime.planning import make_plan
+from aim_runtime.recipes import engine_args_to_argv
+
+log = logging.getLogger("aim_runtime")
+
+# vLLM flags the runtime owns under another name.
+RESERVED_VLLM_FLAGS = {"--port": "--http_port", "--host": "--host", "--model": "--model_dir"}
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    from kserve.model_server import parser as kserve_parser
+
+    parser = argparse.ArgumentParser(
+        prog="aim-runtime serve", parents=[kserve_parser],
+        description="Serve a model with vLLM behind KServe (OpenAI under /openai/v1, KServe v2). "
+                    "Every `vllm serve` flag is accepted too and wins over the plan.",
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_dir", "--model-dir", dest="model_dir",
+                       help="local model directory (KServe fills /mnt/models); default: the "
+                            "embedded tiny model, generated on first use")
+    model.add_argument("--model_id", "--model-id", dest="model_id",
+                       help="Hugging Face id: used to match curated recipes (and AIM_MODEL_ID)")
+    parser.add_argument("--host", default=os.environ.get("AIM_HOST", "0.0.0.0"),
+                        help="bind address of the HTTP server (default 0.0.0.0; AIM_HOST)")
+    add_detection_args(parser)
+    add_planner_args(parser, vllm_names=False)
+    return parser
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Time a start-up phase: logged, and exported as aim_startup_phase_seconds."""
+    started = time.monotonic()
+    yield
+    seconds = time.monotonic() - started
+    metrics.record_phase(name, seconds)
+    log.info("phase %s: %.3f s", name, seconds)
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    logging.basicConfig(level=os.environ.get("AIM_LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server, model = prepare(list(argv))
+    except AimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    try:
+        server.start([model])
+    except Exception as exc:
+        log.error("serving stopped: %s: %s", type(exc).__name__, exc)
+        model.stop()
+        return 1
+    model.stop()
+    return 0
+
+
+def prepare(argv: list[str]):
+    """Everything before the server starts; errors here are AimErrors (clear, fast, non-zero)."""
+    args, rest = serve_parser().parse_known_args(argv)
+    _reject_reserved(rest)
+    if args.workers != 1:
+        raise AimError(f"--workers {args.workers}: one process serves one vLLM engine",
+                       "scale with replicas (or data parallelism) instead")
+    with phase("import"):
+        from aim_runtime.engine import check_versions, engine_argv, parse_vllm_args
+
+        versions = check_versions()
+        vllm_args, explicit = parse_vllm_args(rest)
+    log.info("vllm %s, kserve %s", versions["vllm"], versions["kserve"])
+    model_dir = _model_dir(args)
+    with phase("detect"):
+        inventory = detect(sys_root=args.sys_root, dev_root=args.dev_root,
+                           proc_root=args.proc_root, amd_smi_json=args.amd_smi_json,
+                           simulate=None)
+    if inventory.is_simulated:
+        raise AimError(f"the inventory is {inventory.source} ({inventory.product}), not real "
+                       "hardware: it can be planned for, not served on",
+                       "unset AIM_GPU_PRODUCT/AIM_GPU_COUNT, or use `aim-runtime plan`")
+    with phase("inspect"):
+        facts = load_model_facts(model_dir, hf_id=args.model_id or os.environ.get("AIM_MODEL_ID"))
+    with phase("plan"):
+        cli_values = {name: getattr(args, name, None) for name in FIELDS}
+        cli_values.update({dest: getattr(vllm_args, dest) for dest in explicit if dest in FIELDS})
+        plan = make_plan(inventory, facts, catalog_from_args(args),
+                         collect_overrides(cli_values, os.environ))
+    metrics.record_plan(plan, facts.weight_precision)
+    for line in summarize_plan(plan).splitlines():
+        log.info("plan: %s", line)
+    log.info("plan: engine args %s", " ".join(engine_args_to_argv(plan.engine_args)))
+    for note in plan.notes:
+        log.info("plan: note: %s", note)
+
+    names = list(vllm_args.served_model_name or [args.model_name])
+    argv_for_vllm = engine_argv(plan, str(model_dir), names, rest)
+    return _build_server(args, plan, names, argv_for_vllm)
+
+
+def _build_server(args: argparse.Namespace, plan, names: list[str], vllm_argv: list[str]):
+    from aim_runtime.model import AimModel
+    from aim_runtime.server import AimModelServer
+
+    model = AimModel(names[0], vllm_argv, plan.env)
+    server = AimModelServer(
+        model, recipe_id=plan.recipe_id, host=args.host, http_port=args.http_port,
+        grpc_port=args.grpc_port, workers=1, max_threads=args.max_threads,
+        max_asyncio_workers=args.max_asyncio_workers, enable_grpc=args.enable_grpc,
+        enable_docs_url=args.enable_docs_url, enable_latency_logging=args.enable_latency_logging,
+        access_log_format=args.access_log_format, event_loop=args.event_loop,
+        timeout_keep_alive=args.timeout_keep_alive,
+    )
+    for alias in names[1:]:
+        server.register_model(model, alias)
+    return server, model
+
+
+def _model_dir(args: argparse.Namespace) -> Path:
+    if args.model_dir:
+        return Path(args.model_dir)
+    if args.model_id and Path(args.model_id).is_dir():
+        return Path(args.model_id)
+    if args.model_id:
+        raise AimError(f"--model_id {args.model_id}: not a local directory",
+                       "download the model first (KServe's storage initializer fills "
+                       "/mnt/models) and pass --model_dir; --model_id names it for recipes")
+    from aim_runtime.default_model import ensure_default_model
+
+    with phase("default_model"):
+        directory = ensure_default_model()
+    log.info("no --model_dir: serving the embedded default model at %s (random weights: its "
+             "text is gibberish by construction)", directory)
+    return directory
+
+
+def _reject_reserved(rest: list[str]) -> None:
+    for token in rest:
+        flag = token.split("=", 1)[0].replace("_", "-")
+        if flag in RESERVED_VLLM_FLAGS:
+            raise AimError(f"{token}: use {RESERVED_VLLM_FLAGS[flag]} with aim-runtime serve")
