@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kfd_trees import MI300X, cards, write_tree
-
 from aim_runtime.detection import Inventory
 from aim_runtime.planning import Plan
+
+from kfd_trees import MI300X, cards, write_tree
 
 REPO = Path(__file__).parent.parent
 MODELS = REPO / "tests" / "fixtures" / "models"
