@@ -19,11 +19,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "aim-tiny-random"
 VOCAB_SIZE = 4096
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-# ChatML, with tool definitions rendered into the system turn when a request carries tools.
+HF_ID = "aim-runtime/aim-tiny-random"
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
+# ChatML; tools are listed in a system turn the way Hermes-style models (and vLLM's `hermes`
+# tool parser) expect, so tool calling works end to end with this model.
 CHAT_TEMPLATE = (
-    "{%- if tools %}<|im_start|>system\nYou may call these tools:\n"
-    "{%- for tool in tools %}\n{{ tool | tojson }}{%- endfor %}<|im_end|>\n{%- endif %}"
+    "{%- if tools %}<|im_start|>system\n<tools>"
+    "{%- for tool in tools %}\n{{ tool | tojson }}{%- endfor %}\n</tools><|im_end|>\n"
+    "{%- endif %}"
     "{%- for message in messages %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{%- if message['content'] is string %}{{ message['content'] }}"
@@ -88,6 +91,10 @@ def build_model(directory: Path, seed: int = 0) -> None:
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(directory, safe_serialization=True)
+    config_path = directory / "config.json"
+    saved = json.loads(config_path.read_text())
+    saved["_name_or_path"] = HF_ID  # the id its curated CPU recipe matches
+    config_path.write_text(json.dumps(saved, indent=2))
     (directory / "generation_config.json").write_text(json.dumps(
         {"eos_token_id": config.eos_token_id, "bos_token_id": config.bos_token_id}))
     (directory / "README.md").write_text(

@@ -1,0 +1,33 @@
+"""Shared fixtures: the generated tiny model and one real server per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from servers import ServerProcess, aim_server
+
+
+@pytest.fixture(scope="session")
+def work_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("serving")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(work_dir) -> Path:
+    """The embedded default model, built here from scratch (tokenizer trained, random weights)."""
+    from aim_runtime.default_model import ensure_default_model
+
+    return ensure_default_model(work_dir / "aim-tiny-random")
+
+
+@pytest.fixture(scope="session")
+def server(work_dir, tiny_model) -> ServerProcess:
+    """`aim-runtime serve` on the tiny model: real KServe ModelServer, real vLLM CPU engine."""
+    process = aim_server(work_dir, tiny_model).start()
+    try:
+        process.wait_ready(also_probe=("/v2/health/live",))
+        yield process
+    finally:
+        process.stop()

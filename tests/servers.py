@@ -1,0 +1,113 @@
+"""Real server processes for tests: `aim-runtime serve` and the bare vLLM OpenAI server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).parent.parent
+STARTUP_TIMEOUT_SECONDS = 600
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_environment(work_dir: Path, extra: dict | None = None) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "runtime"),
+           "VLLM_CACHE_ROOT": str(work_dir / "vllm-cache"), "AIM_CACHE_DIR": str(work_dir),
+           "AIM_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
+    for name in [k for k in env if k.startswith("AIM_") and k not in (
+            "AIM_CACHE_DIR", "AIM_LOG_LEVEL")]:
+        env.pop(name)
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class ServerProcess:
+    """A server started as users start it, watched from outside through HTTP only."""
+
+    command: list[str]
+    port: int
+    log_path: Path
+    env: dict[str, str]
+    ready_path: str = "/v2/health/ready"
+    process: subprocess.Popen | None = None
+    # (seconds since start, path, status) of every probe made while waiting for readiness.
+    probes: list[tuple[float, str, int | None]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProcess:
+        log = self.log_path.open("w")
+        self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
+                                        env=self.env, cwd=REPO, start_new_session=True)
+        return self
+
+    def wait_ready(self, also_probe: tuple[str, ...] = ()) -> ServerProcess:
+        started = time.monotonic()
+        with httpx.Client(timeout=5) as client:
+            while time.monotonic() - started < STARTUP_TIMEOUT_SECONDS:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.process.returncode}:\n"
+                                       + self.log_tail())
+                status = self._probe(client, self.ready_path, started)
+                for path in also_probe:
+                    self._probe(client, path, started)
+                if status == 200:
+                    return self
+                time.sleep(0.5)
+        raise TimeoutError("server not ready in time:\n" + self.log_tail())
+
+    def _probe(self, client: httpx.Client, path: str, started: float) -> int | None:
+        try:
+            status = client.get(self.url + path).status_code
+        except httpx.TransportError:
+            status = None
+        self.probes.append((time.monotonic() - started, path, status))
+        return status
+
+    def stop(self, timeout: float = 60) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait(timeout=10)
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def aim_server(work_dir: Path, model_dir: Path, *extra_args: str,
+               env: dict | None = None) -> ServerProcess:
+    port = free_port()
+    command = [sys.executable, "-m", "aim_runtime", "serve", "--model_dir", str(model_dir),
+               "--model_name", "tiny", "--host", "127.0.0.1", "--http_port", str(port),
+               "--enable_grpc", "false", *extra_args]
+    return ServerProcess(command, port, work_dir / f"aim-{port}.log",
+                         server_environment(work_dir, env))
+
+
+def bare_vllm_server(work_dir: Path, model_dir: Path, engine_argv: list[str]) -> ServerProcess:
+    port = free_port()
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+               "--model", str(model_dir), "--served-model-name", "tiny", "--host", "127.0.0.1",
+               "--port", str(port), *engine_argv]
+    return ServerProcess(command, port, work_dir / f"vllm-{port}.log",
+                         server_environment(work_dir), ready_path="/health")
