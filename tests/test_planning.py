@@ -347,3 +347,8 @@ def test_json_is_exactly_the_plan_and_explain_lists_every_candidate(models):
     text = explain_plan(plan)
     assert text.count("refused") == len(plan.reasons) - 1
     assert "TAKEN" in text and "--quantization fp8" in text
+
+
+def test_pinned_context_applies_to_curated_recipes(catalog, models):
+    plan = plan_for(models, "llama-3.1-70b-instruct", "MI300X:8", catalog, max_model_len=8192)
+    assert plan.recipe_source == "curated" and plan.max_model_len == 8192

@@ -204,15 +204,15 @@ def curated_recipes(catalog: Catalog, facts: ModelFacts) -> list[tuple[int, Reci
     return sorted(matched, key=lambda item: -item[0])
 
 
-def curated_candidates(recipe: Recipe, facts: ModelFacts, devices: int,
-                       product_slug: str) -> Iterator[Candidate]:
+def curated_candidates(recipe: Recipe, facts: ModelFacts, devices: int, product_slug: str,
+                       pinned_context: int | None = None) -> Iterator[Candidate]:
     """The candidates of one recipe: its layout filled with data-parallel replicas, and its
     context (or, when the recipe leaves it open, the model's maximum halving down to 4k)."""
     per_replica = recipe.tensor_parallel_size * recipe.pipeline_parallel_size
     layout = Layout(recipe.tensor_parallel_size, recipe.pipeline_parallel_size,
                     devices // per_replica)
-    if recipe.max_model_len:
-        contexts, pinned = (recipe.max_model_len,), True
+    if pinned_context or recipe.max_model_len:
+        contexts, pinned = (pinned_context or recipe.max_model_len,), True
     else:
         contexts = auto_contexts(facts.max_position_embeddings, SHORT_CONTEXT_FLOOR)
         pinned = False

@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="aim-runtime",
+        prog="aim-runtime", allow_abbrev=False,
         description="KServe serving runtime for AMD Instinct GPUs: detect GPUs, plan a vLLM "
                     "recipe for a model, serve it.",
     )
@@ -93,10 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_detection_args(parser: argparse.ArgumentParser) -> None:
+def add_detection_args(parser: argparse.ArgumentParser, simulate: bool = True) -> None:
     group = parser.add_argument_group("detection")
-    group.add_argument("--simulate", metavar="PRODUCT:N",
-                       help="plan for N GPUs of a product instead of detecting (e.g. MI300X:8)")
+    if simulate:
+        group.add_argument("--simulate", metavar="PRODUCT:N",
+                           help="plan for N GPUs of a product instead of detecting (e.g. "
+                                "MI300X:8)")
     group.add_argument("--amd-smi-json", type=Path, metavar="FILE",
                        help="read GPUs from saved `amd-smi static --json` output")
     group.add_argument("--sys-root", type=Path, default=Path("/sys"), help=argparse.SUPPRESS)

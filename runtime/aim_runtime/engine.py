@@ -101,9 +101,10 @@ def _parse_or_raise(parser: Any, argv: list[str]) -> argparse.Namespace:
         with contextlib.redirect_stderr(stderr):
             return parser.parse_args(argv)
     except SystemExit as exc:
-        message = stderr.getvalue().strip().splitlines()
+        lines = stderr.getvalue().strip().splitlines()
+        message = lines[-1].split(" error: ", 1)[-1] if lines else "see --help"
         raise AimError(
-            "invalid arguments: " + (message[-1] if message else "see --help"),
+            "invalid arguments: " + message,
             "arguments must be KServe's, AIM Runtime's or `vllm serve` flags "
             "(aim-runtime serve --help lists them)",
         ) from exc

@@ -239,7 +239,8 @@ def _candidates(setting: _Setting, catalog: Catalog,
             reasons.append(Reason(candidate=f"curated {recipe.id}", outcome="refused",
                                   detail=refusal))
             continue
-        yield from curated_candidates(recipe, setting.facts, setting.devices, slug)
+        yield from curated_candidates(recipe, setting.facts, setting.devices, slug,
+                                      setting.overrides.get("max_model_len"))
     if pinned_recipe:
         return
     ladder = derived_ladder(setting.facts, setting.fp8_capable, setting.on_gpu,

@@ -17,7 +17,9 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aim_runtime import metrics
 from aim_runtime.cli import add_detection_args, add_planner_args, catalog_from_args
@@ -26,7 +28,7 @@ from aim_runtime.errors import AimError
 from aim_runtime.explain import summarize_plan
 from aim_runtime.model_facts import load_model_facts
 from aim_runtime.overrides import FIELDS, collect_overrides
-from aim_runtime.planning import make_plan
+from aim_runtime.planning import Plan, make_plan
 from aim_runtime.recipes import engine_args_to_argv
 
 log = logging.getLogger("aim_runtime")
@@ -39,7 +41,7 @@ def serve_parser() -> argparse.ArgumentParser:
     from kserve.model_server import parser as kserve_parser
 
     parser = argparse.ArgumentParser(
-        prog="aim-runtime serve", parents=[kserve_parser],
+        prog="aim-runtime serve", parents=[kserve_parser], allow_abbrev=False,
         description="Serve a model with vLLM behind KServe (OpenAI under /openai/v1, KServe v2). "
                     "Every `vllm serve` flag is accepted too and wins over the plan.",
     )
@@ -51,7 +53,7 @@ def serve_parser() -> argparse.ArgumentParser:
                        help="Hugging Face id: used to match curated recipes (and AIM_MODEL_ID)")
     parser.add_argument("--host", default=os.environ.get("AIM_HOST", "0.0.0.0"),
                         help="bind address of the HTTP server (default 0.0.0.0; AIM_HOST)")
-    add_detection_args(parser)
+    add_detection_args(parser, simulate=False)
     add_planner_args(parser, vllm_names=False)
     return parser
 
@@ -66,25 +68,34 @@ def phase(name: str) -> Iterator[None]:
     log.info("phase %s: %.3f s", name, seconds)
 
 
+@dataclass
+class Prepared:
+    """What start-up produced before serving: the plan, the model object, the server."""
+
+    plan: Plan
+    model: Any
+    server: Any
+
+
 def serve_main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=os.environ.get("AIM_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        server, model = prepare(list(argv))
+        prepared = prepare(list(argv))
     except AimError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     try:
-        server.start([model])
+        prepared.server.start([prepared.model])
     except Exception as exc:
         log.error("serving stopped: %s: %s", type(exc).__name__, exc)
-        model.stop()
+        prepared.model.stop()
         return 1
-    model.stop()
+    prepared.model.stop()
     return 0
 
 
-def prepare(argv: list[str]):
+def prepare(argv: list[str]) -> Prepared:
     """Everything before the server starts; errors here are AimErrors (clear, fast, non-zero)."""
     args, rest = serve_parser().parse_known_args(argv)
     _reject_reserved(rest)
@@ -122,10 +133,12 @@ def prepare(argv: list[str]):
 
     names = list(vllm_args.served_model_name or [args.model_name])
     argv_for_vllm = engine_argv(plan, str(model_dir), names, rest)
-    return _build_server(args, plan, names, argv_for_vllm)
+    model, server = _build_server(args, plan, names, argv_for_vllm)
+    return Prepared(plan=plan, model=model, server=server)
 
 
-def _build_server(args: argparse.Namespace, plan, names: list[str], vllm_argv: list[str]):
+def _build_server(args: argparse.Namespace, plan: Plan, names: list[str],
+                  vllm_argv: list[str]) -> tuple[Any, Any]:
     from aim_runtime.model import AimModel
     from aim_runtime.server import AimModelServer
 
@@ -140,7 +153,7 @@ def _build_server(args: argparse.Namespace, plan, names: list[str], vllm_argv: l
     )
     for alias in names[1:]:
         server.register_model(model, alias)
-    return server, model
+    return model, server
 
 
 def _model_dir(args: argparse.Namespace) -> Path:

@@ -1,0 +1,89 @@
+"""`aim-runtime serve` start-up, up to the moment the server would start: the three argument
+families (KServe, AIM Runtime, vLLM), vLLM flags winning over the plan, and clear failures."""
+
+from __future__ import annotations
+
+import pytest
+
+from aim_runtime.errors import AimError, ModelFactsError, OverrideError
+
+pytest.importorskip("vllm")
+
+from aim_runtime import engine, startup
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    for name in ("AIM_GPU_PRODUCT", "AIM_GPU_COUNT", "AIM_RECIPE_ID", "AIM_OBJECTIVE",
+                 "AIM_MAX_MODEL_LEN", "AIM_TENSOR_PARALLEL_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AIM_CACHE_DIR", str(tmp_path))
+
+
+def prepare(tiny_model, *extra):
+    return startup.prepare(["--model_dir", str(tiny_model), "--host", "127.0.0.1",
+                            "--enable_grpc", "false", *extra])
+
+
+def test_plan_engine_args_then_vllm_flags_which_win(clean_env, tiny_model):
+    prepared = prepare(tiny_model, "--max-num-seqs", "7", "--max_model_len", "1024",
+                       "--enforce-eager", "--model_name", "chatbot")
+    assert prepared.plan.recipe_id == "aim-tiny-random-cpu"
+    assert prepared.plan.max_model_len == 1024  # the planner saw the vLLM flag
+    vllm_args, _ = engine.parse_vllm_args(prepared.model.engine_argv)
+    assert vllm_args.max_num_seqs == 7
+    assert vllm_args.max_model_len == 1024
+    assert vllm_args.tool_call_parser == "hermes"  # from the curated recipe
+    assert vllm_args.kv_cache_memory_bytes == prepared.plan.engine_args["kv_cache_memory_bytes"]
+    assert vllm_args.served_model_name == ["chatbot"]
+    assert prepared.model.name == "chatbot"
+    assert prepared.server.host == "127.0.0.1"
+
+
+def test_served_model_name_aliases_are_registered(clean_env, tiny_model):
+    prepared = prepare(tiny_model, "--served-model-name", "main", "alias")
+    assert prepared.model.name == "main"
+    assert set(prepared.server.registered_models.get_models()) == {"alias"}  # "main" at start
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--frobnicate"], "invalid arguments: unrecognized arguments: --frobnicate"),
+    (["--max-num-seqs", "many"], "invalid arguments: argument --max-num-seqs: invalid int"),
+    (["--port", "8000"], "--port: use --http_port"),
+    (["--model", "/x"], "--model: use --model_dir"),
+    (["--workers", "2"], "--workers 2: one process serves one vLLM engine"),
+    (["stray-positional"], "unexpected argument 'stray-positional'"),
+])
+def test_unknown_and_reserved_arguments_are_errors(clean_env, tiny_model, args, message):
+    with pytest.raises(AimError) as error:
+        prepare(tiny_model, *args)
+    assert message in str(error.value)
+
+
+def test_impossible_vllm_override_is_a_planner_error(clean_env, tiny_model):
+    with pytest.raises(OverrideError, match="--tensor-parallel-size 2: needs 2 devices"):
+        prepare(tiny_model, "--tensor-parallel-size", "2")
+
+
+def test_simulated_inventory_cannot_serve(clean_env, tiny_model, monkeypatch):
+    monkeypatch.setenv("AIM_GPU_PRODUCT", "MI300X")
+    with pytest.raises(AimError, match="can be planned for, not served on"):
+        prepare(tiny_model)
+
+
+def test_missing_model_directory(clean_env, tmp_path):
+    with pytest.raises(ModelFactsError, match=r"no config\.json"):
+        startup.prepare(["--model_dir", str(tmp_path / "absent")])
+
+
+def test_unsupported_vllm_is_refused_unless_overridden(monkeypatch):
+    monkeypatch.setattr(engine, "installed_versions",
+                        lambda: {"vllm": "0.31.0", "kserve": "0.21.0"})
+    with pytest.raises(AimError, match=r"unsupported versions: vllm 0\.31\.0"):
+        engine.check_versions({})
+    assert engine.check_versions({"AIM_SKIP_VERSION_CHECK": "1"})["vllm"] == "0.31.0"
+
+
+def test_the_installed_pair_is_supported():
+    versions = engine.check_versions({})
+    assert versions["vllm"].startswith("0.28") and versions["kserve"].startswith("0.21")
