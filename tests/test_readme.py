@@ -61,3 +61,23 @@ def test_serving_the_embedded_default_streams_to_the_documented_curl(tmp_path):
         assert (tmp_path / "aim-tiny-random" / "model.safetensors").is_file()
     finally:
         assert server.stop() == 0
+
+
+def console_examples() -> list[tuple[str, str]]:
+    """(command, expected output) of every `$ aim-runtime ...` line in console blocks."""
+    examples = []
+    for block in re.findall(r"```console\n(.*?)```", README, flags=re.S):
+        for chunk in re.split(r"^\$ ", block, flags=re.M)[1:]:
+            command, _, output = chunk.partition("\n")
+            examples.append((command, output.strip()))
+    return examples
+
+
+@pytest.mark.parametrize(("command", "expected"), console_examples())
+def test_console_examples_print_what_the_readme_shows(command, expected):
+    args = shlex.split(command)
+    assert args[0] == "aim-runtime"
+    result = subprocess.run([sys.executable, "-m", "aim_runtime", *args[1:]], cwd=REPO,
+                            capture_output=True, text=True, timeout=60,
+                            env=server_environment(REPO))
+    assert (result.stdout + result.stderr).strip() == expected
