@@ -3,6 +3,8 @@ families (KServe, AIM Runtime, vLLM), vLLM flags winning over the plan, and clea
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from aim_runtime.errors import AimError, ModelFactsError, OverrideError
@@ -87,3 +89,31 @@ def test_unsupported_vllm_is_refused_unless_overridden(monkeypatch):
 def test_the_installed_pair_is_supported():
     versions = engine.check_versions({})
     assert versions["vllm"].startswith("0.28") and versions["kserve"].startswith("0.21")
+
+
+def test_missing_openai_layer_fails_before_the_engine_loads(clean_env, tiny_model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "kserve.protocol.rest.openai.endpoints", None)
+    with pytest.raises(AimError, match="OpenAI routes would be missing") as error:
+        prepare(tiny_model)
+    assert "vllm 0.28" in str(error.value) and "kserve 0.21" in str(error.value)
+
+
+def test_openai_routes_missing_after_registration_stops_the_server(monkeypatch, tiny_model):
+    """Belt and braces: if KServe swallows an ImportError while registering, start-up fails."""
+    from fastapi import FastAPI
+    from kserve.protocol.rest.openai import config
+
+    from aim_runtime.model import AimModel
+    from aim_runtime.server import AimRESTServer
+
+    def broken(app, registry):
+        raise ImportError("cannot import name 'something' from vllm")
+
+    monkeypatch.setattr(config, "maybe_register_openai_endpoints", broken)
+    model = AimModel("tiny", [], {})
+    prepared = startup.prepare(["--model_dir", str(tiny_model), "--enable_grpc", "false"])
+    rest = AimRESTServer("kserve.model_server:app", prepared.server.dataplane,
+                         prepared.server.model_repository_extension, 0, host="127.0.0.1",
+                         recipe_id="r", model=model)
+    with pytest.raises(RuntimeError, match="did not register the OpenAI routes"):
+        rest._register_endpoints(FastAPI())

@@ -72,6 +72,22 @@ def check_versions(environ: dict[str, str] | None = None) -> dict[str, str]:
     return versions
 
 
+def check_kserve_openai_layer() -> None:
+    """KServe registers its OpenAI routes only if its OpenAI layer imports (it imports vLLM
+    internals); when it does not, KServe logs one line and serves without them. Fail instead."""
+    import importlib
+
+    try:
+        importlib.import_module("kserve.protocol.rest.openai.endpoints")
+    except ImportError as exc:
+        versions = installed_versions()
+        raise AimError(
+            f"KServe's OpenAI layer does not import ({exc}): kserve {versions['kserve']} does "
+            f"not work with vllm {versions['vllm']}, so the OpenAI routes would be missing",
+            "install the supported pair: vllm 0.28.x with kserve 0.21.x",
+        ) from exc
+
+
 # --- arguments -----------------------------------------------------------------------------------
 
 

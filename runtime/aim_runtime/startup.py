@@ -103,9 +103,15 @@ def prepare(argv: list[str]) -> Prepared:
         raise AimError(f"--workers {args.workers}: one process serves one vLLM engine",
                        "scale with replicas (or data parallelism) instead")
     with phase("import"):
-        from aim_runtime.engine import check_versions, engine_argv, parse_vllm_args
+        from aim_runtime.engine import (
+            check_kserve_openai_layer,
+            check_versions,
+            engine_argv,
+            parse_vllm_args,
+        )
 
         versions = check_versions()
+        check_kserve_openai_layer()
         vllm_args, explicit = parse_vllm_args(rest)
     log.info("vllm %s, kserve %s", versions["vllm"], versions["kserve"])
     model_dir = _model_dir(args)
