@@ -3,11 +3,14 @@ families (KServe, AIM Runtime, vLLM), vLLM flags winning over the plan, and clea
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
 
 from aim_runtime.errors import AimError, ModelFactsError, OverrideError
+
+from servers import server_environment
 
 pytest.importorskip("vllm")
 
@@ -117,3 +120,19 @@ def test_openai_routes_missing_after_registration_stops_the_server(monkeypatch, 
                          recipe_id="r", model=model)
     with pytest.raises(RuntimeError, match="did not register the OpenAI routes"):
         rest._register_endpoints(FastAPI())
+
+
+def test_model_id_without_hub_access_is_a_clear_error(tmp_path):
+    """As a user meets it: the command exits 2 with one clear line (no hub here)."""
+    env = server_environment(tmp_path, {"HF_HUB_OFFLINE": "1"})
+    result = subprocess.run([sys.executable, "-m", "aim_runtime", "serve", "--model_id",
+                             "meta-llama/Llama-3.1-8B-Instruct"], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 2
+    assert "error: --model_id meta-llama/Llama-3.1-8B-Instruct: cannot fetch its config.json" \
+        in result.stderr
+
+
+def test_model_id_naming_a_local_directory_is_served_from_it(clean_env, tiny_model):
+    prepared = startup.prepare(["--model_id", str(tiny_model), "--enable_grpc", "false"])
+    assert prepared.model.engine_argv[:2] == ["--model", str(tiny_model)]

@@ -114,7 +114,7 @@ def prepare(argv: list[str]) -> Prepared:
         check_kserve_openai_layer()
         vllm_args, explicit = parse_vllm_args(rest)
     log.info("vllm %s, kserve %s", versions["vllm"], versions["kserve"])
-    model_dir = _model_dir(args)
+    model_dir, model_source = _model_location(args)
     with phase("detect"):
         inventory = detect(sys_root=args.sys_root, dev_root=args.dev_root,
                            proc_root=args.proc_root, amd_smi_json=args.amd_smi_json,
@@ -138,7 +138,7 @@ def prepare(argv: list[str]) -> Prepared:
         log.info("plan: note: %s", note)
 
     names = list(vllm_args.served_model_name or [args.model_name])
-    argv_for_vllm = engine_argv(plan, str(model_dir), names, rest)
+    argv_for_vllm = engine_argv(plan, model_source, names, rest)
     model, server = _build_server(args, plan, names, argv_for_vllm)
     return Prepared(plan=plan, model=model, server=server)
 
@@ -162,22 +162,37 @@ def _build_server(args: argparse.Namespace, plan: Plan, names: list[str],
     return model, server
 
 
-def _model_dir(args: argparse.Namespace) -> Path:
+def _model_location(args: argparse.Namespace) -> tuple[Path, str]:
+    """(directory holding config.json, what vLLM loads): a local directory for both, or for a
+    Hugging Face id the downloaded config and the id (vLLM fetches the weights itself)."""
     if args.model_dir:
-        return Path(args.model_dir)
+        return Path(args.model_dir), str(args.model_dir)
     if args.model_id and Path(args.model_id).is_dir():
-        return Path(args.model_id)
+        return Path(args.model_id), str(args.model_id)
     if args.model_id:
-        raise AimError(f"--model_id {args.model_id}: not a local directory",
-                       "download the model first (KServe's storage initializer fills "
-                       "/mnt/models) and pass --model_dir; --model_id names it for recipes")
+        with phase("fetch_config"):
+            return _hub_config_dir(args.model_id), args.model_id
     from aim_runtime.default_model import ensure_default_model
 
     with phase("default_model"):
         directory = ensure_default_model()
     log.info("no --model_dir: serving the embedded default model at %s (random weights: its "
              "text is gibberish by construction)", directory)
-    return directory
+    return directory, str(directory)
+
+
+def _hub_config_dir(model_id: str) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(model_id, "config.json")).parent
+    except Exception as exc:  # offline, unknown repo, gated without HF_TOKEN...
+        raise AimError(
+            f"--model_id {model_id}: cannot fetch its config.json from the Hugging Face hub "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            "give a local directory with --model_dir (in KServe: storageUri, which fills "
+            "/mnt/models), or set HF_TOKEN for gated models",
+        ) from exc
 
 
 def _reject_reserved(rest: list[str]) -> None:
