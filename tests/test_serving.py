@@ -205,6 +205,17 @@ def test_v2_infer_batch_of_two(http):
     assert len(output["data"]) == 2 and all(isinstance(t, str) and t for t in output["data"])
 
 
+def test_v1_predict(http):
+    response = http.post("/v1/models/tiny:predict",
+                         json={"instances": ["a prompt", {"text_input": "another"}],
+                               "parameters": {"max_tokens": 3, "ignore_eos": True}})
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == 2 and all(isinstance(p, str) and p for p in predictions)
+    bad = http.post("/v1/models/tiny:predict", json={"instances": []})
+    assert bad.status_code == 400 and "instances" in bad.json()["error"]
+
+
 def test_v2_model_metadata(http):
     metadata = http.get("/v2/models/tiny").json()
     assert metadata["inputs"] == [{"name": "text_input", "datatype": "BYTES", "shape": [-1]}]

@@ -89,6 +89,43 @@ def build_parser() -> argparse.ArgumentParser:
     show_cmd.set_defaults(handler=run_recipes_show)
     validate_cmd.set_defaults(handler=run_recipes_validate)
 
+    render_cmd = commands.add_parser(
+        "render", help="print an InferenceService for a model on a GPU type, from the plan")
+    render_cmd.add_argument("--model", required=True, type=Path,
+                            help="model directory or its config.json (weights not needed)")
+    render_cmd.add_argument("--model-id", help="Hugging Face id (storageUri hf://ID, recipes)")
+    render_cmd.add_argument("--gpu", required=True, help="product, e.g. MI300X")
+    render_cmd.add_argument("--count", type=int,
+                            help="GPUs per replica (default: the fewest that serve the model)")
+    render_cmd.add_argument("--name", help="InferenceService name (canary: predictor name)")
+    render_cmd.add_argument("--namespace")
+    render_cmd.add_argument("--storage-uri", help="pvc://, s3://, oci:// or hf:// URI")
+    render_cmd.add_argument("--objective", choices=OBJECTIVES)
+    render_cmd.add_argument("--mode", choices=("standard", "knative"), default="standard",
+                            help="KServe deployment mode (default standard)")
+    render_cmd.add_argument("--canary-of", metavar="NAME",
+                            help="render a canary of this InferenceService")
+    render_cmd.add_argument("--traffic", type=int, help="canary traffic percentage")
+    render_cmd.add_argument("--stable", type=Path, metavar="FILE",
+                            help="standard mode: the running InferenceService (kubectl get -o "
+                                 "yaml)")
+    render_cmd.add_argument("--supplemental-groups", default="44",
+                            help="pod GIDs for /dev/kfd and /dev/dri: video,render of your nodes")
+    add_recipes_dir_arg(render_cmd)
+    render_cmd.set_defaults(handler=run_render)
+
+    download_cmd = commands.add_parser(
+        "download", help="download a model into a directory (model cache) and verify it")
+    download_cmd.add_argument("--model-id", help="Hugging Face id (omit with --verify-only)")
+    download_cmd.add_argument("--revision", help="branch, tag or commit (default: main)")
+    download_cmd.add_argument("--dest", required=True, type=Path, help="target directory")
+    download_cmd.add_argument("--verify-only", action="store_true",
+                              help="verify what is already in --dest, download nothing")
+    download_cmd.add_argument("--gpu", metavar="PRODUCT[:N]",
+                              help="also require a plan on these GPUs (e.g. MI300X:8)")
+    add_recipes_dir_arg(download_cmd)
+    download_cmd.set_defaults(handler=run_download)
+
     commands.add_parser("serve", help="serve a model (see `aim-runtime serve --help`)")
     return parser
 
@@ -167,6 +204,51 @@ def run_plan(args: argparse.Namespace) -> int:
         print(explain_plan(plan))
     else:
         print(summarize_plan(plan))
+    return 0
+
+
+def run_render(args: argparse.Namespace) -> int:
+    from aim_runtime.render import RenderRequest, render, to_yaml
+
+    try:
+        groups = tuple(int(g) for g in args.supplemental_groups.split(",") if g.strip())
+    except ValueError as exc:
+        raise AimError(f"--supplemental-groups {args.supplemental_groups}: expected numeric "
+                       "GIDs separated by commas") from exc
+    request = RenderRequest(
+        model=args.model, gpu=args.gpu, model_id=args.model_id, count=args.count,
+        name=args.name, namespace=args.namespace, storage_uri=args.storage_uri,
+        objective=args.objective, mode=args.mode, canary_of=args.canary_of,
+        traffic=args.traffic, stable=args.stable, supplemental_groups=groups,
+    )
+    document, plan = render(request, catalog_from_args(args))
+    print(to_yaml(document), end="")
+    print(f"# plan: {plan.recipe_id} on {plan.devices_used}x {plan.product} "
+          f"(tp={plan.tensor_parallel_size} pp={plan.pipeline_parallel_size} "
+          f"dp={plan.data_parallel_size}, {plan.precision}, context {plan.max_model_len})",
+          file=sys.stderr)
+    return 0
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from aim_runtime.download import download, verify, write_manifest
+
+    if not args.verify_only and not args.model_id:
+        raise AimError("--model-id is required (or --verify-only)")
+    hub_hashes: dict = {}
+    revision = None
+    if not args.verify_only:
+        args.dest.mkdir(parents=True, exist_ok=True)
+        revision, hub_hashes = download(args.model_id, args.dest, args.revision)
+    summary = verify(args.dest, hub_hashes)
+    summary.update({"model_id": args.model_id, "revision": revision})
+    if args.gpu:
+        facts = load_model_facts(args.dest, hf_id=args.model_id)
+        plan = make_plan(detect(simulate=args.gpu, environ={}), facts, catalog_from_args(args))
+        summary["plan"] = {"gpu": args.gpu, "recipe_id": plan.recipe_id}
+        print(summarize_plan(plan))
+    write_manifest(args.dest, summary)
+    print(f"verified {len(summary['files'])} weight file(s) in {args.dest}")
     return 0
 
 

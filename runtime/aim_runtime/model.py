@@ -129,22 +129,31 @@ class AimModel(Model, OpenAIGenerativeModel):
     def get_output_types(self) -> list[dict]:
         return [{"name": TEXT_OUTPUT, "datatype": "BYTES", "shape": [-1]}]
 
-    async def predict(self, payload: InferRequest, headers: dict | None = None,
-                      response_headers: dict | None = None) -> InferResponse:
+    async def predict(self, payload: InferRequest | dict, headers: dict | None = None,
+                      response_headers: dict | None = None) -> InferResponse | dict:
         """v2 infer: a batch of prompts in the BYTES tensor `text_input`, sampling parameters in
-        the request's `parameters`; one completion per prompt in `text_output`."""
+        the request's `parameters`; one completion per prompt in `text_output`.
+        v1 predict: {"instances": [prompt, ...], "parameters": {...}} -> {"predictions": [...]}.
+        """
+        if isinstance(payload, dict):
+            prompts, parameters = _v1_instances(payload)
+            return {"predictions": await self._complete(prompts, parameters)}
         if not isinstance(payload, InferRequest):
             raise InvalidInput("expected a v2 inference request with a 'text_input' tensor")
         prompts = _text_input(payload)
-        request = self._completion_request(prompts, payload.parameters or {}, stream=False)
+        texts = await self._complete(prompts, payload.parameters or {})
+        output = InferOutput(name=TEXT_OUTPUT, shape=[len(texts)], datatype="BYTES",
+                             data=texts)
+        return InferResponse(model_name=self.name, infer_outputs=[output],
+                             response_id=payload.id)
+
+    async def _complete(self, prompts: list[str], parameters: dict[str, Any]) -> list[str]:
+        request = self._completion_request(prompts, parameters, stream=False)
         response = _checked(await self._engine().completions.create_completion(request, None))
         texts = [""] * len(prompts)
         for choice in response.choices:
             texts[choice.index] = choice.text
-        output = InferOutput(name=TEXT_OUTPUT, shape=[len(texts)], datatype="BYTES",
-                             data=texts)
-        return InferResponse(model_name=self.name, infer_outputs=[output],
-                             response_id=payload.id or response.id)
+        return texts
 
     async def generate(self, body: dict[str, Any]) -> dict[str, Any]:
         """The v2 generate extension: {"text_input": str, "parameters": {...}}."""
@@ -218,6 +227,19 @@ def _text_input(payload: InferRequest) -> list[str]:
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise InvalidInput(f"input '{TEXT_INPUT}' must hold one or more strings")
     return prompts
+
+
+def _v1_instances(body: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    instances = body.get("instances")
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInput("v1 predict needs 'instances': a non-empty list of prompts")
+    prompts = [item.get(TEXT_INPUT) if isinstance(item, dict) else item for item in instances]
+    if not all(isinstance(p, str) and p for p in prompts):
+        raise InvalidInput(f"each instance must be a prompt string or {{'{TEXT_INPUT}': str}}")
+    parameters = body.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidInput("'parameters' must be a JSON object")
+    return prompts, parameters
 
 
 def _generate_body(body: Any) -> tuple[str, dict[str, Any]]:

@@ -1,0 +1,246 @@
+"""The Kubernetes files: they parse, KServe objects round-trip through the kserve SDK's models,
+core objects validate against Kubernetes' schemas, kustomize builds them, the runtime and the
+manifests keep their promises, and the Dockerfile is pinned, non-root and agrees with the
+runtime's command."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate import utils as k8s_schemas
+
+from aim_runtime.engine import SUPPORTED_VLLM
+from aim_runtime.recipes import load_catalog
+from aim_runtime.render import RenderRequest, render
+
+from kserve_models import is_kserve, lost_fields, round_trip
+
+REPO = Path(__file__).parent.parent
+K8S_FILES = sorted([*REPO.glob("serving_runtimes/*.yaml"), *REPO.glob("manifests/**/*.yaml")])
+DOCUMENTS = [(path, doc) for path in K8S_FILES if path.name != "kustomization.yaml"
+             for doc in yaml.safe_load_all(path.read_text()) if doc]
+CRDS_WITHOUT_SDK = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+RUNTIME = yaml.safe_load((REPO / "serving_runtimes" / "aim-runtime.yaml").read_text())
+CONTAINER = RUNTIME["spec"]["containers"][0]
+FIXTURES = REPO / "tests" / "fixtures" / "models"
+
+
+def ids(items):
+    return [f"{path.relative_to(REPO)}:{doc['kind']}" for path, doc in items]
+
+
+def test_every_yaml_file_parses():
+    assert len(K8S_FILES) >= 12
+    for path in K8S_FILES:
+        assert list(yaml.safe_load_all(path.read_text())), path
+
+
+KSERVE_DOCS = [(p, d) for p, d in DOCUMENTS if is_kserve(d)]
+CORE_DOCS = [(p, d) for p, d in DOCUMENTS
+             if not is_kserve(d) and (d["apiVersion"], d["kind"]) not in CRDS_WITHOUT_SDK]
+
+
+@pytest.mark.parametrize(("path", "document"), KSERVE_DOCS, ids=ids(KSERVE_DOCS))
+def test_kserve_objects_round_trip_through_the_sdk(path, document):
+    back, problems = round_trip(document)
+    assert problems == []
+    assert lost_fields(document, back) == []
+
+
+def test_the_sdk_check_catches_unknown_and_invalid_fields():
+    document = yaml.safe_load((REPO / "manifests" / "inferenceservice.yaml").read_text())
+    document["spec"]["predictor"]["gpuCount"] = 1
+    document["spec"]["predictor"]["model"]["env"].append({"value": "no name"})
+    _, problems = round_trip(document)
+    assert any("predictor.gpuCount: unknown" in p for p in problems)
+    assert any("env[9]: V1EnvVar" in p and "name" in p for p in problems)
+
+
+@pytest.mark.parametrize(("path", "document"), CORE_DOCS, ids=ids(CORE_DOCS))
+def test_core_objects_validate_against_kubernetes_schemas(path, document):
+    kubernetes_validate.validate(document, k8s_schemas.latest_version(), strict=True)
+
+
+def test_the_schema_check_catches_mistakes():
+    job = next(d for _, d in CORE_DOCS if d["kind"] == "Job")
+    broken = yaml.safe_load(yaml.safe_dump(job))
+    broken["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = 7
+    broken["spec"]["backofLimit"] = 2
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, k8s_schemas.latest_version(), strict=True)
+
+
+def test_service_monitor_scrapes_the_runtime_port_and_path():
+    (monitor,) = [d for _, d in DOCUMENTS if d["kind"] == "ServiceMonitor"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    port = next(p for p in CONTAINER["ports"] if p["name"] == endpoint["port"])
+    assert endpoint["path"] == RUNTIME["spec"]["annotations"]["prometheus.kserve.io/path"]
+    assert str(port["containerPort"]) == RUNTIME["spec"]["annotations"][
+        "prometheus.kserve.io/port"]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+@pytest.mark.parametrize("directory", ["manifests", "serving_runtimes"])
+def test_kustomize_builds(directory):
+    result = subprocess.run(["kubectl", "kustomize", str(REPO / directory)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    built = [d for d in yaml.safe_load_all(result.stdout) if d]
+    listed = [d for p, d in DOCUMENTS if p.is_relative_to(REPO / directory)]
+    assert len(built) == len(listed)
+
+
+# --- the ClusterServingRuntime ------------------------------------------------------------------
+
+
+def test_runtime_selectable_by_our_format_and_huggingface():
+    formats = {f["name"]: f for f in RUNTIME["spec"]["supportedModelFormats"]}
+    assert formats["aim"]["autoSelect"] and formats["huggingface"]["autoSelect"]
+    assert formats["huggingface"]["priority"] == 2  # documented: wins over KServe's (1)
+    assert set(RUNTIME["spec"]["protocolVersions"]) == {"v1", "v2"}
+
+
+def test_runtime_container_runs_the_server_as_kserve_expects():
+    assert CONTAINER["name"] == "kserve-container"
+    args = CONTAINER["args"]
+    assert args[0] == "serve" and "--model_name={{.Name}}" in args
+    assert "--model_dir=/mnt/models" in args
+    (port,) = CONTAINER["ports"]
+    assert f"--http_port={port['containerPort']}" in args
+    probes = {name: CONTAINER[name]["httpGet"] for name in
+              ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert {p["port"] for p in probes.values()} == {port["containerPort"]}
+    assert probes["readinessProbe"]["path"] == "/v2/health/ready"
+    assert probes["livenessProbe"]["path"] == "/v2/health/live"
+    startup = CONTAINER["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 3600  # a 400 GB load
+
+
+def test_runtime_is_non_root_and_unprivileged_with_shm():
+    security = CONTAINER["securityContext"]
+    assert security["runAsNonRoot"] and security["runAsUser"] != 0
+    assert security["allowPrivilegeEscalation"] is False and security["privileged"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    volumes = {v["name"]: v for v in RUNTIME["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in CONTAINER["volumeMounts"]}
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["sizeLimit"] == "16Gi"  # 8-rank RCCL
+    assert RUNTIME["spec"]["annotations"]["prometheus.kserve.io/path"] == "/metrics"
+
+
+def test_runtime_resources_do_not_choke_vllm():
+    requests = CONTAINER["resources"]["requests"]
+    assert int(requests["cpu"]) >= 4
+    assert int(requests["memory"].removesuffix("Gi")) >= 16
+    assert "cpu" not in CONTAINER["resources"].get("limits", {})  # no CPU throttling
+
+
+# --- the manifests ------------------------------------------------------------------------------
+
+
+def all_containers(document):
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key in ("containers", "initContainers"):
+                found.extend(node.get(key) or [])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+    walk(document)
+    return found
+
+
+def test_no_secrets_in_manifests_and_tokens_come_from_secrets():
+    for path, document in DOCUMENTS:
+        assert document["kind"] != "Secret", path
+        text = yaml.safe_dump(document)
+        for match in re.finditer(r"name: (\w*(TOKEN|KEY|PASSWORD)\w*)\n(\s+)(\w+):", text):
+            assert match.group(4) == "valueFrom", f"{path}: {match.group(1)} set inline"
+
+
+def test_images_are_never_latest():
+    for path, document in DOCUMENTS:
+        for container in all_containers(document):
+            image = container.get("image", "")
+            if image:
+                assert ":" in image and not image.endswith(":latest"), (path, image)
+
+
+GPU_NODE_LABEL = "amd.com/gpu.device-id"
+
+
+@pytest.mark.parametrize(("path", "document"),
+                         [(p, d) for p, d in KSERVE_DOCS if d["kind"] == "InferenceService"],
+                         ids=ids([(p, d) for p, d in KSERVE_DOCS
+                                  if d["kind"] == "InferenceService"]))
+def test_inference_services_request_gpus_on_matching_nodes(path, document):
+    predictors = [document["spec"]["predictor"]] + [
+        c["predictor"] for c in document["spec"].get("canary", [])]
+    for predictor in predictors:
+        resources = predictor["model"]["resources"]
+        assert resources["requests"]["amd.com/gpu"] == resources["limits"]["amd.com/gpu"]
+        assert predictor["nodeSelector"][GPU_NODE_LABEL] == "74a1"  # MI300X
+        assert predictor["securityContext"]["runAsNonRoot"] is True
+        assert predictor["model"]["runtime"] == "aim-runtime"
+        env = {e["name"]: e["value"] for e in predictor["model"]["env"]}
+        assert int(env["AIM_TENSOR_PARALLEL_SIZE"]) * int(env["AIM_PIPELINE_PARALLEL_SIZE"]) * \
+            int(env["AIM_DATA_PARALLEL_SIZE"]) == int(resources["requests"]["amd.com/gpu"])
+
+
+RENDERED = [
+    ("inferenceservice.yaml", dict(model_id="meta-llama/Llama-3.1-8B-Instruct"),
+     "llama-3.1-8b-instruct"),
+    ("inferenceservice-70b-tp8.yaml", dict(model_id="meta-llama/Llama-3.1-70B-Instruct",
+                                          count=8), "llama-3.1-70b-instruct"),
+    ("model-cache/inferenceservice-from-pvc.yaml", dict(
+        model_id="meta-llama/Llama-3.1-8B-Instruct", name="llama-3-1-8b-cached",
+        storage_uri="pvc://aim-models/meta-llama/Llama-3.1-8B-Instruct"),
+     "llama-3.1-8b-instruct"),
+]
+
+
+@pytest.mark.parametrize(("file", "options", "fixture"), RENDERED, ids=[r[0] for r in RENDERED])
+def test_inference_service_manifests_are_what_render_produces(file, options, fixture):
+    committed = yaml.safe_load((REPO / "manifests" / file).read_text())
+    rendered, _ = render(RenderRequest(model=FIXTURES / fixture, gpu="MI300X", **options),
+                         load_catalog([REPO / "recipes"]))
+    assert committed == rendered
+
+
+# --- the image --------------------------------------------------------------------------------
+
+DOCKERFILE = (REPO / "Dockerfile.rocm").read_text()
+
+
+def test_dockerfile_base_is_pinned_to_a_supported_vllm():
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)$", DOCKERFILE, flags=re.M).group(1)
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", DOCKERFILE, flags=re.M)
+    assert "@sha256:" in base or re.search(r":v?\d+\.\d+\.\d+", base), base
+    assert not base.endswith(":latest")
+    version = re.search(r":v?(\d+)\.(\d+)\.\d+", base)
+    low, high = SUPPORTED_VLLM
+    assert low <= (int(version.group(1)), int(version.group(2))) < high
+
+
+def test_dockerfile_runs_as_a_non_root_user():
+    users = re.findall(r"^USER (\S+)$", DOCKERFILE, flags=re.M)
+    assert users and users[-1] not in ("0", "root")
+    assert int(users[-1]) == CONTAINER["securityContext"]["runAsUser"]
+
+
+def test_dockerfile_entrypoint_is_the_runtimes_command():
+    entrypoint = re.search(r"^ENTRYPOINT (\[.*\])$", DOCKERFILE, flags=re.M).group(1)
+    assert yaml.safe_load(entrypoint) == CONTAINER["command"]
+    assert "--constraint" in DOCKERFILE  # the image's vLLM and torch are kept
+    for label in ("org.opencontainers.image.title", "org.opencontainers.image.version"):
+        assert label in DOCKERFILE
