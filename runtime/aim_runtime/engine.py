@@ -184,6 +184,10 @@ class Engine:
         return int(cache.num_gpu_blocks) * int(cache.block_size)
 
     @property
+    def max_num_seqs(self) -> int:
+        return int(self.llm.vllm_config.scheduler_config.max_num_seqs)
+
+    @property
     def max_model_len(self) -> int:
         return int(self.llm.vllm_config.model_config.max_model_len)
 

@@ -24,6 +24,11 @@ class DetectionError(AimError):
 class ModelFactsError(AimError):
     """The model directory or its config cannot be read."""
 
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message, hint or "the model directory must hold the Hugging Face "
+                                          "config.json (and safetensors weights) of the model; "
+                                          "download it again if it is damaged")
+
 
 class RecipeError(AimError):
     """A recipe file is invalid; the message names the file, the field and the value."""

@@ -7,7 +7,7 @@ vLLM actually allocated) show how far the planner's memory estimate is from the 
 
 from __future__ import annotations
 
-from prometheus_client import Gauge, Info
+from prometheus_client import Counter, Gauge, Info
 
 from aim_runtime.planning import Plan
 
@@ -20,6 +20,8 @@ FALLBACK = Gauge("aim_plan_fallback", "1 when the plan took this fallback", ["ki
 KV_CAPACITY_TOKENS = Gauge("aim_kv_cache_capacity_tokens",
                            "KV cache capacity per replica in tokens", ["source"])
 ENGINE_ALIVE = Gauge("aim_engine_alive", "1 while the vLLM engine is loaded and healthy")
+IN_FLIGHT = Gauge("aim_requests_in_flight", "Inference requests admitted and not finished")
+REJECTED = Counter("aim_requests_rejected", "Requests refused by the gate", ["reason"])
 
 FALLBACK_KINDS = ("precision", "kv_cache_dtype", "context", "devices")
 

@@ -94,6 +94,10 @@ class AimModel(Model, OpenAIGenerativeModel):
     async def healthy(self) -> bool:
         return self.vllm_engine is not None and await self.vllm_engine.healthy()
 
+    def engine_capacity(self) -> int | None:
+        """Sequences the engine runs at once (None until it is loaded)."""
+        return self.vllm_engine.max_num_seqs if self.vllm_engine is not None else None
+
     @property
     def engine_dead(self) -> bool:
         return self.vllm_engine is not None and self.vllm_engine.dead_reason is not None
@@ -173,20 +177,23 @@ class AimModel(Model, OpenAIGenerativeModel):
             request, raw_request))
         return self._generate_events(stream)
 
-    async def _generate_events(self, stream: AsyncIterator[str]) -> AsyncIterator[str]:
-        async for line in stream:
-            payload = line.removeprefix("data: ").strip()
-            if not payload or payload == "[DONE]":
-                continue
-            chunk = json.loads(payload)
-            if "error" in chunk:
-                yield f"data: {json.dumps({'error': chunk['error'].get('message')})}\n\n"
-                return
-            for choice in chunk.get("choices", []):
-                event = {"model_name": self.name, "model_version": "",
-                         TEXT_OUTPUT: choice.get("text", ""),
-                         "finish_reason": choice.get("finish_reason")}
-                yield f"data: {json.dumps(event)}\n\n"
+    async def _generate_events(self, stream: Any) -> AsyncIterator[str]:
+        try:
+            async for line in stream:
+                payload = line.removeprefix("data: ").strip()
+                if not payload or payload == "[DONE]":
+                    continue
+                chunk = json.loads(payload)
+                if "error" in chunk:
+                    yield f"data: {json.dumps({'error': chunk['error'].get('message')})}\n\n"
+                    return
+                for choice in chunk.get("choices", []):
+                    event = {"model_name": self.name, "model_version": "",
+                             TEXT_OUTPUT: choice.get("text", ""),
+                             "finish_reason": choice.get("finish_reason")}
+                    yield f"data: {json.dumps(event)}\n\n"
+        finally:
+            await stream.aclose()  # a client that went away aborts the request in the engine
 
     def _completion_request(self, prompts: list[str], parameters: dict[str, Any],
                             stream: bool) -> Any:

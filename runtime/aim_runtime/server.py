@@ -29,12 +29,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from kserve import ModelServer
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
-from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
+from kserve.errors import (
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    ServerNotLive,
+    ServerNotReady,
+)
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.server import RESTServer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aim_runtime.engine import installed_versions
+from aim_runtime.gate import GateSettings, GateState, RequestGate
 from aim_runtime.model import AimModel, EngineErrorResponse
 
 log = logging.getLogger(__name__)
@@ -63,14 +71,22 @@ class AimDataPlane(DataPlane):
 
 
 class AimRESTServer(RESTServer):
-    """KServe's REST server, bound to `host`, with our routes, headers and error handlers."""
+    """KServe's REST server, bound to `host`, with our routes, gate, headers and error
+    handlers. On SIGTERM uvicorn stops accepting (probes fail at once), lets in-flight requests
+    finish for up to the grace period, then KServe stops the model."""
 
     def __init__(self, *args: Any, host: str, recipe_id: str, model: AimModel,
-                 **kwargs: Any) -> None:
+                 gate: GateSettings, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config.host = host
         self.recipe_id = recipe_id
         self.aim_model = model
+        self.gate_settings = gate
+        self.gate_state = GateState(engine_capacity=model.engine_capacity)
+
+    def stop_serving(self) -> None:
+        """Ask uvicorn to shut down gracefully (as on SIGTERM)."""
+        self._server.should_exit = True
 
     def _register_endpoints(self, app: FastAPI) -> None:
         add_generate_routes(app, self.aim_model)
@@ -91,18 +107,33 @@ class AimRESTServer(RESTServer):
 
     def _add_middlewares(self, app: FastAPI) -> None:
         super()._add_middlewares(app)
-        app.add_middleware(RecipeHeaderMiddleware, recipe_id=self.recipe_id)
+        app.add_middleware(RequestGate, settings=self.gate_settings, state=self.gate_state,
+                           openai_prefix=openai_prefix())
+        app.add_middleware(RecipeHeaderMiddleware, recipe_id=self.recipe_id)  # outermost
 
 
 class AimModelServer(ModelServer):
-    """ModelServer with our data plane and REST server. One model, one uvicorn worker."""
+    """ModelServer with our data plane and REST server. One model, one uvicorn worker.
 
-    def __init__(self, model: AimModel, recipe_id: str, host: str, **kwargs: Any) -> None:
+    `exit_code` becomes 1 when the engine dies: the server then shuts down so that Kubernetes
+    restarts the pod (liveness has already turned 503)."""
+
+    def __init__(self, model: AimModel, recipe_id: str, host: str,
+                 gate: GateSettings | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.dataplane = AimDataPlane(self.registered_models, model)
         self.aim_model = model
         self.recipe_id = recipe_id
         self.host = host
+        self.gate = gate or GateSettings()
+        self.exit_code = 0
+        model.on_engine_death = self._engine_died
+
+    def _engine_died(self, reason: str) -> None:
+        log.error("stopping: the engine is dead (%s); exiting non-zero for a restart", reason)
+        self.exit_code = 1
+        if self._rest_server is not None:
+            self._rest_server.stop_serving()
 
     def start(self, models: list[Any]) -> None:
         self._register_and_check_atleast_one_model_is_ready(models)
@@ -112,7 +143,7 @@ class AimModelServer(ModelServer):
             grace_period=self.grace_period, event_loop=self.event_loop,
             timeout_keep_alive=self.timeout_keep_alive, ssl_certfile=self.ssl_certfile,
             ssl_keyfile=self.ssl_keyfile, host=self.host, recipe_id=self.recipe_id,
-            model=self.aim_model,
+            model=self.aim_model, gate=self.gate,
         )
         self.servers.append(self._rest_server.start())
         if self.enable_grpc:
@@ -161,8 +192,8 @@ def add_generate_routes(app: FastAPI, model: AimModel) -> None:
     async def body_of(request: Request) -> Any:
         try:
             return json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, absurd nesting
+            raise InvalidInput(f"request body is not valid JSON: {str(exc)[:200]}") from exc
 
     async def generate(model_name: str, request: Request) -> JSONResponse:
         check_name(model_name)
@@ -206,6 +237,12 @@ def install_error_handlers(app: FastAPI, prefix: str) -> None:
         return handle
 
     handlers = {
+        # Not ready is an answer, not an incident: no traceback per probe while loading.
+        ServerNotReady: (_kserve_error(HTTPStatus.SERVICE_UNAVAILABLE),
+                         _kserve_error(HTTPStatus.SERVICE_UNAVAILABLE)),
+        ServerNotLive: (_kserve_error(HTTPStatus.SERVICE_UNAVAILABLE),
+                        _kserve_error(HTTPStatus.SERVICE_UNAVAILABLE)),
+        StarletteHTTPException: (_openai_http, _kserve_http),
         RequestValidationError: (_openai_validation, _kserve_validation),
         EngineErrorResponse: (_openai_engine_error, _kserve_engine_error),
         ModelNotFound: (_openai_model_not_found, _kserve_error(HTTPStatus.NOT_FOUND)),
@@ -234,6 +271,15 @@ def _openai_from_exception(exc: Exception) -> JSONResponse:
         return _openai_error(str(exc), "BadRequestError", HTTPStatus.BAD_REQUEST)
     response = create_error_response(exc)
     return JSONResponse(response.model_dump(), status_code=response.error.code)
+
+
+def _openai_http(exc: StarletteHTTPException) -> JSONResponse:
+    status = HTTPStatus(exc.status_code)
+    return _openai_error(str(exc.detail), status.phrase.replace(" ", ""), status)
+
+
+def _kserve_http(exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
 
 def _openai_validation(exc: RequestValidationError) -> JSONResponse:

@@ -53,6 +53,21 @@ def serve_parser() -> argparse.ArgumentParser:
                        help="Hugging Face id: used to match curated recipes (and AIM_MODEL_ID)")
     parser.add_argument("--host", default=os.environ.get("AIM_HOST", "0.0.0.0"),
                         help="bind address of the HTTP server (default 0.0.0.0; AIM_HOST)")
+    operations = parser.add_argument_group("operations")
+    operations.add_argument(
+        "--graceful-shutdown-seconds", type=int,
+        default=int(os.environ.get("AIM_GRACEFUL_SHUTDOWN_SECONDS", "100")),
+        help="on SIGTERM, how long in-flight requests may run on (default 100; keep it below "
+             "the pod's terminationGracePeriodSeconds, 120 in our manifests)")
+    operations.add_argument(
+        "--max-queued-requests", type=int,
+        default=_optional_int(os.environ.get("AIM_MAX_QUEUED_REQUESTS")),
+        help="inference requests admitted beyond what the engine runs at once (max_num_seqs); "
+             "more get 503 + Retry-After (default: max_num_seqs)")
+    operations.add_argument(
+        "--max-request-bytes", type=int,
+        default=int(os.environ.get("AIM_MAX_REQUEST_BYTES", str(32 * 1024 * 1024))),
+        help="largest request body accepted; larger gets 413 (default 32 MiB)")
     add_detection_args(parser, simulate=False)
     add_planner_args(parser, vllm_names=False)
     return parser
@@ -92,7 +107,7 @@ def serve_main(argv: Sequence[str]) -> int:
         prepared.model.stop()
         return 1
     prepared.model.stop()
-    return 0
+    return prepared.server.exit_code
 
 
 def prepare(argv: list[str]) -> Prepared:
@@ -139,18 +154,26 @@ def prepare(argv: list[str]) -> Prepared:
 
     names = list(vllm_args.served_model_name or [args.model_name])
     argv_for_vllm = engine_argv(plan, model_source, names, rest)
-    model, server = _build_server(args, plan, names, argv_for_vllm)
+    keys = [k.strip() for k in os.environ.get("AIM_API_KEY", "").split(",") if k.strip()]
+    keys += list(vllm_args.api_key or [])
+    if keys:
+        log.info("API keys required on inference routes (%d key(s))", len(keys))
+    model, server = _build_server(args, plan, names, argv_for_vllm, tuple(keys))
     return Prepared(plan=plan, model=model, server=server)
 
 
 def _build_server(args: argparse.Namespace, plan: Plan, names: list[str],
-                  vllm_argv: list[str]) -> tuple[Any, Any]:
+                  vllm_argv: list[str], api_keys: tuple[str, ...]) -> tuple[Any, Any]:
+    from aim_runtime.gate import GateSettings
     from aim_runtime.model import AimModel
     from aim_runtime.server import AimModelServer
 
     model = AimModel(names[0], vllm_argv, plan.env)
+    gate = GateSettings(api_keys=api_keys, max_request_bytes=args.max_request_bytes,
+                        max_queued=args.max_queued_requests)
     server = AimModelServer(
-        model, recipe_id=plan.recipe_id, host=args.host, http_port=args.http_port,
+        model, recipe_id=plan.recipe_id, host=args.host, gate=gate,
+        grace_period=args.graceful_shutdown_seconds, http_port=args.http_port,
         grpc_port=args.grpc_port, workers=1, max_threads=args.max_threads,
         max_asyncio_workers=args.max_asyncio_workers, enable_grpc=args.enable_grpc,
         enable_docs_url=args.enable_docs_url, enable_latency_logging=args.enable_latency_logging,
@@ -193,6 +216,10 @@ def _hub_config_dir(model_id: str) -> Path:
             "give a local directory with --model_dir (in KServe: storageUri, which fills "
             "/mnt/models), or set HF_TOKEN for gated models",
         ) from exc
+
+
+def _optional_int(text: str | None) -> int | None:
+    return int(text) if text and text.strip() else None
 
 
 def _reject_reserved(rest: list[str]) -> None:

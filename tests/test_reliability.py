@@ -1,0 +1,339 @@
+"""A serving runtime's worst minutes, provoked against the real server: clients that vanish
+mid-stream, more clients than it can take, a rolling update's SIGTERM, a dead engine, start-ups
+that cannot work, and a read-only root filesystem."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from servers import REPO, ServerProcess, aim_server, free_port, server_environment
+
+pytestmark = pytest.mark.serving
+
+STREAM = {"model": "tiny", "prompt": "Tell me a story", "max_tokens": 1500, "stream": True,
+          "ignore_eos": True}
+GENERATE_STREAM = {"text_input": "Tell me a story",
+                   "parameters": {"max_tokens": 1500, "ignore_eos": True}}
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus series' samples whose labels include `labels`."""
+    total = 0.0
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def open_stream_and_drop(port: int, path: str, body: dict) -> None:
+    """Start a streaming request, wait for the first event, then reset the connection."""
+    payload = json.dumps(body).encode()
+    request = (f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(request)
+        received = b""
+        while b"data:" not in received:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.2) -> float:
+    """Seconds it took until predicate() held; raises TimeoutError otherwise."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(interval)
+    raise TimeoutError
+
+
+# --- client disconnects ------------------------------------------------------------------------
+
+
+def test_fifty_abrupt_disconnects_abort_their_requests(server):
+    tokens_before = metric(server.url, "vllm:generation_tokens_total")
+    jobs = [("/openai/v1/completions", STREAM)] * 25 + \
+        [("/v2/models/tiny/generate_stream", GENERATE_STREAM)] * 25
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        list(pool.map(lambda job: open_stream_and_drop(server.port, *job), jobs))
+    # 50 x 1500 tokens would keep the engine busy for minutes; aborted, it is idle at once.
+    wait_until(lambda: metric(server.url, "vllm:num_requests_running") == 0, timeout=5)
+    assert metric(server.url, "vllm:num_requests_waiting") == 0
+    generated = metric(server.url, "vllm:generation_tokens_total") - tokens_before
+    assert generated < 50 * 1500 / 10  # had they run on, 75,000 tokens
+    ok = httpx.post(server.url + "/openai/v1/completions",
+                    json={"model": "tiny", "prompt": "hi", "max_tokens": 3}, timeout=60)
+    assert ok.status_code == 200
+
+
+# --- overload, auth and body size (one guarded server) -----------------------------------------
+
+API_KEY = "test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def guarded(work_dir, tiny_model):
+    """max_num_seqs 2 + 1 queued = 3 in flight; API keys; 64 KiB bodies."""
+    process = aim_server(work_dir, tiny_model, "--max-num-seqs", "2", "--max-queued-requests",
+                         "1", "--max-request-bytes", "65536",
+                         env={"AIM_API_KEY": f"old-key,{API_KEY}"}).start()
+    try:
+        yield process.wait_ready()
+    finally:
+        process.stop()
+
+
+def auth(key: str = API_KEY) -> dict:
+    return {"authorization": f"Bearer {key}"}
+
+
+def test_overload_is_refused_fast_with_retry_after(guarded):
+    """Two requests run (max_num_seqs 2), one waits (queue bound 1): the next is refused at once,
+    while the three are still being served."""
+    results = []
+
+    def stream_to_the_end():
+        with httpx.stream("POST", guarded.url + "/openai/v1/completions", json=STREAM,
+                          headers=auth(), timeout=300) as stream:
+            results.append(sum(1 for line in stream.iter_lines() if line.startswith("data:")))
+
+    holders = [threading.Thread(target=stream_to_the_end) for _ in range(3)]
+    for thread in holders:
+        thread.start()
+    wait_until(lambda: metric(guarded.url, "aim_requests_in_flight") == 3, timeout=30)
+    refused = httpx.post(guarded.url + "/openai/v1/completions", headers=auth(),
+                         json={"model": "tiny", "prompt": "x", "max_tokens": 2}, timeout=10)
+    v2_refused = httpx.post(guarded.url + "/v2/models/tiny/generate", headers=auth(),
+                            json={"text_input": "x"}, timeout=10)
+    still_in_flight = metric(guarded.url, "aim_requests_in_flight")
+    for thread in holders:
+        thread.join()
+    assert still_in_flight == 3  # refused while the admitted ones were being served
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["type"] == "ServiceUnavailableError"
+    assert v2_refused.status_code == 503 and "server busy" in v2_refused.json()["error"]
+    assert results == [1501] * 3  # 1500 tokens + [DONE]: the admitted ones were not disturbed
+    assert metric(guarded.url, "aim_requests_rejected_total", reason="overload") >= 2
+    after = httpx.post(guarded.url + "/openai/v1/completions", headers=auth(),
+                       json={"model": "tiny", "prompt": "x", "max_tokens": 2}, timeout=60)
+    assert after.status_code == 200
+
+
+@pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer wrong"},
+                                     {"authorization": f"Basic {API_KEY}"}])
+def test_inference_routes_need_a_valid_key(guarded, headers):
+    openai = httpx.post(guarded.url + "/openai/v1/completions", headers=headers,
+                        json={"model": "tiny", "prompt": "x", "max_tokens": 1})
+    assert openai.status_code == 401 and openai.headers["www-authenticate"] == "Bearer"
+    assert openai.json()["error"]["type"] == "AuthenticationError"
+    for path in ("/v2/models/tiny/infer", "/v2/models/tiny/generate", "/v1/models/tiny:predict"):
+        assert httpx.post(guarded.url + path, headers=headers, json={}).status_code == 401
+    for path in ("/openai/v1/models", "/v2/models/tiny"):
+        assert httpx.get(guarded.url + path, headers=headers).status_code == 401
+
+
+def test_health_and_metrics_stay_open_and_any_listed_key_works(guarded):
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/tiny/ready", "/metrics"):
+        assert httpx.get(guarded.url + path).status_code == 200, path
+    import openai
+
+    for key in (API_KEY, "old-key"):
+        client = openai.OpenAI(base_url=guarded.url + "/openai/v1", api_key=key, max_retries=0)
+        assert client.completions.create(model="tiny", prompt="x", max_tokens=1).choices
+
+
+def test_request_bodies_are_bounded(guarded):
+    huge = {"model": "tiny", "prompt": "x" * 70_000, "max_tokens": 1}
+    response = httpx.post(guarded.url + "/openai/v1/completions", json=huge, headers=auth())
+    assert response.status_code == 413
+    assert "larger than 65536 bytes" in response.json()["error"]["message"]
+    chunked = httpx.post(guarded.url + "/v2/models/tiny/generate", headers=auth(),
+                         content=iter([b'{"text_input": "', b"y" * 70_000, b'"}']))
+    assert chunked.status_code == 413 and "larger than" in chunked.json()["error"]
+
+
+# --- graceful shutdown -------------------------------------------------------------------------
+
+
+def test_sigterm_drains_in_flight_streams_then_exits_zero(work_dir, tiny_model):
+    process = aim_server(work_dir, tiny_model, "--graceful-shutdown-seconds", "90").start()
+    process.wait_ready()
+    body = {**STREAM, "max_tokens": 300}
+    outcomes: list[tuple[int, bool]] = []
+    first_tokens = threading.Barrier(4)
+
+    def stream_to_the_end():
+        with httpx.stream("POST", process.url + "/openai/v1/completions", json=body,
+                          timeout=120) as stream:
+            events = []
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    events.append(line)
+                    if len(events) == 1:
+                        first_tokens.wait()
+        outcomes.append((len(events), events[-1] == "data: [DONE]"))
+
+    threads = [threading.Thread(target=stream_to_the_end) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    first_tokens.wait()
+    process.process.send_signal(signal.SIGTERM)  # to the server only, as the kubelet does
+    wait_until(lambda: not ready(process.url), timeout=3)  # readiness false at once
+    with pytest.raises(httpx.TransportError):
+        httpx.post(process.url + "/openai/v1/completions",
+                   json={"model": "tiny", "prompt": "new", "max_tokens": 1}, timeout=5)
+    for thread in threads:
+        thread.join(timeout=120)
+    assert outcomes == [(301, True)] * 3  # 300 token events + [DONE], every one of them
+    assert process.process.wait(timeout=60) == 0
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+# --- engine death ------------------------------------------------------------------------------
+
+
+def engine_core(pid: int) -> psutil.Process:
+    for child in psutil.Process(pid).children(recursive=True):
+        if "EngineCore" in " ".join(child.cmdline()) or "EngineCore" in child.name():
+            return child
+    raise LookupError("no EngineCore process under the server")
+
+
+def test_dead_engine_fails_liveness_errors_requests_and_exits_non_zero(work_dir, tiny_model):
+    process = aim_server(work_dir, tiny_model).start()
+    process.wait_ready()
+    outcome = {}
+    streaming = threading.Event()
+
+    def stream():
+        lines = []
+        try:
+            with httpx.stream("POST", process.url + "/openai/v1/completions", json=STREAM,
+                              timeout=60) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data:"):
+                        lines.append(line)
+                        streaming.set()
+            outcome["lines"] = lines
+        except httpx.HTTPError as exc:
+            outcome["error"] = exc
+        streaming.set()
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    assert streaming.wait(timeout=60)
+    engine_core(process.process.pid).kill()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the in-flight request hung"
+    assert "error" in outcome or len(outcome["lines"]) < 1500  # ended early, not completed
+    wait_until(lambda: not live(process.url), timeout=15)
+    assert process.process.wait(timeout=60) == 1
+    assert "the engine is dead" in process.log_path.read_text()
+
+
+def live(url: str) -> bool:
+    try:
+        return httpx.get(url + "/v2/health/live", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+# --- start-up failures ---------------------------------------------------------------------------
+
+
+def serve(args: list[str], tmp_path: Path, prelude: str = "") -> subprocess.CompletedProcess:
+    code = (f"import sys\n{prelude}\nfrom aim_runtime.cli import main\n"
+            f"sys.exit(main(['serve', *{args!r}]))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=180, env=server_environment(tmp_path))
+
+
+def test_startup_failures_are_one_clear_line_and_non_zero(tmp_path):
+    big = tmp_path / "big"
+    big.mkdir()
+    shutil.copy(REPO / "tests/fixtures/models/llama-3.1-405b-instruct/config.json", big)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{ not json")
+    cases = [
+        ([f"--model_dir={big}"], "", 3, "does not fit the CPU host"),
+        ([f"--model_dir={tmp_path / 'absent'}"], "", 2, "no config.json at"),
+        ([f"--model_dir={broken}"], "", 2, "is not valid JSON"),
+        ([f"--model_dir={big}"],
+         "import aim_runtime.engine as e; e.installed_versions = lambda: "
+         "{'vllm': '0.31.0', 'kserve': '0.21.0'}", 2, "unsupported versions: vllm 0.31.0"),
+    ]
+    for args, prelude, code, message in cases:
+        result = serve(args, tmp_path, prelude)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == code, result.stderr[-2000:]
+        assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+        assert "  hint: " in result.stderr
+        assert "loading the vLLM engine" not in result.stderr  # failed before the slow part
+
+
+# --- read-only root filesystem -------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
+                    reason="needs unshare and root to remount / read-only")
+def test_the_runtime_container_runs_with_a_read_only_root(tmp_path, tiny_model):
+    """The ServingRuntime's env on a read-only root with only its volumes writable (/dev/shm,
+    the cache directory and /tmp, here tmpfs mounts) serves requests."""
+    runtime = yaml.safe_load((REPO / "serving_runtimes" / "aim-runtime.yaml").read_text())
+    container = runtime["spec"]["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # Short: Unix socket paths (vLLM's IPC under TMPDIR) are limited to 107 characters.
+    scratch = Path(tempfile.mkdtemp(prefix="aimro-", dir="/tmp"))
+    env = server_environment(tmp_path)
+    env.update({e["name"]: e["value"].replace("/home/aim", f"{scratch}/home")
+                .replace("/tmp", f"{scratch}/tmp") if e["value"].startswith(("/home", "/tmp"))
+                else e["value"] for e in container["env"]})
+    port = free_port()
+    inner = [sys.executable, "-m", "aim_runtime", "serve", f"--model_dir={tiny_model}",
+             "--model_name=tiny", f"--http_port={port}", "--host=127.0.0.1",
+             "--enable_grpc=false"]
+    script = (f"mount -o remount,bind,ro / && mount -t tmpfs -o size=1g tmpfs {scratch} && "
+              f"mount -t tmpfs -o size=2g tmpfs /dev/shm && "
+              f"mkdir -p {scratch}/home/.cache {scratch}/tmp && exec \"$@\"")
+    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+               *inner]
+    process = ServerProcess(command, port, tmp_path / "ro.log", env).start()
+    try:
+        process.wait_ready()
+        answer = httpx.post(process.url + "/openai/v1/completions",
+                            json={"model": "tiny", "prompt": "hi", "max_tokens": 4}, timeout=60)
+        assert answer.status_code == 200
+        assert "Read-only file system" not in process.log_path.read_text()
+    finally:
+        process.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
