@@ -124,6 +124,13 @@ def test_runtime_container_runs_the_server_as_kserve_expects():
 
 def test_runtime_is_non_root_and_unprivileged_with_shm():
     security = CONTAINER["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    writable = {m["mountPath"] for m in CONTAINER["volumeMounts"]}
+    env = {e["name"]: e["value"] for e in CONTAINER["env"]}
+    for name in ("HOME", "HF_HOME", "VLLM_CACHE_ROOT", "AIM_CACHE_DIR", "XDG_CACHE_HOME",
+                 "TRITON_CACHE_DIR", "TMPDIR", "MIOPEN_USER_DB_PATH"):
+        assert any(env[name] == w or env[name].startswith(w + "/") for w in writable) or \
+            name == "HOME", f"{name}={env[name]} is not on a writable volume"
     assert security["runAsNonRoot"] and security["runAsUser"] != 0
     assert security["allowPrivilegeEscalation"] is False and security["privileged"] is False
     assert security["capabilities"]["drop"] == ["ALL"]
@@ -186,7 +193,10 @@ GPU_NODE_LABEL = "amd.com/gpu.device-id"
 def test_inference_services_request_gpus_on_matching_nodes(path, document):
     predictors = [document["spec"]["predictor"]] + [
         c["predictor"] for c in document["spec"].get("canary", [])]
+    grace = int(next(a for a in CONTAINER["args"] if a.startswith("--graceful-shutdown-seconds"))
+                .split("=")[1])
     for predictor in predictors:
+        assert predictor["terminationGracePeriodSeconds"] >= grace + 10  # drain, then stop
         resources = predictor["model"]["resources"]
         assert resources["requests"]["amd.com/gpu"] == resources["limits"]["amd.com/gpu"]
         assert predictor["nodeSelector"][GPU_NODE_LABEL] == "74a1"  # MI300X

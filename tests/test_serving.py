@@ -205,6 +205,14 @@ def test_v2_infer_batch_of_two(http):
     assert len(output["data"]) == 2 and all(isinstance(t, str) and t for t in output["data"])
 
 
+def test_v2_infer_without_request_id_gets_one(http):
+    body = {"inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES",
+                        "data": ["hello"]}], "parameters": {"max_tokens": 2}}
+    response = http.post("/v2/models/tiny/infer", json=body)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["id"]) == 32
+
+
 def test_v1_predict(http):
     response = http.post("/v1/models/tiny:predict",
                          json={"instances": ["a prompt", {"text_input": "another"}],

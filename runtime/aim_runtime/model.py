@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -149,7 +150,7 @@ class AimModel(Model, OpenAIGenerativeModel):
         output = InferOutput(name=TEXT_OUTPUT, shape=[len(texts)], datatype="BYTES",
                              data=texts)
         return InferResponse(model_name=self.name, infer_outputs=[output],
-                             response_id=payload.id)
+                             response_id=payload.id or uuid.uuid4().hex)
 
     async def _complete(self, prompts: list[str], parameters: dict[str, Any]) -> list[str]:
         request = self._completion_request(prompts, parameters, stream=False)

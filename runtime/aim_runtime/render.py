@@ -33,6 +33,9 @@ GPU_RESOURCE = "amd.com/gpu"
 DEVICE_ID_LABEL = "amd.com/gpu.device-id"
 HTTP_PORT = 8080
 AUTO_COUNTS = (1, 2, 4, 8)
+# The runtime drains in-flight requests for 100 s on SIGTERM (--graceful-shutdown-seconds);
+# the pod gets 20 s more to stop the engine before the kubelet kills it.
+TERMINATION_GRACE_SECONDS = 120
 DEFAULT_SUPPLEMENTAL_GROUPS = (44,)  # "video" on Debian/Ubuntu hosts; add the nodes' render GID
 MODES = ("standard", "knative")
 
@@ -126,6 +129,7 @@ def predictor_spec(plan: Plan, request: RenderRequest) -> dict[str, Any]:
     product = lookup_product(plan.product)
     predictor: dict[str, Any] = {
         "minReplicas": 1,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "nodeSelector": {DEVICE_ID_LABEL: product.node_label_device_id},
         "securityContext": {"runAsNonRoot": True,
                             "supplementalGroups": list(request.supplemental_groups)},

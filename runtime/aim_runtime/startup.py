@@ -152,6 +152,8 @@ def prepare(argv: list[str]) -> Prepared:
     for note in plan.notes:
         log.info("plan: note: %s", note)
 
+    # One request may ask for n completions; vLLM allows 16384, enough to monopolise a replica.
+    os.environ.setdefault("VLLM_MAX_N_SEQUENCES", os.environ.get("AIM_MAX_N", "128"))
     names = list(vllm_args.served_model_name or [args.model_name])
     argv_for_vllm = engine_argv(plan, model_source, names, rest)
     keys = [k.strip() for k in os.environ.get("AIM_API_KEY", "").split(",") if k.strip()]

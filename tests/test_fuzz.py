@@ -1,0 +1,139 @@
+"""Property-based fuzzing of every inference route with generated bodies (wrong types, huge
+numbers, unicode, deep nesting, huge strings, missing fields, raw bytes): the answer is never a
+5xx (overload's documented 503 aside) and the server stays healthy."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from servers import aim_server
+
+pytestmark = pytest.mark.serving
+
+EXAMPLES_PER_ROUTE = 200
+MAX_BODY = 256 * 1024
+
+scalars = (st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
+           | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=40))
+json_values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=16)
+small_ints = st.integers(min_value=-5, max_value=16)
+prompts = (st.text(max_size=200) | st.lists(st.text(max_size=30), max_size=3)
+           | st.lists(st.integers(min_value=-10, max_value=5000), max_size=20)
+           | st.lists(st.lists(st.integers(0, 5000), max_size=5), max_size=3))
+messages = st.lists(st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "system", "assistant", "tool", "wizard"]) | json_values,
+     "content": st.text(max_size=100) | json_values}), max_size=3) | json_values
+plausible = {
+    "max_tokens": small_ints, "temperature": st.floats(0, 2), "top_p": st.floats(0.01, 1),
+    "top_k": st.integers(-1, 50), "n": st.integers(1, 3), "seed": st.integers(0, 2**63 - 1),
+    "stop": st.lists(st.text(min_size=1, max_size=5), max_size=3),
+    "presence_penalty": st.floats(-2, 2), "frequency_penalty": st.floats(-2, 2),
+    "logprobs": st.integers(0, 5), "ignore_eos": st.booleans(), "min_tokens": st.integers(0, 4),
+}
+sampling = {
+    "max_tokens": small_ints | json_values, "temperature": st.floats(-1, 3) | json_values,
+    "top_p": st.floats(-1, 2) | json_values, "top_k": small_ints | json_values,
+    "n": st.integers(-2, 3) | json_values, "seed": st.integers(-2**65, 2**65) | json_values,
+    "stop": st.text(max_size=5) | st.lists(st.text(max_size=5), max_size=3) | json_values,
+    "presence_penalty": st.floats(-3, 3) | json_values, "logprobs": small_ints | json_values,
+    "ignore_eos": st.booleans() | json_values, "min_tokens": small_ints | json_values,
+    "frequency_penalty": st.floats(-3, 3) | json_values,
+}
+
+
+def bodies(fields: dict, required: dict) -> st.SearchStrategy:
+    """Near-valid bodies (the required fields right, sampling plausible), bodies with any subset
+    of the route's fields holding plausible or junk values, junk JSON, raw bytes, deep nesting,
+    and huge strings."""
+    near_valid = st.fixed_dictionaries(required, optional=plausible)
+    structured = st.fixed_dictionaries({}, optional={**fields, "junk": json_values})
+    deep = st.integers(1, 3000).map(lambda d: b'{"prompt": ' + b"[" * d + b"]" * d + b"}")
+    huge = st.integers(1, 2 * MAX_BODY).map(lambda n: json.dumps({"text_input": "a" * n,
+                                                                 "prompt": "a" * n}).encode())
+    return st.one_of(near_valid, near_valid, structured, structured, json_values,
+                     st.binary(max_size=300), deep, huge)
+
+
+OPENAI_COMPLETION = {"model": st.just("tiny") | json_values, "prompt": prompts | json_values,
+                     "stream": st.booleans() | json_values, "echo": st.booleans() | json_values,
+                     "logit_bias": st.dictionaries(st.text(max_size=6), json_values, max_size=3),
+                     **sampling}
+OPENAI_CHAT = {"model": st.just("tiny") | json_values, "messages": messages,
+               "stream": st.booleans() | json_values,
+               "tools": json_values, "response_format": json_values,
+               "top_logprobs": small_ints | json_values, **sampling}
+V2_INFER = {"inputs": st.lists(st.fixed_dictionaries(
+    {"name": st.sampled_from(["text_input", "x"]) | json_values,
+     "datatype": st.sampled_from(["BYTES", "FP32", "INT64"]) | json_values,
+     "shape": st.lists(st.integers(-2, 4), max_size=3) | json_values,
+     "data": st.lists(st.text(max_size=50), max_size=3) | json_values}), max_size=2) | json_values,
+    "parameters": st.fixed_dictionaries({}, optional=sampling) | json_values,
+    "id": st.text(max_size=10) | json_values}
+GENERATE = {"text_input": st.text(max_size=200) | json_values,
+            "parameters": st.fixed_dictionaries({}, optional=sampling) | json_values,
+            **sampling}
+V1_PREDICT = {"instances": st.lists(st.text(max_size=50) | json_values, max_size=3) | json_values,
+              "parameters": st.fixed_dictionaries({}, optional=sampling) | json_values}
+
+user_messages = st.lists(st.fixed_dictionaries(
+    {"role": st.just("user"), "content": st.text(min_size=1, max_size=100)}), min_size=1,
+    max_size=3)
+text_tensor = st.lists(st.text(min_size=1, max_size=60), min_size=1, max_size=3).map(
+    lambda data: [{"name": "text_input", "datatype": "BYTES", "shape": [len(data)],
+                   "data": data}])
+ROUTES = {  # route: (every field, plausible or junk; the fields a valid body needs)
+    "/openai/v1/completions": (OPENAI_COMPLETION, {"model": st.just("tiny"), "prompt": prompts}),
+    "/openai/v1/chat/completions": (OPENAI_CHAT, {"model": st.just("tiny"),
+                                                  "messages": user_messages}),
+    "/v2/models/tiny/infer": (V2_INFER, {"inputs": text_tensor}),
+    "/v2/models/tiny/generate": (GENERATE, {"text_input": st.text(min_size=1, max_size=200)}),
+    "/v2/models/tiny/generate_stream": (GENERATE,
+                                        {"text_input": st.text(min_size=1, max_size=200)}),
+    "/v1/models/tiny:predict": (V1_PREDICT, {"instances": st.lists(
+        st.text(min_size=1, max_size=50), min_size=1, max_size=3)}),
+}
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(work_dir, tiny_model):
+    process = aim_server(work_dir, tiny_model, "--max-model-len", "128",
+                         "--max-request-bytes", str(MAX_BODY)).start()
+    try:
+        yield process.wait_ready()
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize("path", list(ROUTES))
+def test_fuzzed_bodies_never_get_a_server_error(fuzz_server, path):
+    statuses: Counter = Counter()
+    with httpx.Client(base_url=fuzz_server.url, timeout=120) as client:
+
+        @settings(max_examples=EXAMPLES_PER_ROUTE, deadline=None, database=None,
+                  derandomize=True, suppress_health_check=list(HealthCheck))
+        @given(body=bodies(*ROUTES[path]))
+        def post(body):
+            content = body if isinstance(body, bytes) else json.dumps(body).encode()
+            response = client.post(path, content=content,
+                                   headers={"content-type": "application/json"})
+            statuses[response.status_code] += 1
+            overload = response.status_code == 503 and "server busy" in response.text
+            assert response.status_code < 500 or overload, (
+                response.status_code, response.text[:400], content[:300])
+
+        post()
+        assert sum(statuses.values()) >= EXAMPLES_PER_ROUTE
+        assert statuses[200] >= EXAMPLES_PER_ROUTE // 10  # the happy path was exercised too
+        assert client.get("/v2/health/ready").status_code == 200
+        assert client.get("/v2/health/live").status_code == 200
+        sane = client.post("/openai/v1/completions",
+                           json={"model": "tiny", "prompt": "still fine?", "max_tokens": 3})
+        assert sane.status_code == 200, sane.text
