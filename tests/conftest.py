@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import ServerProcess, aim_server
+from benchmarks.processes import ServerProcess, aim_server
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,7 @@ from aim_runtime.detection import detect
 from aim_runtime.model_facts import load_model_facts
 from aim_runtime.planning import make_plan
 from aim_runtime.recipes import engine_args_to_argv, load_catalog
-
-from servers import REPO, bare_vllm_server
+from benchmarks.processes import REPO, bare_vllm_server
 
 pytestmark = pytest.mark.serving
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from servers import aim_server
+from benchmarks.processes import aim_server
 
 pytestmark = pytest.mark.serving
 
@@ -31,13 +31,16 @@ prompts = (st.text(max_size=200) | st.lists(st.text(max_size=30), max_size=3)
 messages = st.lists(st.fixed_dictionaries(
     {"role": st.sampled_from(["user", "system", "assistant", "tool", "wizard"]) | json_values,
      "content": st.text(max_size=100) | json_values}), max_size=3) | json_values
-plausible = {
-    "max_tokens": small_ints, "temperature": st.floats(0, 2), "top_p": st.floats(0.01, 1),
-    "top_k": st.integers(-1, 50), "n": st.integers(1, 3), "seed": st.integers(0, 2**63 - 1),
+plausible = {  # values vLLM accepts: near-valid bodies should mostly be served
+    "max_tokens": st.integers(3, 16), "temperature": st.floats(0, 2),
+    "top_p": st.floats(0.01, 1), "top_k": st.sampled_from([-1, 1, 5, 50]),
+    "n": st.integers(1, 3), "seed": st.integers(0, 2**63 - 1),
     "stop": st.lists(st.text(min_size=1, max_size=5), max_size=3),
     "presence_penalty": st.floats(-2, 2), "frequency_penalty": st.floats(-2, 2),
-    "logprobs": st.integers(0, 5), "ignore_eos": st.booleans(), "min_tokens": st.integers(0, 4),
+    "logprobs": st.integers(0, 5), "ignore_eos": st.booleans(), "min_tokens": st.integers(0, 2),
 }
+valid_prompts = (st.text(min_size=1, max_size=200)
+                 | st.lists(st.integers(0, 4000), min_size=1, max_size=20))
 sampling = {
     "max_tokens": small_ints | json_values, "temperature": st.floats(-1, 3) | json_values,
     "top_p": st.floats(-1, 2) | json_values, "top_k": small_ints | json_values,
@@ -49,11 +52,12 @@ sampling = {
 }
 
 
-def bodies(fields: dict, required: dict) -> st.SearchStrategy:
+def bodies(fields: dict, required: dict, sampling_fields: dict | None = None
+           ) -> st.SearchStrategy:
     """Near-valid bodies (the required fields right, sampling plausible), bodies with any subset
     of the route's fields holding plausible or junk values, junk JSON, raw bytes, deep nesting,
     and huge strings."""
-    near_valid = st.fixed_dictionaries(required, optional=plausible)
+    near_valid = st.fixed_dictionaries(required, optional=sampling_fields or plausible)
     structured = st.fixed_dictionaries({}, optional={**fields, "junk": json_values})
     deep = st.integers(1, 3000).map(lambda d: b'{"prompt": ' + b"[" * d + b"]" * d + b"}")
     huge = st.integers(1, 2 * MAX_BODY).map(lambda n: json.dumps({"text_input": "a" * n,
@@ -86,19 +90,24 @@ V1_PREDICT = {"instances": st.lists(st.text(max_size=50) | json_values, max_size
 user_messages = st.lists(st.fixed_dictionaries(
     {"role": st.just("user"), "content": st.text(min_size=1, max_size=100)}), min_size=1,
     max_size=3)
+# v2 routes return one text per prompt: no `n` (the runtime refuses it by name).
+plausible_v2 = {k: v for k, v in plausible.items() if k != "n"}
 text_tensor = st.lists(st.text(min_size=1, max_size=60), min_size=1, max_size=3).map(
     lambda data: [{"name": "text_input", "datatype": "BYTES", "shape": [len(data)],
                    "data": data}])
 ROUTES = {  # route: (every field, plausible or junk; the fields a valid body needs)
-    "/openai/v1/completions": (OPENAI_COMPLETION, {"model": st.just("tiny"), "prompt": prompts}),
+    "/openai/v1/completions": (OPENAI_COMPLETION, {"model": st.just("tiny"),
+                                                   "prompt": valid_prompts}),
     "/openai/v1/chat/completions": (OPENAI_CHAT, {"model": st.just("tiny"),
                                                   "messages": user_messages}),
-    "/v2/models/tiny/infer": (V2_INFER, {"inputs": text_tensor}),
-    "/v2/models/tiny/generate": (GENERATE, {"text_input": st.text(min_size=1, max_size=200)}),
+    "/v2/models/tiny/infer": (V2_INFER, {"inputs": text_tensor}, plausible_v2),
+    "/v2/models/tiny/generate": (GENERATE, {"text_input": st.text(min_size=1, max_size=200)},
+                                 plausible_v2),
     "/v2/models/tiny/generate_stream": (GENERATE,
-                                        {"text_input": st.text(min_size=1, max_size=200)}),
+                                        {"text_input": st.text(min_size=1, max_size=200)},
+                                        plausible_v2),
     "/v1/models/tiny:predict": (V1_PREDICT, {"instances": st.lists(
-        st.text(min_size=1, max_size=50), min_size=1, max_size=3)}),
+        st.text(min_size=1, max_size=50), min_size=1, max_size=3)}, plausible_v2),
 }
 
 

@@ -9,8 +9,7 @@ import sys
 import pytest
 
 from aim_runtime.errors import AimError, ModelFactsError, OverrideError
-
-from servers import server_environment
+from benchmarks.processes import server_environment
 
 pytest.importorskip("vllm")
 
@@ -106,6 +105,7 @@ def test_openai_routes_missing_after_registration_stops_the_server(monkeypatch, 
     from fastapi import FastAPI
     from kserve.protocol.rest.openai import config
 
+    from aim_runtime.gate import GateSettings
     from aim_runtime.model import AimModel
     from aim_runtime.server import AimRESTServer
 
@@ -117,7 +117,7 @@ def test_openai_routes_missing_after_registration_stops_the_server(monkeypatch, 
     prepared = startup.prepare(["--model_dir", str(tiny_model), "--enable_grpc", "false"])
     rest = AimRESTServer("kserve.model_server:app", prepared.server.dataplane,
                          prepared.server.model_repository_extension, 0, host="127.0.0.1",
-                         recipe_id="r", model=model)
+                         recipe_id="r", model=model, gate=GateSettings())
     with pytest.raises(RuntimeError, match="did not register the OpenAI routes"):
         rest._register_endpoints(FastAPI())
 

@@ -1,4 +1,5 @@
-"""Real server processes for tests: `aim-runtime serve` and the bare vLLM OpenAI server."""
+"""Real server processes, for benchmarks and tests: `aim-runtime serve` and the bare vLLM OpenAI
+server, started as users start them and watched from outside through HTTP only."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import httpx
 
 REPO = Path(__file__).parent.parent
 STARTUP_TIMEOUT_SECONDS = 600
+READY_POLL_SECONDS = 0.2
 
 
 def free_port() -> int:
@@ -44,6 +46,8 @@ class ServerProcess:
     env: dict[str, str]
     ready_path: str = "/v2/health/ready"
     process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    ready_seconds: float | None = None  # process start -> first 200 from the ready route
     # (seconds since start, path, status) of every probe made while waiting for readiness.
     probes: list[tuple[float, str, int | None]] = field(default_factory=list)
 
@@ -52,6 +56,7 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ServerProcess:
+        self.started_at = time.monotonic()
         log = self.log_path.open("w")
         self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
                                         env=self.env, cwd=REPO, start_new_session=True)
@@ -68,8 +73,9 @@ class ServerProcess:
                 for path in also_probe:
                     self._probe(client, path, started)
                 if status == 200:
+                    self.ready_seconds = time.monotonic() - self.started_at
                     return self
-                time.sleep(0.5)
+                time.sleep(READY_POLL_SECONDS)
         raise TimeoutError("server not ready in time:\n" + self.log_tail())
 
     def _probe(self, client: httpx.Client, path: str, started: float) -> int | None:
@@ -94,20 +100,21 @@ class ServerProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def aim_server(work_dir: Path, model_dir: Path, *extra_args: str,
-               env: dict | None = None) -> ServerProcess:
+def aim_server(work_dir: Path, model_dir: Path, *extra_args: str, env: dict | None = None,
+               name: str = "tiny") -> ServerProcess:
     port = free_port()
     command = [sys.executable, "-m", "aim_runtime", "serve", "--model_dir", str(model_dir),
-               "--model_name", "tiny", "--host", "127.0.0.1", "--http_port", str(port),
+               "--model_name", name, "--host", "127.0.0.1", "--http_port", str(port),
                "--enable_grpc", "false", *extra_args]
     return ServerProcess(command, port, work_dir / f"aim-{port}.log",
                          server_environment(work_dir, env))
 
 
-def bare_vllm_server(work_dir: Path, model_dir: Path, engine_argv: list[str]) -> ServerProcess:
+def bare_vllm_server(work_dir: Path, model_dir: Path, engine_argv: list[str],
+                     env: dict | None = None, name: str = "tiny") -> ServerProcess:
     port = free_port()
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-               "--model", str(model_dir), "--served-model-name", "tiny", "--host", "127.0.0.1",
+               "--model", str(model_dir), "--served-model-name", name, "--host", "127.0.0.1",
                "--port", str(port), *engine_argv]
     return ServerProcess(command, port, work_dir / f"vllm-{port}.log",
-                         server_environment(work_dir), ready_path="/health")
+                         server_environment(work_dir, env), ready_path="/health")

@@ -1,0 +1,1 @@
+"""Benchmarks of AIM Runtime against the bare vLLM OpenAI server: `python -m benchmarks.run`."""

@@ -1,0 +1,118 @@
+"""Markdown table and PNG plot of a benchmark run (benchmarks/run.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TARGETS = {
+    "throughput": "output throughput ours/bare >= 0.98 at every concurrency",
+    "ttft": "TTFT p50 overhead <= 5 ms at concurrency 1",
+    "startup": "start-up ours/bare <= 1.10",
+    "planner": "planner <= 50 ms with 500 recipes",
+}
+
+
+def targets(results: dict[str, Any]) -> dict[str, tuple[bool, str]]:
+    """Each target: (met, the measured figure), judged on medians over the pairs."""
+    summary = results["serving"]["summary"]
+    worst = min(e["output_throughput"]["ratio"]["median"] for e in summary)
+    first = next((e for e in summary if e["concurrency"] == 1), None)
+    ttft = first["p50_ttft_ms"]["diff_ms"]["median"] if first else None
+    startup = results["startup"]["ratio"]["median"]
+    planner = results["planner"]["plan_ms"]["median"]
+    return {
+        "throughput": (worst >= 0.98, f"lowest median ratio {worst:.3f}"),
+        "ttft": (ttft is not None and ttft <= 5, "not measured (no concurrency 1)"
+                 if ttft is None else f"{ttft:+.2f} ms"),
+        "startup": (startup <= 1.10, f"{startup:.3f}"),
+        "planner": (planner <= 50, f"{planner:.1f} ms ({results['planner']['recipes']} recipes)"),
+    }
+
+
+def _cell(entry: dict[str, Any], key: str, digits: int = 2) -> str:
+    if key not in entry:
+        return "n/a"
+    ratio = entry[key]["ratio"]
+    return (f"{entry[key]['bare']['median']:.{digits}f} / {entry[key]['ours']['median']:.{digits}f}"
+            f" ({ratio['min']:.3f}-**{ratio['median']:.3f}**-{ratio['max']:.3f})")
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    machine = results["machine"]
+    settings = results["settings"]
+    lines = [
+        "# AIM Runtime vs bare vLLM",
+        "",
+        f"{results['date']} · {machine['cpu']}, {machine['cores']} cores, "
+        f"{machine['memory_gib']} GiB, {machine['gpu']} · vllm {machine['vllm']}, "
+        f"kserve {machine['kserve']}, Python {machine['python']}",
+        "",
+        f"Model `{Path(settings['model']).name}`, random prompts of {settings['input_len']} "
+        f"tokens, {settings['output_len']} output tokens (ignore EOS), streaming completions, "
+        f"{settings['pairs']} paired runs per concurrency. Engine args (both servers): "
+        f"`{' '.join(settings['engine_args'])}`.",
+        "",
+        "Cells: bare / ours medians (ours/bare ratio min-**median**-max over the pairs).",
+        "",
+        "| concurrency | output tok/s | requests/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms "
+        "| ITL p99 ms | front-end CPU ms/token |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in results["serving"]["summary"]:
+        lines.append(
+            f"| {entry['concurrency']} | {_cell(entry, 'output_throughput', 1)} "
+            f"| {_cell(entry, 'request_throughput')} | {_cell(entry, 'p50_ttft_ms')} "
+            f"| {_cell(entry, 'p99_ttft_ms')} | {_cell(entry, 'p50_itl_ms')} "
+            f"| {_cell(entry, 'p99_itl_ms')} | {_cell(entry, 'frontend_cpu_ms_per_token', 3)} |")
+    startup = results["startup"]
+    phases = startup["pairs"][-1]["phases"]
+    lines += [
+        "",
+        "Start-up, process start to ready (s): " + ", ".join(
+            f"{p['bare_s']} / {p['ours_s']}" for p in startup["pairs"])
+        + f" (bare / ours per pair; ratio median {startup['ratio']['median']}). "
+        "Our phases in the last run: " + ", ".join(f"{k} {v} s" for k, v in phases.items()) + ".",
+        "",
+        f"Planner with {results['planner']['recipes']} recipes: plan "
+        f"{results['planner']['plan_ms']['median']} ms median "
+        f"(min {results['planner']['plan_ms']['min']}, max {results['planner']['plan_ms']['max']}"
+        f"), loading the catalog {results['planner']['catalog_load_ms']['median']} ms.",
+        "",
+        "| target | met | measured |",
+        "|---|---|---|",
+    ]
+    for name, (met, figure) in targets(results).items():
+        lines.append(f"| {TARGETS[name]} | {'yes' if met else '**no**'} | {figure} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = results["serving"]["summary"]
+    concurrency = [e["concurrency"] for e in summary]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for axis, key, title in ((axes[0], "output_throughput", "output tokens/s"),
+                             (axes[1], "p50_ttft_ms", "TTFT p50 (ms)")):
+        for label, style in (("bare", "o--"), ("ours", "s-")):
+            median = [e[key][label]["median"] for e in summary]
+            low = [e[key][label]["median"] - e[key][label]["min"] for e in summary]
+            high = [e[key][label]["max"] - e[key][label]["median"] for e in summary]
+            name = "bare vLLM" if label == "bare" else "AIM Runtime"
+            axis.errorbar(concurrency, median, yerr=[low, high], fmt=style, capsize=3,
+                          label=name)
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(concurrency, [str(c) for c in concurrency])
+        axis.set_xlabel("concurrency")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(f"AIM Runtime vs bare vLLM · {results['machine']['cpu']} · "
+                    f"{results['date'][:10]} (median, min-max over pairs)", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

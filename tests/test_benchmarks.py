@@ -1,0 +1,37 @@
+"""The benchmark harness keeps working: a smoke run (one pair, one concurrency, few prompts) of
+the real command against both real servers writes its JSON, table and plot. No timing is asserted
+here; performance is judged from full runs (README, "Performance")."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.processes import REPO, server_environment
+
+pytestmark = pytest.mark.serving
+
+
+def test_smoke_benchmark_writes_results_table_and_plot(tmp_path):
+    out = tmp_path / "results"
+    result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=1200,
+                            env=server_environment(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    (entry,) = results["serving"]["summary"]
+    assert entry["concurrency"] == 4 and entry["pairs"] == 1
+    for key in ("output_throughput", "request_throughput", "p50_ttft_ms", "p99_ttft_ms",
+                "p50_itl_ms", "p99_itl_ms", "frontend_cpu_ms_per_token"):
+        assert entry[key]["ratio"]["median"] > 0, key
+    run = results["serving"]["runs"][0]
+    assert run["bare"]["failed"] == 0 and run["ours"]["failed"] == 0
+    assert run["bare"]["completed"] == run["ours"]["completed"] == run["prompts"]
+    assert set(results["startup"]["pairs"][0]["phases"]) >= {"detect", "plan", "engine"}
+    assert results["planner"]["recipes"] == 50
+    table = (out / "results.md").read_text()
+    assert "| concurrency | output tok/s |" in table and "| target | met | measured |" in table
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
