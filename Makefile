@@ -13,7 +13,7 @@ BROKEN_CUDA_EXTRAS := torchvision torchaudio torchcodec triton
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[cpu,test]'
+	$(BIN)/python -m pip install --quiet -e '.[cpu,test,ray]'
 	$(BIN)/python -m pip uninstall --quiet -y $(BROKEN_CUDA_EXTRAS)
 	touch $(STAMP)
 

@@ -148,6 +148,51 @@ def test_runtime_resources_do_not_choke_vllm():
     assert "cpu" not in CONTAINER["resources"].get("limits", {})  # no CPU throttling
 
 
+# --- the multi-node runtime ---------------------------------------------------------------------
+
+MULTINODE = yaml.safe_load((REPO / "serving_runtimes" / "aim-runtime-multinode.yaml").read_text())
+HEAD = MULTINODE["spec"]["containers"][0]
+WORKER_SPEC = MULTINODE["spec"]["workerSpec"]
+
+
+def test_multinode_runtime_is_chosen_by_name_only():
+    assert all(not f["autoSelect"] for f in MULTINODE["spec"]["supportedModelFormats"])
+    assert MULTINODE["metadata"]["name"] == "aim-runtime-multinode"
+
+
+def test_multinode_head_is_the_single_node_server_with_the_head_role():
+    assert HEAD["name"] == "kserve-container" and HEAD["command"] == CONTAINER["command"]
+    assert HEAD["args"] == [CONTAINER["args"][0], "--role=head",
+                            *[a for a in CONTAINER["args"][1:] if "enable_grpc" not in a]]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert HEAD[probe]["httpGet"] == CONTAINER[probe]["httpGet"]
+    startup = HEAD["startupProbe"]  # cluster formation (600 s) + a ~800 GB load
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 3600 + 600
+    env = {e["name"]: e for e in HEAD["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert "TENSOR_PARALLEL_SIZE" not in env and "PIPELINE_PARALLEL_SIZE" not in env  # KServe's
+    single = {e["name"]: e.get("value") for e in CONTAINER["env"]}
+    assert {k: v for k, v in single.items() if k != "HF_HUB_OFFLINE"}.items() <= \
+        {k: e.get("value") for k, e in env.items()}.items()
+
+
+def test_multinode_workers_run_the_same_image_and_tell_the_truth():
+    (worker,) = WORKER_SPEC["containers"]
+    assert worker["name"] == "worker-container"
+    assert worker["image"] == HEAD["image"] and worker["command"] == HEAD["command"]
+    assert worker["args"][0] == "worker"
+    port = int(next(a for a in worker["args"] if a.startswith("--health-port=")).split("=")[1])
+    assert worker["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": port}
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": port}
+    join_timeout = int(next(e["value"] for e in worker["env"]
+                            if e["name"] == "AIM_RAY_JOIN_TIMEOUT"))
+    startup = worker["startupProbe"]  # the worker's own clear error comes before the kubelet's
+    assert startup["periodSeconds"] * startup["failureThreshold"] > join_timeout
+    for key in ("env", "securityContext", "volumeMounts"):
+        assert worker[key] == HEAD[key], key  # vLLM's Ray workers inherit the worker's env
+    assert WORKER_SPEC["volumes"] == MULTINODE["spec"]["volumes"]
+
+
 # --- the manifests ------------------------------------------------------------------------------
 
 
@@ -201,10 +246,12 @@ def test_inference_services_request_gpus_on_matching_nodes(path, document):
         assert resources["requests"]["amd.com/gpu"] == resources["limits"]["amd.com/gpu"]
         assert predictor["nodeSelector"][GPU_NODE_LABEL] == "74a1"  # MI300X
         assert predictor["securityContext"]["runAsNonRoot"] is True
-        assert predictor["model"]["runtime"] == "aim-runtime"
+        nodes = predictor.get("workerSpec", {}).get("pipelineParallelSize", 1)
+        assert predictor["model"]["runtime"] == ("aim-runtime-multinode" if nodes > 1
+                                                 else "aim-runtime")
         env = {e["name"]: e["value"] for e in predictor["model"]["env"]}
         assert int(env["AIM_TENSOR_PARALLEL_SIZE"]) * int(env["AIM_PIPELINE_PARALLEL_SIZE"]) * \
-            int(env["AIM_DATA_PARALLEL_SIZE"]) == int(resources["requests"]["amd.com/gpu"])
+            int(env["AIM_DATA_PARALLEL_SIZE"]) == int(resources["requests"]["amd.com/gpu"]) * nodes
 
 
 RENDERED = [
@@ -216,6 +263,10 @@ RENDERED = [
         model_id="meta-llama/Llama-3.1-8B-Instruct", name="llama-3-1-8b-cached",
         storage_uri="pvc://aim-models/meta-llama/Llama-3.1-8B-Instruct"),
      "llama-3.1-8b-instruct"),
+    ("multinode/inferenceservice-405b-2x8.yaml", dict(
+        model_id="meta-llama/Llama-3.1-405B-Instruct", name="llama-3-1-405b-instruct", nodes=2,
+        storage_uri="pvc://aim-models/meta-llama/Llama-3.1-405B-Instruct"),
+     "llama-3.1-405b-instruct"),
 ]
 
 

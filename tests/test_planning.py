@@ -352,3 +352,115 @@ def test_json_is_exactly_the_plan_and_explain_lists_every_candidate(models):
 def test_pinned_context_applies_to_curated_recipes(catalog, models):
     plan = plan_for(models, "llama-3.1-70b-instruct", "MI300X:8", catalog, max_model_len=8192)
     assert plan.recipe_source == "curated" and plan.max_model_len == 8192
+
+
+# --- several nodes (KServe workerSpec) -----------------------------------------------------------
+
+RAY_COPIED = ("VLLM_", "NCCL_", "UCX_", "HF_", "HUGGING_FACE_", "FLASH_ATTENTION_", "LMCACHE_")
+NODE_MATRIX = [(m, g, per_node, nodes, o)
+               for m in ("llama-3.1-405b-instruct", "deepseek-v3", "llama-3.1-70b-instruct",
+                         "qwen3-32b", "mixtral-8x7b-instruct-v0.1")
+               for g in ("MI250", "MI300X", "MI355X")
+               for per_node, nodes in ((8, 2), (4, 2), (8, 4))
+               for o in ("latency", "throughput")]
+
+
+@pytest.mark.parametrize(("model", "product", "per_node", "nodes", "objective"), NODE_MATRIX,
+                         ids=["-".join(map(str, case)) for case in NODE_MATRIX])
+def test_multi_node_matrix(catalog, models, model, product, per_node, nodes, objective):
+    """Tensor parallelism inside a node, pipeline stages across nodes, one replica, the memory
+    math of a pipeline stage, and the environment carried to the Ray workers."""
+    facts = models[model]
+    inventory = detect(simulate=f"{product}:{per_node}x{nodes}", environ={})
+    assert (inventory.nodes, inventory.devices_per_node) == (nodes, per_node)
+    vram = VRAM_GIB[product] * GIB
+    try:
+        plan = make_plan(inventory, facts, catalog, collect_overrides({"objective": objective}))
+    except NoFitError as error:
+        check_nothing_fits_across_nodes(facts, product, per_node, nodes, vram, error)
+        return
+    tp, pp = plan.tensor_parallel_size, plan.pipeline_parallel_size
+    assert (plan.nodes, plan.devices_per_node, plan.data_parallel_size) == (nodes, per_node, 1)
+    assert per_node % tp == 0 and tp_valid(facts, tp)  # never across the network
+    assert tp * pp == per_node * nodes == plan.devices_used
+    assert plan.recipe_source == "derived"  # curated recipes are single-node
+    assert plan.engine_args["distributed_executor_backend"] == "ray"
+    assert plan.memory.weight_bytes_per_device == pytest.approx(
+        oracle_weights_per_device(facts, plan.precision, tp, pp), rel=0.01)
+    capacity = oracle_capacity(facts, vram, plan.precision, plan.kv_cache_dtype, tp, pp,
+                               plan.gpu_memory_utilization, plan.engine_args)
+    assert plan.memory.kv_capacity_tokens == pytest.approx(capacity, rel=0.01)
+    wider = [t for t in range(tp + 1, per_node + 1) if per_node % t == 0 and tp_valid(facts, t)]
+    for t in wider:  # the widest tensor parallelism that fits is taken
+        assert oracle_capacity(facts, vram, plan.precision, plan.kv_cache_dtype, t,
+                               per_node * nodes // t) < 4 * plan.max_model_len
+    carried = set(plan.env.get("VLLM_RAY_EXTRA_ENV_VARS_TO_COPY", "").split(",")) - {""}
+    assert carried == {name for name in plan.env if not name.startswith(RAY_COPIED)}
+    assert f"{nodes} nodes of {per_node}x {product}" in explain_plan(plan)
+
+
+def check_nothing_fits_across_nodes(facts, product, per_node, nodes, vram, error):
+    if "cannot run" in error.message:
+        assert facts.weight_precision == "fp8" and product not in FP8_PRODUCTS
+        return
+    context = min(4096, facts.max_position_embeddings)
+    precisions = ["bf16", "fp8"] if product in FP8_PRODUCTS else ["bf16"]
+    for precision in precisions:
+        for tp in (t for t in range(1, per_node + 1) if per_node % t == 0 and tp_valid(facts, t)):
+            pp = per_node * nodes // tp
+            if pp <= facts.num_layers:
+                assert oracle_capacity(facts, vram, precision, "fp8" if precision == "fp8"
+                                       else "auto", tp, pp) < 4 * context
+
+
+def test_405b_outgrows_one_mi250_node_and_the_planner_says_how_many(catalog, models):
+    with pytest.raises(NoFitError) as error:
+        plan_for(models, "llama-3.1-405b-instruct", "MI250:8", catalog)
+    assert "2 nodes of 8x MI250 (multi-node)" in error.value.hint
+    plan = plan_for(models, "llama-3.1-405b-instruct", "MI250:8x2", catalog)
+    assert (plan.tensor_parallel_size, plan.pipeline_parallel_size) == (8, 2)
+
+
+def test_a_second_mi300x_node_buys_kv_cache_for_405b_in_bf16(catalog, models):
+    one = plan_for(models, "llama-3.1-405b-instruct", "MI300X:8", catalog, precision="bf16")
+    two = plan_for(models, "llama-3.1-405b-instruct", "MI300X:8x2", catalog)
+    assert (two.tensor_parallel_size, two.pipeline_parallel_size) == (8, 2)
+    assert two.precision == "bf16" and two.max_model_len == 131072
+    assert two.memory.kv_capacity_tokens > 3 * one.memory.kv_capacity_tokens
+    refused = [r for r in two.reasons if r.candidate.startswith("curated llama-3.1-405b-mi300x")]
+    assert refused and all("pipeline stages across nodes" in r.detail or "objective" in r.detail
+                           for r in refused)
+
+
+@pytest.mark.parametrize(
+    ("cli", "message"),
+    [
+        ({"tensor_parallel_size": 16}, "tensor parallelism must stay inside a node of 8 GPUs"),
+        ({"data_parallel_size": 2}, "data-parallel replicas across nodes are separate"),
+    ],
+)
+def test_multi_node_overrides_that_cross_the_network_are_errors(catalog, models, cli, message):
+    with pytest.raises(OverrideError, match=message):
+        plan_for(models, "llama-3.1-405b-instruct", "MI300X:8x2", catalog, **cli)
+
+
+def test_pinned_narrower_tensor_parallelism_adds_pipeline_stages(catalog, models):
+    plan = plan_for(models, "llama-3.1-405b-instruct", "MI300X:8x2", catalog,
+                    tensor_parallel_size=4)
+    assert (plan.tensor_parallel_size, plan.pipeline_parallel_size) == (4, 4)
+
+
+def test_multi_node_needs_gpus(catalog, models):
+    from aim_runtime.errors import PlanError
+
+    inventory = detect(nodes=2, environ={}, sys_root=Path("/nonexistent"),
+                       dev_root=Path("/nonexistent"), amdsmi_module=None)
+    assert inventory.source == "cpu" and inventory.nodes == 2
+    with pytest.raises(PlanError, match="multi-node serving needs GPUs"):
+        make_plan(inventory, models["llama-3.1-8b-instruct"], catalog)
+
+
+@pytest.mark.parametrize("spec", ["MI300X:8x0", "MI300X:x2", "MI300X:8x", "MI300X:8y2"])
+def test_bad_node_counts_are_errors(spec):
+    with pytest.raises(OverrideError, match="is not a positive integer"):
+        detect(simulate=spec, environ={})

@@ -156,6 +156,73 @@ def test_render_command_prints_yaml_and_the_plan(tmp_path):
     assert result.stderr.startswith("# plan: qwen3-32b-mi355x-bf16-tp2-latency on 2x MI355X")
 
 
+# --- several nodes --------------------------------------------------------------------------------
+
+
+def head_plan(isvc: dict, model: Path, catalog):
+    """What the multi-node head's planner selects: workerSpec's nodes x GPUs (which KServe
+    injects as PIPELINE_PARALLEL_SIZE and TENSOR_PARALLEL_SIZE) and the AIM_* pins."""
+    predictor = isvc["spec"]["predictor"]
+    worker = predictor["workerSpec"]
+    gpus = int(predictor["model"]["resources"]["requests"]["amd.com/gpu"])
+    assert gpus == worker["tensorParallelSize"]
+    product = next(p for p, label in PRODUCT_LABEL.items()
+                   if label == predictor["nodeSelector"]["amd.com/gpu.device-id"])
+    env = {e["name"]: e["value"] for e in predictor["model"]["env"]}
+    facts = load_model_facts(model, hf_id=env.get("AIM_MODEL_ID"))
+    inventory = detect(simulate=f"{product}:{gpus}x{worker['pipelineParallelSize']}",
+                       environ={})
+    return make_plan(inventory, facts, catalog, collect_overrides({}, env))
+
+
+NODE_CASES = [("llama-3.1-405b-instruct", "MI300X", None, 2),
+              ("llama-3.1-405b-instruct", "MI250", None, 2),
+              ("deepseek-v3", "MI300X", 8, 2),
+              ("llama-3.1-70b-instruct", "MI355X", 4, 2)]
+
+
+@pytest.mark.parametrize(("model", "gpu", "count", "nodes"), NODE_CASES,
+                         ids=[f"{c[0]}-{c[1]}x{c[3]}" for c in NODE_CASES])
+def test_multi_node_service_agrees_with_the_heads_plan(catalog, model, gpu, count, nodes):
+    request = RenderRequest(model=MODELS / model, gpu=gpu, count=count, nodes=nodes,
+                            storage_uri="pvc://aim-models/x")
+    try:
+        isvc, plan = render(request, catalog)
+    except NoFitError:
+        pytest.fail(f"{model} should fit {nodes} nodes of {count or 8}x {gpu}")
+    predictor = isvc["spec"]["predictor"]
+    per_node = count or 8
+    assert predictor["model"]["runtime"] == "aim-runtime-multinode"
+    assert predictor["workerSpec"]["pipelineParallelSize"] == nodes
+    assert predictor["workerSpec"]["tensorParallelSize"] == per_node
+    (worker,) = predictor["workerSpec"]["containers"]
+    assert worker["name"] == "worker-container"
+    assert worker["resources"] == predictor["model"]["resources"]
+    assert predictor["workerSpec"]["nodeSelector"] == predictor["nodeSelector"]
+    assert "minReplicas" not in predictor  # KServe: no autoscaling across nodes
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "none"
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    again = head_plan(isvc, MODELS / model, catalog)  # the pins skip candidates: fewer reasons
+    assert again.model_dump(exclude={"reasons"}) == plan.model_dump(exclude={"reasons"})
+    assert plan.tensor_parallel_size <= per_node and plan.nodes == nodes
+    back, problems = round_trip(isvc)
+    assert problems == [] and lost_fields(isvc, back) == []
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (dict(storage_uri="hf://meta-llama/Llama-3.1-405B-Instruct"), "requires pvc:// .* or oci://"),
+    (dict(storage_uri=None, model_id="meta-llama/Llama-3.1-405B-Instruct"), "requires pvc://"),
+    (dict(mode="knative"), "only in Standard mode"),
+    (dict(canary_of="llama", traffic=10), "does not combine multi-node"),
+    (dict(nodes=0), "--nodes 0: expected a positive number"),
+])
+def test_multi_node_render_refuses_what_kserve_would(catalog, options, message):
+    base = dict(model=MODELS / "llama-3.1-405b-instruct", gpu="MI300X", nodes=2,
+                storage_uri="oci://registry.example/models/llama-405b:1")
+    with pytest.raises(AimError, match=message):
+        render(RenderRequest(**{**base, **options}), catalog)
+
+
 # --- download verification -----------------------------------------------------------------------
 
 

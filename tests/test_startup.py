@@ -3,13 +3,17 @@ families (KServe, AIM Runtime, vLLM), vLLM flags winning over the plan, and clea
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from aim_runtime.errors import AimError, ModelFactsError, OverrideError
+from aim_runtime.errors import AimError, ModelFactsError, OverrideError, PlanError
 from benchmarks.processes import server_environment
+
+from kfd_trees import MI300X, cards, write_tree
 
 pytest.importorskip("vllm")
 
@@ -19,7 +23,9 @@ from aim_runtime import engine, startup
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
     for name in ("AIM_GPU_PRODUCT", "AIM_GPU_COUNT", "AIM_RECIPE_ID", "AIM_OBJECTIVE",
-                 "AIM_MAX_MODEL_LEN", "AIM_TENSOR_PARALLEL_SIZE"):
+                 "AIM_MAX_MODEL_LEN", "AIM_TENSOR_PARALLEL_SIZE", "AIM_ROLE", "AIM_NODES",
+                 "PIPELINE_PARALLEL_SIZE", "TENSOR_PARALLEL_SIZE", "POD_IP",
+                 "AIM_RAY_NUM_GPUS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AIM_CACHE_DIR", str(tmp_path))
 
@@ -136,3 +142,59 @@ def test_model_id_without_hub_access_is_a_clear_error(tmp_path):
 def test_model_id_naming_a_local_directory_is_served_from_it(clean_env, tiny_model):
     prepared = startup.prepare(["--model_id", str(tiny_model), "--enable_grpc", "false"])
     assert prepared.model.engine_argv[:2] == ["--model", str(tiny_model)]
+
+
+# --- the multi-node head role --------------------------------------------------------------------
+
+
+LLAMA_8B = Path(__file__).parent / "fixtures" / "models" / "llama-3.1-8b-instruct"
+
+
+def head_on_fabricated_node(tmp_path, *extra):
+    """`serve --role head` on a fabricated 8x MI300X node, for Llama-3.1-8B (its config alone:
+    the plan is made, nothing is loaded)."""
+    sys_root, dev_root = write_tree(tmp_path / "node", cards(MI300X, 8))
+    return prepare(LLAMA_8B, "--role", "head", "--sys-root", str(sys_root),
+                   "--dev-root", str(dev_root), *extra)
+
+
+def test_head_plans_across_the_nodes_kserve_describes(clean_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPELINE_PARALLEL_SIZE", "2")  # what KServe injects from workerSpec
+    monkeypatch.setenv("TENSOR_PARALLEL_SIZE", "8")
+    monkeypatch.setenv("POD_IP", "10.1.2.3")
+    prepared = head_on_fabricated_node(tmp_path)
+    plan = prepared.plan
+    assert (plan.nodes, plan.devices_per_node, plan.devices_used) == (2, 8, 16)
+    assert (plan.tensor_parallel_size, plan.pipeline_parallel_size) == (8, 2)
+    vllm_args, _ = engine.parse_vllm_args(prepared.model.engine_argv)
+    assert vllm_args.distributed_executor_backend == "ray"
+    assert vllm_args.pipeline_parallel_size == plan.pipeline_parallel_size
+    cluster = prepared.model.cluster
+    assert cluster is prepared.cluster
+    assert (cluster.nodes, cluster.gpus_per_node, cluster.address) == (2, 8, "10.1.2.3:6379")
+
+
+@pytest.mark.parametrize(("env", "args", "message"), [
+    ({}, [], "a multi-node head needs the node count"),
+    ({"PIPELINE_PARALLEL_SIZE": "2", "TENSOR_PARALLEL_SIZE": "4"}, [],
+     "TENSOR_PARALLEL_SIZE=4 (GPUs per node, from workerSpec) but this node has 8"),
+    ({"PIPELINE_PARALLEL_SIZE": "two"}, [], "PIPELINE_PARALLEL_SIZE='two': not a positive"),
+])
+def test_head_misconfigurations_are_clear_errors(clean_env, tmp_path, monkeypatch, env, args,
+                                                 message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(AimError, match=re.escape(message)):
+        head_on_fabricated_node(tmp_path, *args)
+
+
+def test_a_single_node_server_refuses_a_multi_node_deployment(clean_env, tiny_model,
+                                                              monkeypatch):
+    monkeypatch.setenv("PIPELINE_PARALLEL_SIZE", "2")
+    with pytest.raises(AimError, match="use the aim-runtime-multinode ServingRuntime"):
+        prepare(tiny_model)
+
+
+def test_a_cpu_head_is_refused_before_anything_starts(clean_env, tiny_model):
+    with pytest.raises(PlanError, match="multi-node serving needs GPUs"):
+        prepare(tiny_model, "--role", "head", "--nodes", "2")

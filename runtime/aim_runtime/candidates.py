@@ -171,12 +171,20 @@ def valid_tensor_parallel(facts: ModelFacts, tp: int) -> str | None:
 
 
 def layouts(facts: ModelFacts, devices: int, objective: str,
-            with_pipeline: bool = False) -> list[Layout]:
+            with_pipeline: bool = False, per_node: int | None = None) -> list[Layout]:
     """Layouts that use all devices, in the objective's order of preference.
 
-    Pipeline stages are added only when no valid tensor-parallel size reaches all devices, or on
-    request (`with_pipeline`, used when the user pins a parallel size).
+    Across nodes (`per_node` < devices) tensor parallelism stays inside a node and pipeline
+    stages cover the rest: never tensor parallelism over the network, and one replica (data
+    parallel replicas across nodes are separate InferenceServices). Within a node, pipeline
+    stages are added only when no valid tensor-parallel size reaches all devices, or on request
+    (`with_pipeline`, used when the user pins a parallel size).
     """
+    if per_node is not None and per_node < devices:
+        sizes = [tp for tp in range(per_node, 0, -1)
+                 if per_node % tp == 0 and valid_tensor_parallel(facts, tp) is None]
+        return [Layout(tp, devices // tp, 1) for tp in sizes
+                if devices // tp <= facts.num_layers]
     tensor_sizes = [tp for tp in range(1, devices + 1)
                     if devices % tp == 0 and valid_tensor_parallel(facts, tp) is None]
     if not tensor_sizes:

@@ -33,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from aim_runtime.startup import serve_main  # imports KServe and vLLM: only when serving
 
         return serve_main(args_list[1:])
+    if args_list and args_list[0] == "worker":
+        from aim_runtime.cluster import worker_main
+
+        return worker_main(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
     logging.basicConfig(level=os.environ.get("AIM_LOG_LEVEL", "WARNING").upper(),
@@ -96,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     render_cmd.add_argument("--model-id", help="Hugging Face id (storageUri hf://ID, recipes)")
     render_cmd.add_argument("--gpu", required=True, help="product, e.g. MI300X")
     render_cmd.add_argument("--count", type=int,
-                            help="GPUs per replica (default: the fewest that serve the model)")
+                            help="GPUs per replica (default: the fewest that serve the model); "
+                                 "with --nodes, GPUs per node (default 8)")
+    render_cmd.add_argument("--nodes", type=int, default=1,
+                            help="multi-node: nodes per replica (KServe workerSpec, Ray); needs "
+                                 "--storage-uri pvc:// or oci://")
     render_cmd.add_argument("--name", help="InferenceService name (canary: predictor name)")
     render_cmd.add_argument("--namespace")
     render_cmd.add_argument("--storage-uri", help="pvc://, s3://, oci:// or hf:// URI")
@@ -127,15 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     download_cmd.set_defaults(handler=run_download)
 
     commands.add_parser("serve", help="serve a model (see `aim-runtime serve --help`)")
+    commands.add_parser("worker", help="multi-node: join a head as a Ray worker node (see "
+                                       "`aim-runtime worker --help`)")
     return parser
 
 
 def add_detection_args(parser: argparse.ArgumentParser, simulate: bool = True) -> None:
     group = parser.add_argument_group("detection")
     if simulate:
-        group.add_argument("--simulate", metavar="PRODUCT:N",
+        group.add_argument("--simulate", metavar="PRODUCT:N[xNODES]",
                            help="plan for N GPUs of a product instead of detecting (e.g. "
-                                "MI300X:8)")
+                                "MI300X:8), or for N GPUs on each of several nodes "
+                                "(MI300X:8x2: two 8-GPU nodes)")
     group.add_argument("--amd-smi-json", type=Path, metavar="FILE",
                        help="read GPUs from saved `amd-smi static --json` output")
     group.add_argument("--sys-root", type=Path, default=Path("/sys"), help=argparse.SUPPRESS)
@@ -220,10 +231,12 @@ def run_render(args: argparse.Namespace) -> int:
         name=args.name, namespace=args.namespace, storage_uri=args.storage_uri,
         objective=args.objective, mode=args.mode, canary_of=args.canary_of,
         traffic=args.traffic, stable=args.stable, supplemental_groups=groups,
+        nodes=args.nodes,
     )
     document, plan = render(request, catalog_from_args(args))
     print(to_yaml(document), end="")
-    print(f"# plan: {plan.recipe_id} on {plan.devices_used}x {plan.product} "
+    nodes = f"{plan.nodes} nodes, " if plan.nodes > 1 else ""
+    print(f"# plan: {plan.recipe_id} on {nodes}{plan.devices_used}x {plan.product} "
           f"(tp={plan.tensor_parallel_size} pp={plan.pipeline_parallel_size} "
           f"dp={plan.data_parallel_size}, {plan.precision}, context {plan.max_model_len})",
           file=sys.stderr)

@@ -20,6 +20,9 @@ def describe_inventory(inventory: Inventory) -> str:
     host = inventory.host
     limit = f", limit {gib(host.memory_limit_bytes)}" if host.memory_limit_bytes else ""
     lines = [f"source: {inventory.source}"]
+    if inventory.nodes > 1:
+        lines.append(f"nodes: {inventory.nodes} identical nodes, {inventory.device_count} GPUs "
+                     "in all; the devices below are one node's")
     if not inventory.devices:
         lines.append("accelerator: CPU (no AMD GPU available to this process)")
     for d in inventory.devices:
@@ -41,8 +44,12 @@ def describe_inventory(inventory: Inventory) -> str:
 def summarize_plan(plan: Plan) -> str:
     """A few lines: what was chosen, on what, with how much memory to spare."""
     m = plan.memory
-    where = (f"{plan.devices_used} of {plan.devices_available}x {plan.product}"
-             if plan.product != "CPU" else "the CPU")
+    if plan.product == "CPU":
+        where = "the CPU"
+    elif plan.nodes > 1:
+        where = f"{plan.nodes} nodes of {plan.devices_per_node}x {plan.product}"
+    else:
+        where = f"{plan.devices_used} of {plan.devices_available}x {plan.product}"
     lines = [
         f"recipe {plan.recipe_id} ({plan.recipe_source}, objective {plan.objective}) "
         f"on {where}",

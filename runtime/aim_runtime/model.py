@@ -23,6 +23,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from kserve.protocol.rest.openai import OpenAIGenerativeModel
 
 from aim_runtime import metrics
+from aim_runtime.cluster import ClusterSpec, form_cluster, stop_ray
 from aim_runtime.engine import Engine, start_engine
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,12 @@ class AimModel(Model, OpenAIGenerativeModel):
     """Serves one vLLM engine over KServe v2 and the OpenAI API."""
 
     def __init__(self, name: str, engine_argv: list[str], env: dict[str, str],
-                 on_engine_death: Callable[[str], None] | None = None) -> None:
+                 on_engine_death: Callable[[str], None] | None = None,
+                 cluster: ClusterSpec | None = None) -> None:
         super().__init__(name)
         self.engine_argv = engine_argv
         self.env = env
+        self.cluster = cluster  # multi-node head: form the Ray cluster before the engine
         self.on_engine_death = on_engine_death
         self.vllm_engine: Engine | None = None
         self.ready = True  # registered now; readiness comes from healthy()
@@ -69,6 +72,8 @@ class AimModel(Model, OpenAIGenerativeModel):
         """KServe would mark the model ready here; readiness waits for the engine instead."""
 
     async def start_engine(self) -> None:
+        if self.cluster is not None:
+            await self._form_cluster(self.cluster)
         started = time.monotonic()
         log.info("loading the vLLM engine")
         self.vllm_engine = await start_engine(self.engine_argv, self.env)
@@ -80,6 +85,13 @@ class AimModel(Model, OpenAIGenerativeModel):
         log.info("engine ready in %.1f s (KV cache: %s tokens)", time.monotonic() - started,
                  capacity)
         self.vllm_engine.monitor = asyncio.create_task(self._watch_engine())
+
+    async def _form_cluster(self, spec: ClusterSpec) -> None:
+        started = time.monotonic()
+        log.info("multi-node head: starting Ray, waiting for %d nodes with %d GPUs each "
+                 "(up to %g s)", spec.nodes, spec.gpus_per_node, spec.join_timeout_seconds)
+        await asyncio.to_thread(form_cluster, spec)
+        metrics.record_phase("cluster", time.monotonic() - started)
 
     async def _watch_engine(self) -> None:
         """Poll engine health; on death, liveness turns false and the owner is told."""
@@ -106,6 +118,8 @@ class AimModel(Model, OpenAIGenerativeModel):
     def stop(self) -> None:
         if self.vllm_engine is not None:
             self.vllm_engine.shutdown()
+        if self.cluster is not None:
+            stop_ray()
         self.ready = False
 
     def _engine(self) -> Engine:

@@ -68,6 +68,11 @@ class ModelSummary(BaseModel):
     max_position_embeddings: int
 
 
+# Prefixes vLLM's Ray executor copies to workers by itself (vllm/ray/ray_env.py).
+RAY_COPIED_PREFIXES = ("VLLM_", "NCCL_", "UCX_", "HF_", "HUGGING_FACE_", "FLASH_ATTENTION_",
+                       "LMCACHE_")
+
+
 class Plan(BaseModel):
     """The chosen configuration and the proof of why it was chosen."""
 
@@ -80,6 +85,8 @@ class Plan(BaseModel):
     product: str
     isa: str | None
     inventory_source: str
+    nodes: int
+    devices_per_node: int
     devices_available: int
     devices_used: int
     tensor_parallel_size: int
@@ -112,16 +119,25 @@ class _Setting:
     product: str
     isa: str | None
     device_memory_bytes: int
+    nodes: int = 1
+    devices_per_node: int = 1
 
     @property
     def fp8_capable(self) -> bool:
         return self.on_gpu and isa_supports_fp8(self.isa)
+
+    @property
+    def multi_node(self) -> bool:
+        return self.nodes > 1
 
 
 def make_plan(inventory: Inventory, facts: ModelFacts, catalog: Catalog,
               overrides: Overrides | None = None) -> Plan:
     """Choose the first candidate that fits; raise NoFitError (with every reason) if none does."""
     setting = _setting(inventory, facts, overrides or Overrides())
+    if setting.multi_node and not setting.on_gpu:
+        raise PlanError(f"{inventory.nodes} nodes of CPUs: multi-node serving needs GPUs "
+                        "(vLLM's Ray executor refuses the CPU platform)")
     if facts.weight_precision is None:
         raise PlanError(
             f"{facts.path}: quantization method {facts.quantization.method!r} is not one the "
@@ -140,8 +156,22 @@ def make_plan(inventory: Inventory, facts: ModelFacts, catalog: Catalog,
                                   detail=_fit_summary(memory)))
             return _build(setting, candidate, memory, reasons)
         reasons.append(Reason(candidate=candidate.label(), outcome="refused", detail=refusal))
+    if not _derived_layouts(setting):
+        raise NoFitError(_no_layout_message(setting), "give it fewer GPUs (or nodes)",
+                         reasons=reasons)
     message, hint = no_fit_message(setting, reasons)
     raise NoFitError(message, hint, reasons=reasons)
+
+
+def _no_layout_message(setting: _Setting) -> str:
+    facts = setting.facts
+    where = (f"{setting.nodes} nodes of {setting.devices_per_node}" if setting.multi_node
+             else f"{setting.devices}")
+    inside = " and stay inside a node" if setting.multi_node else ""
+    return (f"{facts.architecture} cannot be split over {where} {setting.product} GPUs: tensor "
+            f"parallelism must divide its {facts.num_attention_heads} attention heads "
+            f"({facts.num_kv_heads} KV heads){inside}, and pipeline stages cannot outnumber its "
+            f"{facts.num_layers} layers")
 
 
 def _setting(inventory: Inventory, facts: ModelFacts, overrides: Overrides) -> _Setting:
@@ -156,7 +186,8 @@ def _setting(inventory: Inventory, facts: ModelFacts, overrides: Overrides) -> _
         min_concurrency=overrides.get("min_concurrency") or DEFAULT_MIN_CONCURRENCY,
         devices=inventory.device_count if on_gpu else 1,
         on_gpu=on_gpu, product=inventory.product, isa=inventory.isa,
-        device_memory_bytes=device_memory,
+        device_memory_bytes=device_memory, nodes=inventory.nodes,
+        devices_per_node=inventory.devices_per_node if on_gpu else 1,
     )
 
 
@@ -212,10 +243,34 @@ def _check_parallel_overrides(setting: _Setting) -> None:
     tp = sizes["tensor_parallel_size"]
     if tp is not None and (why := valid_tensor_parallel(setting.facts, tp)):
         raise OverrideError(f"{overrides.origin('tensor_parallel_size')}: {why}")
+    if setting.multi_node:
+        _check_multi_node_overrides(setting, sizes)
     pp = sizes["pipeline_parallel_size"]
     if pp is not None and pp > setting.facts.num_layers:
         raise OverrideError(f"{overrides.origin('pipeline_parallel_size')}: more stages than "
                             f"the model's {setting.facts.num_layers} layers")
+
+
+def _check_multi_node_overrides(setting: _Setting, sizes: dict[str, int | None]) -> None:
+    overrides = setting.overrides
+    tp, dp = sizes["tensor_parallel_size"], sizes["data_parallel_size"]
+    if tp is not None and (tp > setting.devices_per_node or setting.devices_per_node % tp):
+        raise OverrideError(
+            f"{overrides.origin('tensor_parallel_size')}: tensor parallelism must stay inside a "
+            f"node of {setting.devices_per_node} GPUs (never across the network)",
+            f"use a divisor of {setting.devices_per_node}; pipeline stages span the nodes")
+    if dp is not None and dp > 1:
+        raise OverrideError(
+            f"{overrides.origin('data_parallel_size')}: data-parallel replicas across nodes are "
+            "separate deployments", "deploy one InferenceService per replica (or scale it)")
+
+
+def ray_carry_over_env(env: dict[str, str]) -> dict[str, str]:
+    """vLLM copies VLLM_*, NCCL_*, HF_*... variables to its Ray workers on other nodes; the plan's
+    others (HIP_*, TORCH_*...) are named in VLLM_RAY_EXTRA_ENV_VARS_TO_COPY so every node runs
+    with the same settings."""
+    names = sorted(name for name in env if not name.startswith(RAY_COPIED_PREFIXES))
+    return {"VLLM_RAY_EXTRA_ENV_VARS_TO_COPY": ",".join(names)} if names else {}
 
 
 def precision_refusal(setting: _Setting, precision: str) -> str | None:
@@ -261,9 +316,11 @@ def _derived_layouts(setting: _Setting) -> list[Layout]:
             for name in ("tensor", "pipeline", "data")}
     if all(pins.values()):
         return [Layout(pins["tensor"], pins["pipeline"], pins["data"])]
+    per_node = setting.devices_per_node if setting.multi_node else None
     if not any(pins.values()):
-        return layouts(setting.facts, setting.devices, setting.objective)
-    everything = layouts(setting.facts, setting.devices, setting.objective, with_pipeline=True)
+        return layouts(setting.facts, setting.devices, setting.objective, per_node=per_node)
+    everything = layouts(setting.facts, setting.devices, setting.objective, with_pipeline=True,
+                         per_node=per_node)
     return [
         layout for layout in everything
         if pins["tensor"] in (None, layout.tp) and pins["pipeline"] in (None, layout.pp)
@@ -283,6 +340,11 @@ def _recipe_refusal(setting: _Setting, recipe: Recipe) -> str | None:
         return f"needs {per_replica} devices per replica; this pod has {setting.devices}"
     if setting.devices % per_replica:
         return f"{per_replica} devices per replica do not divide the {setting.devices} devices"
+    if setting.multi_node and per_replica != setting.devices:
+        return (f"for {per_replica} devices; {setting.nodes} nodes of {setting.devices_per_node} "
+                "need one replica spanning them (pipeline stages across nodes)")
+    if setting.multi_node and recipe.tensor_parallel_size > setting.devices_per_node:
+        return "its tensor parallelism would cross nodes"
     why = valid_tensor_parallel(setting.facts, recipe.tensor_parallel_size)
     if why:
         return why
@@ -399,8 +461,14 @@ def _build(setting: _Setting, candidate: Candidate, memory: MemoryEstimate,
         engine_args["kv_cache_memory_bytes"] = memory.kv_budget_bytes_per_device
     if candidate.quantization:
         engine_args["quantization"] = candidate.quantization
+    if setting.multi_node:
+        engine_args["distributed_executor_backend"] = "ray"  # vLLM's executor across nodes
+        notes.append(f"{setting.nodes} nodes: tensor parallel {layout.tp} inside each node, "
+                     f"{layout.pp} pipeline stages across them (Ray)")
     env = {**platform_env(setting.isa, layout.tp * layout.pp), **(recipe.env if recipe else {})}
     engine_args.update(recipe.engine_args if recipe else {})
+    if setting.multi_node:
+        env.update(ray_carry_over_env(env))
     if facts.mla is not None and env.get("VLLM_ROCM_USE_AITER") == "1":
         engine_args.setdefault("block_size", 1)  # AITER MLA requires it (AMD vLLM guide)
     if candidate.context_pinned and memory.full_length_sequences < setting.min_concurrency:
@@ -421,6 +489,8 @@ def _build(setting: _Setting, candidate: Candidate, memory: MemoryEstimate,
         product=setting.product,
         isa=setting.isa,
         inventory_source=setting.inventory.source,
+        nodes=setting.nodes,
+        devices_per_node=setting.devices_per_node,
         devices_available=setting.devices,
         devices_used=layout.devices,
         tensor_parallel_size=layout.tp,

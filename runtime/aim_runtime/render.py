@@ -5,6 +5,11 @@ The GPU count (`amd.com/gpu`), the node selector (the AMD node labeller's
 (`AIM_*` variables) make the pod re-derive that same plan, so what is deployed and what the pod
 selects agree by construction. Works offline from a `config.json`.
 
+Multi-node (`--nodes N`): the `aim-runtime-multinode` runtime, a `workerSpec` with
+`pipelineParallelSize` N (nodes) and `tensorParallelSize` the GPUs of each node, under KServe's
+rules for it: Standard mode, `pvc://` (ReadWriteMany) or `oci://` storage, no autoscaling, no
+canary.
+
 Canaries: in Knative mode the output is the existing InferenceService with the new predictor and
 `canaryTrafficPercent`; in Standard mode (KServe >= 0.20) it is the stable InferenceService (read
 from `--stable FILE`) with a `spec.canary` entry.
@@ -28,6 +33,10 @@ from aim_runtime.planning import Plan, make_plan
 from aim_runtime.recipes import Catalog
 
 RUNTIME_NAME = "aim-runtime"
+MULTINODE_RUNTIME_NAME = "aim-runtime-multinode"
+WORKER_CONTAINER = "worker-container"
+MULTINODE_STORAGE = ("pvc://", "oci://")
+DEFAULT_GPUS_PER_NODE = 8
 MODEL_FORMAT = "aim"
 GPU_RESOURCE = "amd.com/gpu"
 DEVICE_ID_LABEL = "amd.com/gpu.device-id"
@@ -55,19 +64,30 @@ class RenderRequest:
     traffic: int | None = None
     stable: Path | None = None
     supplemental_groups: tuple[int, ...] = DEFAULT_SUPPLEMENTAL_GROUPS
+    nodes: int = 1
+
+    @property
+    def multi_node(self) -> bool:
+        return self.nodes > 1
 
 
 def render(request: RenderRequest, catalog: Catalog) -> tuple[dict[str, Any], Plan]:
     """The InferenceService (as a dict) and the plan it was made from."""
     _validate(request)
     facts = load_model_facts(request.model, hf_id=request.model_id)
-    plan = plan_for_gpu(facts, request.gpu, request.count, request.objective, catalog)
+    if request.multi_node:
+        plan = plan_for_nodes(facts, request, catalog)
+    else:
+        plan = plan_for_gpu(facts, request.gpu, request.count, request.objective, catalog)
     predictor = predictor_spec(plan, request)
     name = request.canary_of or request.name or default_name(request)
+    annotations = {"serving.kserve.io/deploymentMode": request.mode.capitalize(),
+                   "aim.amd.com/recipe": plan.recipe_id}
+    if request.multi_node:
+        annotations["serving.kserve.io/autoscalerClass"] = "none"  # KServe: no autoscaling
     metadata: dict[str, Any] = {
         "name": name,
-        "annotations": {"serving.kserve.io/deploymentMode": request.mode.capitalize(),
-                        "aim.amd.com/recipe": plan.recipe_id},
+        "annotations": annotations,
         "labels": {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": RUNTIME_NAME},
     }
     if request.namespace:
@@ -105,39 +125,63 @@ def plan_for_gpu(facts: Any, gpu: str, count: int | None, objective: str | None,
     raise last_error
 
 
+def plan_for_nodes(facts: Any, request: RenderRequest, catalog: Catalog) -> Plan:
+    """The plan for `request.nodes` nodes of `request.count` (default 8) GPUs each."""
+    per_node = request.count or DEFAULT_GPUS_PER_NODE
+    inventory = detect(simulate=f"{request.gpu}:{per_node}x{request.nodes}", environ={})
+    return make_plan(inventory, facts, catalog,
+                     collect_overrides({"objective": request.objective}, {}))
+
+
 def _native(facts: Any) -> str:
     precision = facts.weight_precision or "bf16"
     return "bf16" if precision == "fp32" else precision
 
 
 def predictor_spec(plan: Plan, request: RenderRequest) -> dict[str, Any]:
-    """The predictor: model, pins, resources, node selector, /dev/shm."""
-    devices = plan.devices_used
-    shm_gib = shm_size_gib(devices)
-    memory_gib = host_memory_gib(devices, shm_gib)
+    """The predictor: model, pins, resources, node selector, /dev/shm (and the worker pods)."""
+    devices = plan.devices_per_node if request.multi_node else plan.devices_used
     model: dict[str, Any] = {
         "modelFormat": {"name": MODEL_FORMAT},
-        "runtime": RUNTIME_NAME,
+        "runtime": MULTINODE_RUNTIME_NAME if request.multi_node else RUNTIME_NAME,
         "storageUri": request.storage_uri or _storage_uri(request),
         "env": [{"name": k, "value": v} for k, v in planner_pins(plan, request).items()],
-        "resources": {
-            "requests": {"cpu": str(2 + 2 * devices), "memory": f"{memory_gib}Gi",
-                         GPU_RESOURCE: str(devices)},
-            "limits": {"memory": f"{2 * memory_gib}Gi", GPU_RESOURCE: str(devices)},
-        },
+        "resources": pod_resources(devices),
     }
+    predictor: dict[str, Any] = {} if request.multi_node else {"minReplicas": 1}
+    predictor.update(pod_placement(plan, request, devices))
+    predictor["model"] = model
+    if request.multi_node:
+        predictor["workerSpec"] = {
+            "pipelineParallelSize": plan.nodes,
+            "tensorParallelSize": plan.devices_per_node,
+            **pod_placement(plan, request, devices),
+            "containers": [{"name": WORKER_CONTAINER, "resources": pod_resources(devices)}],
+        }
+    return predictor
+
+
+def pod_resources(devices: int) -> dict[str, Any]:
+    """CPU, memory and GPUs of one pod driving `devices` GPUs."""
+    memory_gib = host_memory_gib(devices, shm_size_gib(devices))
+    return {
+        "requests": {"cpu": str(2 + 2 * devices), "memory": f"{memory_gib}Gi",
+                     GPU_RESOURCE: str(devices)},
+        "limits": {"memory": f"{2 * memory_gib}Gi", GPU_RESOURCE: str(devices)},
+    }
+
+
+def pod_placement(plan: Plan, request: RenderRequest, devices: int) -> dict[str, Any]:
+    """Pod-level fields shared by the predictor and the multi-node workers."""
     product = lookup_product(plan.product)
-    predictor: dict[str, Any] = {
-        "minReplicas": 1,
+    return {
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "nodeSelector": {DEVICE_ID_LABEL: product.node_label_device_id},
         "securityContext": {"runAsNonRoot": True,
                             "supplementalGroups": list(request.supplemental_groups)},
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory",
-                                                  "sizeLimit": f"{shm_gib}Gi"}}],
-        "model": model,
+        "volumes": [{"name": "dshm", "emptyDir": {
+            "medium": "Memory", "sizeLimit": f"{shm_size_gib(devices)}Gi"}}],
     }
-    return predictor
 
 
 def planner_pins(plan: Plan, request: RenderRequest) -> dict[str, str]:
@@ -238,3 +282,24 @@ def _validate(request: RenderRequest) -> None:
         lookup_product(request.gpu)
     except KeyError as exc:
         raise AimError(f"--gpu {request.gpu}: {exc.args[0]}") from exc
+    if request.nodes < 1:
+        raise AimError(f"--nodes {request.nodes}: expected a positive number of nodes")
+    if request.multi_node:
+        _validate_multi_node(request)
+
+
+def _validate_multi_node(request: RenderRequest) -> None:
+    """KServe's own rules for workerSpec, said before kubectl does."""
+    if request.mode != "standard":
+        raise AimError(f"--nodes {request.nodes} with --mode {request.mode}: KServe runs "
+                       "multi-node only in Standard mode", "drop --mode knative")
+    if request.canary_of:
+        raise AimError(f"--nodes {request.nodes} with --canary-of: KServe does not combine "
+                       "multi-node (workerSpec) with canaries",
+                       "roll out a second InferenceService and switch clients over")
+    if not (request.storage_uri or "").startswith(MULTINODE_STORAGE):
+        raise AimError(
+            f"--nodes {request.nodes}: storage {request.storage_uri or '(none)'} — every node "
+            "reads the same weights, so KServe requires pvc:// (ReadWriteMany) or oci://",
+            "fill a ReadWriteMany PVC with manifests/model-cache/download-job.yaml and pass "
+            "--storage-uri pvc://NAME/PATH")

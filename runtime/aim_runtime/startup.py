@@ -23,6 +23,7 @@ from typing import Any
 
 from aim_runtime import metrics
 from aim_runtime.cli import add_detection_args, add_planner_args, catalog_from_args
+from aim_runtime.cluster import ClusterSpec, nodes_from_env, spec_from_env
 from aim_runtime.detection import detect
 from aim_runtime.errors import AimError
 from aim_runtime.explain import summarize_plan
@@ -68,6 +69,15 @@ def serve_parser() -> argparse.ArgumentParser:
         "--max-request-bytes", type=int,
         default=int(os.environ.get("AIM_MAX_REQUEST_BYTES", str(32 * 1024 * 1024))),
         help="largest request body accepted; larger gets 413 (default 32 MiB)")
+    cluster = parser.add_argument_group("multi-node (KServe workerSpec)")
+    cluster.add_argument(
+        "--role", choices=("single", "head"), default=os.environ.get("AIM_ROLE", "single"),
+        help="head: start a Ray head, wait for the worker nodes (`aim-runtime worker`), then "
+             "serve with pipeline stages across them (default single; AIM_ROLE)")
+    cluster.add_argument(
+        "--nodes", type=int,
+        help="head: nodes in all, this one included (default: PIPELINE_PARALLEL_SIZE, which "
+             "KServe sets from workerSpec.pipelineParallelSize)")
     add_detection_args(parser, simulate=False)
     add_planner_args(parser, vllm_names=False)
     return parser
@@ -90,6 +100,7 @@ class Prepared:
     plan: Plan
     model: Any
     server: Any
+    cluster: ClusterSpec | None = None
 
 
 def serve_main(argv: Sequence[str]) -> int:
@@ -130,14 +141,17 @@ def prepare(argv: list[str]) -> Prepared:
         vllm_args, explicit = parse_vllm_args(rest)
     log.info("vllm %s, kserve %s", versions["vllm"], versions["kserve"])
     model_dir, model_source = _model_location(args)
+    nodes = _node_count(args)
     with phase("detect"):
         inventory = detect(sys_root=args.sys_root, dev_root=args.dev_root,
                            proc_root=args.proc_root, amd_smi_json=args.amd_smi_json,
-                           simulate=None)
+                           simulate=None, nodes=nodes)
     if inventory.is_simulated:
         raise AimError(f"the inventory is {inventory.source} ({inventory.product}), not real "
                        "hardware: it can be planned for, not served on",
                        "unset AIM_GPU_PRODUCT/AIM_GPU_COUNT, or use `aim-runtime plan`")
+    cluster = (spec_from_env(os.environ, nodes, inventory.devices_per_node)
+               if args.role == "head" else None)
     with phase("inspect"):
         facts = load_model_facts(model_dir, hf_id=args.model_id or os.environ.get("AIM_MODEL_ID"))
     with phase("plan"):
@@ -160,17 +174,32 @@ def prepare(argv: list[str]) -> Prepared:
     keys += list(vllm_args.api_key or [])
     if keys:
         log.info("API keys required on inference routes (%d key(s))", len(keys))
-    model, server = _build_server(args, plan, names, argv_for_vllm, tuple(keys))
-    return Prepared(plan=plan, model=model, server=server)
+    model, server = _build_server(args, plan, names, argv_for_vllm, tuple(keys), cluster)
+    return Prepared(plan=plan, model=model, server=server, cluster=cluster)
+
+
+def _node_count(args: argparse.Namespace) -> int:
+    """1 for a single-node server; the deployment's node count for a multi-node head."""
+    nodes = args.nodes or nodes_from_env(os.environ)
+    if args.role == "head" and nodes < 2:
+        raise AimError("--role head: a multi-node head needs the node count, 2 or more",
+                       "KServe sets PIPELINE_PARALLEL_SIZE from workerSpec.pipelineParallelSize;"
+                       " outside KServe pass --nodes N")
+    if args.role == "single" and nodes > 1:
+        raise AimError(f"{nodes} nodes (PIPELINE_PARALLEL_SIZE/--nodes) but --role is single: "
+                       "the worker nodes would wait for a Ray head that never starts",
+                       "use the aim-runtime-multinode ServingRuntime (it passes --role head)")
+    return nodes
 
 
 def _build_server(args: argparse.Namespace, plan: Plan, names: list[str],
-                  vllm_argv: list[str], api_keys: tuple[str, ...]) -> tuple[Any, Any]:
+                  vllm_argv: list[str], api_keys: tuple[str, ...],
+                  cluster: ClusterSpec | None) -> tuple[Any, Any]:
     from aim_runtime.gate import GateSettings
     from aim_runtime.model import AimModel
     from aim_runtime.server import AimModelServer
 
-    model = AimModel(names[0], vllm_argv, plan.env)
+    model = AimModel(names[0], vllm_argv, plan.env, cluster=cluster)
     gate = GateSettings(api_keys=api_keys, max_request_bytes=args.max_request_bytes,
                         max_queued=args.max_queued_requests)
     server = AimModelServer(

@@ -94,11 +94,7 @@ def _fits(setting: Any, precision: str, devices: int, context: int, sequences: i
 def _layouts(setting: Any, devices: int) -> list[Layout]:
     if devices <= DEVICES_PER_NODE:
         return layouts(setting.facts, devices, "latency")
-    per_node = layouts(setting.facts, DEVICES_PER_NODE, "latency")
-    if not per_node:
-        return []
-    widest = per_node[0].tp  # tensor parallel inside a node, pipeline stages for the rest
-    return [Layout(widest, devices // widest, 1)]
+    return layouts(setting.facts, devices, "latency", per_node=DEVICES_PER_NODE)
 
 
 def _fewest_devices(setting: Any, precision: str) -> int | None:

@@ -37,6 +37,7 @@ _IMPORT = object()  # sentinel: import the real amdsmi library
 def detect(
     *,
     simulate: str | None = None,
+    nodes: int = 1,
     sys_root: Path = Path("/sys"),
     dev_root: Path = Path("/dev"),
     proc_root: Path = Path("/proc"),
@@ -44,13 +45,14 @@ def detect(
     amd_smi_json: Path | None = None,
     amdsmi_module: Any = _IMPORT,
 ) -> Inventory:
-    """Build the inventory from the sources in the module's documented order."""
+    """Build the inventory from the sources in the module's documented order. `nodes` > 1: this
+    node is the head of that many identical nodes (a KServe multi-node deployment)."""
     env = os.environ if environ is None else environ
     host = read_host(sys_root, proc_root)
     if simulate:
-        product, count = parse_simulate(simulate, "--simulate")
+        product, count, nodes = parse_simulate(simulate, "--simulate")
         return Inventory(source="simulated", devices=simulated_devices(product, count), host=host,
-                         notes=(f"simulated: {simulate}",))
+                         nodes=nodes, notes=(f"simulated: {simulate}",))
 
     source, devices, notes = _probe_hardware(sys_root, dev_root, amd_smi_json, amdsmi_module)
     if devices:
@@ -58,14 +60,15 @@ def detect(
         _check_homogeneous(devices)
         devices, override_notes = _apply_env_limits(devices, env)
         notes = notes + visibility_notes + override_notes
-        return Inventory(source=source, devices=tuple(devices), host=host, notes=tuple(notes))
+        return Inventory(source=source, devices=tuple(devices), host=host, nodes=nodes,
+                         notes=tuple(notes))
 
     env_product = env.get("AIM_GPU_PRODUCT", "").strip()
     if env_product:
-        product, _ = parse_simulate(env_product, "AIM_GPU_PRODUCT")
+        product, _, _ = parse_simulate(env_product, "AIM_GPU_PRODUCT")
         count, count_note = _env_count_without_hardware(env)
         return Inventory(
-            source="override", devices=simulated_devices(product, count), host=host,
+            source="override", devices=simulated_devices(product, count), host=host, nodes=nodes,
             notes=(*notes, f"no GPU found; planning for AIM_GPU_PRODUCT={product}", *count_note),
         )
     if env.get("AIM_GPU_COUNT", "").strip():
@@ -74,23 +77,27 @@ def detect(
             "AIM_GPU_PRODUCT is not set",
             "set AIM_GPU_PRODUCT too (for example MI300X) to plan for GPUs this machine lacks",
         )
-    return Inventory(source="cpu", host=host, notes=(*notes, "no AMD GPU found: using the CPU"))
+    return Inventory(source="cpu", host=host, nodes=nodes,
+                     notes=(*notes, "no AMD GPU found: using the CPU"))
 
 
-def parse_simulate(spec: str, origin: str) -> tuple[str, int]:
-    """`MI300X:8` -> ("MI300X", 8); `MI300X` -> ("MI300X", 1). `origin` names the setting."""
+def parse_simulate(spec: str, origin: str) -> tuple[str, int, int]:
+    """`MI300X:8` -> ("MI300X", 8, 1); `MI300X:8x2` -> 8 per node on 2 nodes; `MI300X` -> 1."""
     name, _, count_text = spec.partition(":")
     try:
         product = lookup_product(name).name
     except KeyError as exc:
         raise OverrideError(f"{origin} {spec!r}: {exc.args[0]}") from exc
-    count_text = count_text.strip() or "1"
-    if not count_text.isdigit() or int(count_text) < 1:
-        raise OverrideError(
-            f"{origin} {spec!r}: device count {count_text!r} is not a positive integer",
-            "write PRODUCT:COUNT, for example MI300X:8",
-        )
-    return product, int(count_text)
+    per_node, separator, nodes = (count_text.strip() or "1").lower().partition("x")
+    nodes = nodes if separator else "1"
+    for text in (per_node, nodes):
+        if not text.isdigit() or int(text) < 1:
+            raise OverrideError(
+                f"{origin} {spec!r}: {text!r} is not a positive integer",
+                "write PRODUCT:COUNT or PRODUCT:COUNTxNODES, for example MI300X:8 or "
+                "MI300X:8x2",
+            )
+    return product, int(per_node), int(nodes)
 
 
 def simulated_devices(product_name: str, count: int) -> tuple[Device, ...]:

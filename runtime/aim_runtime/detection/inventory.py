@@ -45,13 +45,18 @@ class HostInfo(BaseModel):
 
 
 class Inventory(BaseModel):
-    """Devices of one product (mixed products are refused at detection) plus the host."""
+    """Devices of one product (mixed products are refused at detection) plus the host.
+
+    `devices` are this node's; `nodes` > 1 describes a multi-node deployment of identical nodes
+    (KServe's workerSpec), where the planner keeps tensor parallelism inside a node.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     source: InventorySource
     devices: tuple[Device, ...] = ()
     host: HostInfo
+    nodes: int = 1
     notes: tuple[str, ...] = ()
 
     @property
@@ -60,6 +65,11 @@ class Inventory(BaseModel):
 
     @property
     def device_count(self) -> int:
+        """Devices over all nodes."""
+        return len(self.devices) * self.nodes
+
+    @property
+    def devices_per_node(self) -> int:
         return len(self.devices)
 
     @property
