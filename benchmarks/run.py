@@ -1,6 +1,6 @@
 """The runtime's cost over bare vLLM, measured side by side in one run.
 
-    python -m benchmarks.run [--model DIR] [--pairs 3] [--concurrency 1 4 16 64] [--smoke]
+    python -m benchmarks.run [--model DIR] [--pairs 5] [--concurrency 1 4 16 64] [--smoke]
 
 Both servers serve the same model with the same engine arguments (the plan's) and environment.
 Load comes from vLLM's own serving benchmark (`vllm bench serve`, run in-process because the
@@ -40,7 +40,7 @@ from benchmarks.processes import REPO, ServerProcess, aim_server, bare_vllm_serv
 
 MODEL_NAME = "bench"
 CONCURRENCY = (1, 4, 16, 64)
-PROMPTS_PER_CONCURRENCY = {1: 16, 4: 32, 16: 64, 64: 128}
+PROMPTS_PER_CONCURRENCY = {1: 32, 4: 64, 16: 128, 64: 256}
 SEED = 1234
 METRICS = ("output_throughput", "request_throughput", "p50_ttft_ms", "p99_ttft_ms",
            "p50_itl_ms", "p99_itl_ms")
@@ -88,7 +88,7 @@ def parse(argv: list[str] | None) -> Settings:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("default"),
                         help="model directory (default: the embedded tiny model)")
-    parser.add_argument("--pairs", type=int, default=3, help="paired runs per concurrency")
+    parser.add_argument("--pairs", type=int, default=5, help="paired runs per concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=128)
