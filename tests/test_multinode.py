@@ -100,7 +100,9 @@ def test_the_head_waits_until_every_node_and_gpu_has_joined(formed):
     assert "error" not in formed, formed.get("error")
     assert formed["status"] == cluster.ClusterStatus(nodes=2, gpus=2.0)
     assert formed["done_at"] > formed["head_up_at"]  # it waited for the worker
-    assert "joined the Ray cluster" in formed["log"].read_text()
+    # the head can see the node before `ray start` has printed its banner to the worker
+    wait_for(lambda: "joined the Ray cluster" in formed["log"].read_text(), 30,
+             "the worker to report that it joined")
     assert os.environ["RAY_ADDRESS"] == formed["spec"].address  # for vLLM's Ray executor
 
 

@@ -3,6 +3,7 @@ families (KServe, AIM Runtime, vLLM), vLLM flags winning over the plan, and clea
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -63,6 +64,9 @@ def test_served_model_name_aliases_are_registered(clean_env, tiny_model):
     (["--model", "/x"], "--model: use --model_dir"),
     (["--workers", "2"], "--workers 2: one process serves one vLLM engine"),
     (["stray-positional"], "unexpected argument 'stray-positional'"),
+    pytest.param(["--access_log_format", "%(h)s %(r)s"], "needs the asgi-logger package",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("asgi_logger") is not None,
+                                          reason="asgi-logger is installed")),
 ])
 def test_unknown_and_reserved_arguments_are_errors(clean_env, tiny_model, args, message):
     with pytest.raises(AimError) as error:
@@ -126,6 +130,25 @@ def test_openai_routes_missing_after_registration_stops_the_server(monkeypatch, 
                          recipe_id="r", model=model, gate=GateSettings())
     with pytest.raises(RuntimeError, match="did not register the OpenAI routes"):
         rest._register_endpoints(FastAPI())
+
+
+def test_the_middleware_stack_is_ours_without_kserve_timing(tiny_model):
+    """KServe's TimingMiddleware (route re-matching, CPU timing, trace logs per request) is left
+    out of the serving path; the gate and the recipe header are in."""
+    from fastapi import FastAPI
+
+    from aim_runtime.gate import GateSettings, RequestGate
+    from aim_runtime.model import AimModel
+    from aim_runtime.server import AimRESTServer, RecipeHeaderMiddleware
+
+    prepared = startup.prepare(["--model_dir", str(tiny_model), "--enable_grpc", "false"])
+    rest = AimRESTServer("kserve.model_server:app", prepared.server.dataplane,
+                         prepared.server.model_repository_extension, 0, host="127.0.0.1",
+                         recipe_id="r", model=AimModel("tiny", [], {}), gate=GateSettings())
+    app = FastAPI()
+    rest._add_middlewares(app)
+    names = [entry.cls.__name__ for entry in app.user_middleware]
+    assert names == [RecipeHeaderMiddleware.__name__, RequestGate.__name__]
 
 
 def test_model_id_without_hub_access_is_a_clear_error(tmp_path):
