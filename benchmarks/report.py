@@ -51,7 +51,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"Model `{Path(settings['model']).name}`, random prompts of {settings['input_len']} "
         f"tokens, {settings['output_len']} output tokens (ignore EOS), streaming completions, "
         f"{settings['pairs']} paired runs per concurrency. Engine args (both servers): "
-        f"`{' '.join(settings['engine_args'])}`.",
+        f"`{' '.join(settings['engine_args'])}`. Bare server front-end args: "
+        f"`{' '.join(settings.get('bare_frontend_args', []))}` (neither writes an access log).",
         "",
         "Cells: bare / ours medians (ours/bare ratio min-**median**-max over the pairs).",
         "",

@@ -44,6 +44,9 @@ MODEL_NAME = "bench"
 CONCURRENCY = (1, 4, 16, 64)
 PROMPTS_PER_CONCURRENCY = {1: 32, 4: 64, 16: 128, 64: 256}
 SEED = 1234
+# `vllm serve` writes an access line per request by default, ours only with --access_log_format:
+# without this the comparison would credit us with the bare server's logging.
+BARE_FRONTEND_ARGS = ("--disable-uvicorn-access-log",)
 METRICS = ("output_throughput", "request_throughput", "p50_ttft_ms", "p99_ttft_ms",
            "p50_itl_ms", "p99_itl_ms")
 
@@ -73,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {"model": str(model), "pairs": settings.pairs,
                          "concurrency": list(settings.concurrency),
                          "input_len": settings.input_len, "output_len": settings.output_len,
-                         "engine_args": engine_argv},
+                         "engine_args": engine_argv,
+                         "bare_frontend_args": list(BARE_FRONTEND_ARGS)},
         }
         results["planner"] = time_planner(settings.planner_recipes, work)
         results["startup"], results["serving"] = measure_pairs(settings, model, engine_argv,
@@ -213,11 +217,12 @@ def _load_levels(settings: Settings) -> list[tuple[int, int]]:
 def _measure_one(label: str, settings: Settings, model: Path, engine_argv: list[str],
                  env: dict[str, str], work: Path) -> dict[str, Any]:
     if label == "bare":
-        process, endpoint = bare_vllm_server(work, model, engine_argv, env, name=MODEL_NAME), \
-            "/v1/completions"
+        process = bare_vllm_server(work, model, [*engine_argv, *BARE_FRONTEND_ARGS], env,
+                                   name=MODEL_NAME)
+        endpoint = "/v1/completions"
     else:
-        process, endpoint = aim_server(work, model, *settings.engine_args, name=MODEL_NAME), \
-            "/openai/v1/completions"
+        process = aim_server(work, model, *settings.engine_args, name=MODEL_NAME)
+        endpoint = "/openai/v1/completions"
     process.start()
     try:
         process.wait_ready()

@@ -8,6 +8,8 @@ import pytest
 
 from benchmarks.processes import ServerProcess, aim_server
 
+ACCESS_LOG_FORMAT = 'access %(h)s "%(r)s" %(s)s %(M)sms recipe=%({x-aim-recipe}o)s'
+
 
 @pytest.fixture(scope="session")
 def work_dir(tmp_path_factory) -> Path:
@@ -24,8 +26,9 @@ def tiny_model(work_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def server(work_dir, tiny_model) -> ServerProcess:
-    """`aim-runtime serve` on the tiny model: real KServe ModelServer, real vLLM CPU engine."""
-    process = aim_server(work_dir, tiny_model).start()
+    """`aim-runtime serve` on the tiny model: real KServe ModelServer, real vLLM CPU engine,
+    with an access log."""
+    process = aim_server(work_dir, tiny_model, "--access_log_format", ACCESS_LOG_FORMAT).start()
     try:
         process.wait_ready(also_probe=("/v2/health/live",))
         yield process

@@ -356,6 +356,17 @@ def test_bad_input_gets_a_4xx_in_the_protocols_shape(http, client, case, path, b
     assert still.choices[0].text is not None
 
 
+def test_access_log_names_each_request_with_status_and_recipe(server, http):
+    http.post("/openai/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1})
+    http.post("/openai/v1/completions", json={"model": "absent", "prompt": "x"})
+    lines = [line for line in server.log_path.read_text().splitlines()
+             if line.startswith("access ")]
+    recipe = http.get("/v2/health/live").headers["x-aim-recipe"]
+    assert '"POST /openai/v1/completions HTTP/1.1" 200' in "\n".join(lines)
+    assert any('"POST /openai/v1/completions HTTP/1.1" 404' in line
+               and line.endswith(f"recipe={recipe}") for line in lines)
+
+
 def test_openai_client_raises_its_own_error_types(client):
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="nope", prompt="x")

@@ -3,7 +3,6 @@ families (KServe, AIM Runtime, vLLM), vLLM flags winning over the plan, and clea
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -64,9 +63,6 @@ def test_served_model_name_aliases_are_registered(clean_env, tiny_model):
     (["--model", "/x"], "--model: use --model_dir"),
     (["--workers", "2"], "--workers 2: one process serves one vLLM engine"),
     (["stray-positional"], "unexpected argument 'stray-positional'"),
-    pytest.param(["--access_log_format", "%(h)s %(r)s"], "needs the asgi-logger package",
-                 marks=pytest.mark.skipif(importlib.util.find_spec("asgi_logger") is not None,
-                                          reason="asgi-logger is installed")),
 ])
 def test_unknown_and_reserved_arguments_are_errors(clean_env, tiny_model, args, message):
     with pytest.raises(AimError) as error:

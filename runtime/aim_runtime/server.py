@@ -106,17 +106,18 @@ class AimRESTServer(RESTServer):
         install_error_handlers(app, openai_prefix())
 
     def _add_middlewares(self, app: FastAPI) -> None:
-        """Our gate and header, plus KServe's optional access-log format. KServe's own
+        """Our gate and header, and the access log when `--access_log_format` asks for one
+        (outermost, so that requests the gate refuses are logged too). KServe's own
         TimingMiddleware is left out on purpose: per request it re-matches the route table to
         name a metric, measures CPU time and writes two `kserve.trace` log lines, which cost ~6%
         of the front end's CPU under streaming load (py-spy, see the README's Performance
         section). Request latencies are in vLLM's Prometheus histograms
         (`vllm:e2e_request_latency_seconds`, `vllm:time_to_first_token_seconds`)."""
-        if self.access_log_format:
-            add_access_log(app, self.access_log_format)
         app.add_middleware(RequestGate, settings=self.gate_settings, state=self.gate_state,
                            openai_prefix=openai_prefix())
-        app.add_middleware(RecipeHeaderMiddleware, recipe_id=self.recipe_id)  # outermost
+        app.add_middleware(RecipeHeaderMiddleware, recipe_id=self.recipe_id)
+        if self.access_log_format:
+            add_access_log(app, self.access_log_format)
 
 
 class AimModelServer(ModelServer):
@@ -166,8 +167,9 @@ class AimModelServer(ModelServer):
 
 
 def add_access_log(app: FastAPI, log_format: str) -> None:
-    """`--access_log_format`: the access log in the given asgi-logger format, instead of
-    uvicorn's (whose handlers are cleared so that lines are not written twice)."""
+    """`--access_log_format`: one line per request on stdout in asgi-logger's format (e.g.
+    `%(h)s "%(r)s" %(s)s %(M)sms`); uvicorn's own access handlers are cleared so that no line is
+    written twice."""
     from asgi_logger import AccessLoggerMiddleware
 
     logging.getLogger("uvicorn.access").handlers = []

@@ -11,7 +11,6 @@ given to the planner too, so the plan and its memory check agree with what will 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import sys
@@ -129,9 +128,6 @@ def prepare(argv: list[str]) -> Prepared:
     if args.workers != 1:
         raise AimError(f"--workers {args.workers}: one process serves one vLLM engine",
                        "scale with replicas (or data parallelism) instead")
-    if args.access_log_format and importlib.util.find_spec("asgi_logger") is None:
-        raise AimError("--access_log_format needs the asgi-logger package, which is not installed",
-                       "pip install asgi-logger (KServe's `logging` extra), or drop the flag")
     with phase("import"):
         from aim_runtime.engine import (
             check_kserve_openai_layer,
