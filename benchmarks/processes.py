@@ -57,9 +57,9 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         self.started_at = time.monotonic()
-        log = self.log_path.open("w")
-        self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
-                                        env=self.env, cwd=REPO, start_new_session=True)
+        with self.log_path.open("w") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
+                                            env=self.env, cwd=REPO, start_new_session=True)
         return self
 
     def wait_ready(self, also_probe: tuple[str, ...] = ()) -> ServerProcess:

@@ -29,26 +29,35 @@ from aim_runtime.recipes import (
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of `python -m aim_runtime`."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list and args_list[0] == "serve":
-        from aim_runtime.startup import serve_main  # imports KServe and vLLM: only when serving
-
-        return serve_main(args_list[1:])
-    if args_list and args_list[0] == "worker":
-        from aim_runtime.cluster import worker_main
-
-        return worker_main(args_list[1:])
-    parser = build_parser()
-    args = parser.parse_args(args_list)
-    logging.basicConfig(level=os.environ.get("AIM_LOG_LEVEL", "WARNING").upper(),
-                        format="%(levelname)s %(name)s: %(message)s")
+    command = args_list[0] if args_list else ""
+    long_running = command in ("serve", "worker")
+    configure_logging("INFO" if long_running else "WARNING", timestamps=long_running)
+    explain = False
     try:
+        if command == "serve":
+            from aim_runtime.startup import serve_main  # imports KServe and vLLM: only here
+
+            return serve_main(args_list[1:])
+        if command == "worker":
+            from aim_runtime.cluster import worker_main
+
+            return worker_main(args_list[1:])
+        args = build_parser().parse_args(args_list)
+        explain = getattr(args, "explain", False)
         return args.handler(args)
     except AimError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        if isinstance(exc, NoFitError) and getattr(args, "explain", False) and exc.reasons:
+        if isinstance(exc, NoFitError) and explain and exc.reasons:
             print("candidates, in the order tried:\n" + format_reasons(exc.reasons),
                   file=sys.stderr)
         return exc.exit_code
+
+
+def configure_logging(default_level: str, timestamps: bool) -> None:
+    """Log to stderr at AIM_LOG_LEVEL (else `default_level`); servers stamp their lines."""
+    stamp = "%(asctime)s " if timestamps else ""
+    logging.basicConfig(level=os.environ.get("AIM_LOG_LEVEL", default_level).upper(),
+                        format=stamp + "%(levelname)s %(name)s: %(message)s")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from aim_runtime.errors import AimError
+from aim_runtime.overrides import optional_int
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,11 @@ def nodes_from_env(environ: Mapping[str, str]) -> int:
     return 1
 
 
+def join_timeout_from_env(environ: Mapping[str, str]) -> float:
+    """Seconds the head waits for its workers, and a worker for its head."""
+    return float(environ.get("AIM_RAY_JOIN_TIMEOUT", DEFAULT_JOIN_TIMEOUT_SECONDS))
+
+
 def spec_from_env(environ: Mapping[str, str], nodes: int, gpus_per_node: int) -> ClusterSpec:
     """The cluster a multi-node head forms, with what KServe injects into the pod."""
     declared = (environ.get("TENSOR_PARALLEL_SIZE") or "").strip()
@@ -85,10 +91,9 @@ def spec_from_env(environ: Mapping[str, str], nodes: int, gpus_per_node: int) ->
     return ClusterSpec(
         nodes=nodes, gpus_per_node=gpus_per_node,
         port=int(environ.get("RAY_PORT", DEFAULT_RAY_PORT)),
-        join_timeout_seconds=float(environ.get("AIM_RAY_JOIN_TIMEOUT",
-                                               DEFAULT_JOIN_TIMEOUT_SECONDS)),
+        join_timeout_seconds=join_timeout_from_env(environ),
         node_ip=environ.get("POD_IP") or None,
-        ray_gpus=_optional_int(environ.get("AIM_RAY_NUM_GPUS")),
+        ray_gpus=optional_int(environ.get("AIM_RAY_NUM_GPUS")),
     )
 
 
@@ -213,7 +218,7 @@ class WorkerHealth:
 
 def worker_gpus(environ: Mapping[str, str]) -> int:
     """GPUs a worker node declares to Ray: AIM_RAY_NUM_GPUS, else what detection finds."""
-    declared = _optional_int(environ.get("AIM_RAY_NUM_GPUS"))
+    declared = optional_int(environ.get("AIM_RAY_NUM_GPUS"))
     if declared is not None:
         return declared
     from aim_runtime.detection import detect
@@ -267,12 +272,9 @@ def _run_ray(args: list[str], what: str) -> None:
         raise AimError(f"{what}: " + " | ".join(tail), "see the pod's log for Ray's output")
 
 
-def _optional_int(text: str | None) -> int | None:
-    return int(text) if text and text.strip() else None
-
-
 def worker_main(argv: list[str]) -> int:
-    """`aim-runtime worker`: join the head named by the arguments or KServe's environment."""
+    """`aim-runtime worker`: join the head named by the arguments or KServe's environment
+    (AimErrors are printed by the CLI)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="aim-runtime worker",
@@ -280,20 +282,12 @@ def worker_main(argv: list[str]) -> int:
                                                  "worker node and stay up.")
     parser.add_argument("--head-address", help="host:port of the head's Ray GCS (default: "
                         "RAY_HEAD_ADDRESS or <ISVC_NAME>-head.<POD_NAMESPACE>...:6379)")
-    parser.add_argument("--join-timeout", type=float,
-                        default=float(os.environ.get("AIM_RAY_JOIN_TIMEOUT",
-                                                     DEFAULT_JOIN_TIMEOUT_SECONDS)))
+    parser.add_argument("--join-timeout", type=float, default=join_timeout_from_env(os.environ))
     parser.add_argument("--health-port", type=int, default=8080)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("AIM_LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    address = args.head_address or head_address_from_env(os.environ)
+    gpus = worker_gpus(os.environ)
     health = WorkerHealth()
-    try:
-        address = args.head_address or head_address_from_env(os.environ)
-        gpus = worker_gpus(os.environ)
-        health.serve(args.health_port)
-        log.info("worker: %d GPU(s), head at %s", gpus, address)
-        return run_worker(address, args.join_timeout, health, gpus, os.environ.get("POD_IP"))
-    except AimError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    health.serve(args.health_port)
+    log.info("worker: %d GPU(s), head at %s", gpus, address)
+    return run_worker(address, args.join_timeout, health, gpus, os.environ.get("POD_IP"))

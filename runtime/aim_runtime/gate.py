@@ -36,11 +36,10 @@ class GateSettings:
 
 @dataclass
 class GateState:
-    """Shared with the model: how many inference requests are in flight, and the limit."""
+    """Inference requests in flight, and where the engine's capacity comes from (the model)."""
 
     in_flight: int = 0
     engine_capacity: Callable[[], int | None] = field(default=lambda: None)
-    rejected: int = 0
 
 
 class RequestGate:
@@ -74,7 +73,6 @@ class RequestGate:
             return
         limit = self._limit()
         if limit is not None and self.state.in_flight >= limit:
-            self.state.rejected += 1
             metrics.REJECTED.labels(reason="overload").inc()
             await _reject(send, openai, 503, "ServiceUnavailableError",
                           f"server busy: {self.state.in_flight} requests in flight (limit "

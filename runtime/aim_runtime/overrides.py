@@ -41,6 +41,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def optional_int(text: str | None) -> int | None:
+    """An integer variable that may be unset or blank."""
+    return int(text) if text and text.strip() else None
+
+
 def _fraction(text: str) -> float:
     value = float(str(text).strip())
     if not 0.0 < value <= 0.99:

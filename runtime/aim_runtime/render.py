@@ -261,8 +261,7 @@ def _read_stable(request: RenderRequest) -> dict[str, Any]:
     if stable.get("metadata", {}).get("name") != request.canary_of:
         raise AimError(f"{request.stable} is InferenceService "
                        f"{stable.get('metadata', {}).get('name')!r}, not {request.canary_of!r}")
-    for key in ("status",):
-        stable.pop(key, None)
+    stable.pop("status", None)
     metadata = stable["metadata"]
     stable["metadata"] = {k: metadata[k] for k in ("name", "namespace", "labels", "annotations")
                           if k in metadata}

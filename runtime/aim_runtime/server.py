@@ -255,12 +255,11 @@ def install_error_handlers(app: FastAPI, prefix: str) -> None:
             return for_kserve(exc)
         return handle
 
+    unavailable = _kserve_error(HTTPStatus.SERVICE_UNAVAILABLE)
     handlers = {
         # Not ready is an answer, not an incident: no traceback per probe while loading.
-        ServerNotReady: (_kserve_error(HTTPStatus.SERVICE_UNAVAILABLE),
-                         _kserve_error(HTTPStatus.SERVICE_UNAVAILABLE)),
-        ServerNotLive: (_kserve_error(HTTPStatus.SERVICE_UNAVAILABLE),
-                        _kserve_error(HTTPStatus.SERVICE_UNAVAILABLE)),
+        ServerNotReady: (unavailable, unavailable),
+        ServerNotLive: (unavailable, unavailable),
         StarletteHTTPException: (_openai_http, _kserve_http),
         RequestValidationError: (_openai_validation, _kserve_validation),
         EngineErrorResponse: (_openai_engine_error, _kserve_engine_error),

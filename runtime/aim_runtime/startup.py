@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ from aim_runtime.detection import detect
 from aim_runtime.errors import AimError
 from aim_runtime.explain import summarize_plan
 from aim_runtime.model_facts import load_model_facts
-from aim_runtime.overrides import FIELDS, collect_overrides
+from aim_runtime.overrides import FIELDS, collect_overrides, optional_int
 from aim_runtime.planning import Plan, make_plan
 from aim_runtime.recipes import engine_args_to_argv
 
@@ -62,7 +61,7 @@ def serve_parser() -> argparse.ArgumentParser:
              "the pod's terminationGracePeriodSeconds, 120 in our manifests)")
     operations.add_argument(
         "--max-queued-requests", type=int,
-        default=_optional_int(os.environ.get("AIM_MAX_QUEUED_REQUESTS")),
+        default=optional_int(os.environ.get("AIM_MAX_QUEUED_REQUESTS")),
         help="inference requests admitted beyond what the engine runs at once (max_num_seqs); "
              "more get 503 + Retry-After (default: max_num_seqs)")
     operations.add_argument(
@@ -104,13 +103,9 @@ class Prepared:
 
 
 def serve_main(argv: Sequence[str]) -> int:
-    logging.basicConfig(level=os.environ.get("AIM_LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        prepared = prepare(list(argv))
-    except AimError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    """`aim-runtime serve`: start-up errors are AimErrors (the CLI prints them); serving ends
+    with the server's exit code."""
+    prepared = prepare(list(argv))
     try:
         prepared.server.start([prepared.model])
     except Exception as exc:
@@ -247,10 +242,6 @@ def _hub_config_dir(model_id: str) -> Path:
             "give a local directory with --model_dir (in KServe: storageUri, which fills "
             "/mnt/models), or set HF_TOKEN for gated models",
         ) from exc
-
-
-def _optional_int(text: str | None) -> int | None:
-    return int(text) if text and text.strip() else None
 
 
 def _reject_reserved(rest: list[str]) -> None:
