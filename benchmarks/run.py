@@ -115,17 +115,17 @@ def parse(argv: list[str] | None) -> Settings:
 
 
 def _default_model(work: Path) -> Path:
-    from aim_runtime.default_model import ensure_default_model
+    from aim_runtime.checkpoint.tiny_model import ensure_default_model
 
     return ensure_default_model(work / "aim-tiny-random")
 
 
 def plan_engine_args(model: Path, extra: list[str]) -> tuple[list[str], dict[str, str]]:
     """The engine args and environment our server will use, for the bare server too."""
-    from aim_runtime.detection import detect
-    from aim_runtime.model_facts import load_model_facts
-    from aim_runtime.planning import make_plan
-    from aim_runtime.recipes import engine_args_to_argv, load_catalog
+    from aim_runtime.checkpoint.facts import load_model_facts
+    from aim_runtime.hardware import detect
+    from aim_runtime.planner.catalog import engine_args_to_argv, load_catalog
+    from aim_runtime.planner.plan import make_plan
 
     plan = make_plan(detect(), load_model_facts(model), load_catalog())
     return engine_args_to_argv(plan.engine_args) + extra, dict(plan.env)
@@ -137,10 +137,10 @@ def plan_engine_args(model: Path, extra: list[str]) -> tuple[list[str], dict[str
 def time_planner(count: int, work: Path, repeats: int = 20) -> dict[str, Any]:
     """Catalog load and plan times with `count` recipes (the curated ones copied under new ids),
     planning Llama-3.1-70B on 8x MI300X (a real config with curated recipes to match)."""
-    from aim_runtime.detection import detect
-    from aim_runtime.model_facts import load_model_facts
-    from aim_runtime.planning import make_plan
-    from aim_runtime.recipes import load_catalog
+    from aim_runtime.checkpoint.facts import load_model_facts
+    from aim_runtime.hardware import detect
+    from aim_runtime.planner.catalog import load_catalog
+    from aim_runtime.planner.plan import make_plan
 
     directory = _synthetic_catalog(work / "recipes", count)
     loads, plans = [], []
@@ -303,7 +303,7 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def machine() -> dict[str, Any]:
-    from aim_runtime.engine import installed_versions
+    from aim_runtime.serving.vllm_adapter import installed_versions
 
     cpu = platform.processor() or ""
     try:

@@ -19,7 +19,7 @@ def work_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(work_dir) -> Path:
     """The embedded default model, built here from scratch (tokenizer trained, random weights)."""
-    from aim_runtime.default_model import ensure_default_model
+    from aim_runtime.checkpoint.tiny_model import ensure_default_model
 
     return ensure_default_model(work_dir / "aim-tiny-random")
 

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from aim_runtime.detection import Inventory
-from aim_runtime.planning import Plan
+from aim_runtime.hardware import Inventory
+from aim_runtime.planner.plan import Plan
 
 from kfd_trees import MI300X, cards, write_tree
 

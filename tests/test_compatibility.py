@@ -10,10 +10,10 @@ import json
 import httpx
 import pytest
 
-from aim_runtime.detection import detect
-from aim_runtime.model_facts import load_model_facts
-from aim_runtime.planning import make_plan
-from aim_runtime.recipes import engine_args_to_argv, load_catalog
+from aim_runtime.checkpoint.facts import load_model_facts
+from aim_runtime.hardware import detect
+from aim_runtime.planner.catalog import engine_args_to_argv, load_catalog
+from aim_runtime.planner.plan import make_plan
 from benchmarks.processes import REPO, bare_vllm_server
 
 pytestmark = pytest.mark.serving

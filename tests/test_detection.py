@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from aim_runtime.detection import detect
 from aim_runtime.errors import DetectionError, OverrideError
+from aim_runtime.hardware import detect
 
 from kfd_trees import (
     GIB,
@@ -268,7 +268,7 @@ def test_broken_amdsmi_import_is_tolerated(monkeypatch):
     """Outside ROCm images `import amdsmi` raises KeyError, not ImportError."""
     import builtins
 
-    from aim_runtime.detection import amd_smi
+    from aim_runtime.hardware import amd_smi
 
     real_import = builtins.__import__
 

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from kubernetes_validate import utils as k8s_schemas
 
-from aim_runtime.engine import SUPPORTED_VLLM
-from aim_runtime.recipes import load_catalog
-from aim_runtime.render import RenderRequest, render
+from aim_runtime.deploy.render import RenderRequest, render
+from aim_runtime.planner.catalog import load_catalog
+from aim_runtime.serving.vllm_adapter import SUPPORTED_VLLM
 
 from kserve_models import is_kserve, lost_fields, round_trip
 

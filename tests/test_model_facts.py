@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from aim_runtime.checkpoint.facts import facts_from_config, load_model_facts
 from aim_runtime.errors import ModelFactsError
-from aim_runtime.model_facts import facts_from_config, load_model_facts
 
 MODELS = Path(__file__).parent / "fixtures" / "models"
 

@@ -22,9 +22,14 @@ import httpx
 import psutil
 import pytest
 
-from aim_runtime import cluster
-from aim_runtime.cluster import ClusterSpec, head_address_from_env, nodes_from_env, spec_from_env
 from aim_runtime.errors import AimError
+from aim_runtime.serving import cluster
+from aim_runtime.serving.cluster import (
+    ClusterSpec,
+    head_address_from_env,
+    nodes_from_env,
+    spec_from_env,
+)
 from benchmarks.processes import free_port, server_environment
 
 pytest.importorskip("ray")

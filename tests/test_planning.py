@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from aim_runtime.detection import detect
+from aim_runtime.checkpoint.facts import load_model_facts
 from aim_runtime.errors import NoFitError, OverrideError
-from aim_runtime.explain import explain_plan
-from aim_runtime.model_facts import load_model_facts
-from aim_runtime.overrides import collect_overrides
-from aim_runtime.planning import Plan, make_plan
-from aim_runtime.recipes import Catalog, load_catalog
+from aim_runtime.hardware import detect
+from aim_runtime.planner.catalog import Catalog, load_catalog
+from aim_runtime.planner.explain import explain_plan
+from aim_runtime.planner.overrides import collect_overrides
+from aim_runtime.planner.plan import Plan, make_plan
 
 REPO = Path(__file__).parent.parent
 MODELS = REPO / "tests" / "fixtures" / "models"

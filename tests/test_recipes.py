@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from aim_runtime.candidates import model_match_score
-from aim_runtime.detection import detect
+from aim_runtime.checkpoint.facts import load_model_facts
 from aim_runtime.errors import RecipeError
-from aim_runtime.model_facts import load_model_facts
-from aim_runtime.overrides import collect_overrides
-from aim_runtime.planning import make_plan
-from aim_runtime.recipes import check_against_vllm, load_catalog, load_recipe_file
+from aim_runtime.hardware import detect
+from aim_runtime.planner.candidates import model_match_score
+from aim_runtime.planner.catalog import check_against_vllm, load_catalog, load_recipe_file
+from aim_runtime.planner.overrides import collect_overrides
+from aim_runtime.planner.plan import make_plan
 
 REPO = Path(__file__).parent.parent
 MODELS = REPO / "tests" / "fixtures" / "models"
@@ -174,7 +174,7 @@ def test_file_level_settings_are_inherited_and_overridden(tmp_path):
 def test_model_match_uses_ids_then_shape_then_architecture():
     facts = load_model_facts(MODELS / "llama-3.1-8b-instruct", hf_id="meta-llama/Llama-3.1-8B")
     renamed = load_model_facts(MODELS / "llama-3.1-8b-instruct", hf_id="acme/llama-8b-finetune")
-    from aim_runtime.recipes import ModelMatch
+    from aim_runtime.planner.catalog import ModelMatch
 
     by_id = ModelMatch(hf_ids=("meta-llama/llama-3.1-8b",), architectures=("LlamaForCausalLM",))
     by_shape = ModelMatch(architectures=("LlamaForCausalLM",),

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aim_runtime.detection import detect
-from aim_runtime.download import verify
+from aim_runtime.checkpoint.download import verify
+from aim_runtime.checkpoint.facts import load_model_facts
+from aim_runtime.deploy.render import RenderRequest, render
 from aim_runtime.errors import AimError, NoFitError
-from aim_runtime.model_facts import load_model_facts
-from aim_runtime.overrides import collect_overrides
-from aim_runtime.planning import make_plan
-from aim_runtime.recipes import load_catalog
-from aim_runtime.render import RenderRequest, render
+from aim_runtime.hardware import detect
+from aim_runtime.planner.catalog import load_catalog
+from aim_runtime.planner.overrides import collect_overrides
+from aim_runtime.planner.plan import make_plan
 
 from kserve_models import lost_fields, round_trip
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aim_runtime.detection import detect
+from aim_runtime.checkpoint.facts import load_model_facts
 from aim_runtime.errors import OverrideError, RecipeError
-from aim_runtime.model_facts import load_model_facts
-from aim_runtime.overrides import collect_overrides
-from aim_runtime.planning import make_plan
-from aim_runtime.recipes import Catalog, load_catalog, load_recipe_file
+from aim_runtime.hardware import detect
+from aim_runtime.planner.catalog import Catalog, load_catalog, load_recipe_file
+from aim_runtime.planner.overrides import collect_overrides
+from aim_runtime.planner.plan import make_plan
 
 REPO = Path(__file__).parent.parent
 PACKAGE = REPO / "runtime" / "aim_runtime"

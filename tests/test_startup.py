@@ -17,7 +17,8 @@ from kfd_trees import MI300X, cards, write_tree
 
 pytest.importorskip("vllm")
 
-from aim_runtime import engine, startup
+from aim_runtime.serving import startup
+from aim_runtime.serving import vllm_adapter as engine
 
 
 @pytest.fixture
@@ -111,9 +112,9 @@ def test_openai_routes_missing_after_registration_stops_the_server(monkeypatch, 
     from fastapi import FastAPI
     from kserve.protocol.rest.openai import config
 
-    from aim_runtime.gate import GateSettings
-    from aim_runtime.model import AimModel
-    from aim_runtime.server import AimRESTServer
+    from aim_runtime.serving.gate import GateSettings
+    from aim_runtime.serving.model import AimModel
+    from aim_runtime.serving.server import AimRESTServer
 
     def broken(app, registry):
         raise ImportError("cannot import name 'something' from vllm")
@@ -133,9 +134,9 @@ def test_the_middleware_stack_is_ours_without_kserve_timing(tiny_model):
     out of the serving path; the gate and the recipe header are in."""
     from fastapi import FastAPI
 
-    from aim_runtime.gate import GateSettings, RequestGate
-    from aim_runtime.model import AimModel
-    from aim_runtime.server import AimRESTServer, RecipeHeaderMiddleware
+    from aim_runtime.serving.gate import GateSettings, RequestGate
+    from aim_runtime.serving.model import AimModel
+    from aim_runtime.serving.server import AimRESTServer, RecipeHeaderMiddleware
 
     prepared = startup.prepare(["--model_dir", str(tiny_model), "--enable_grpc", "false"])
     rest = AimRESTServer("kserve.model_server:app", prepared.server.dataplane,

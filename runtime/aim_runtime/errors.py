@@ -38,6 +38,10 @@ class OverrideError(AimError):
     """An override (CLI flag or AIM_* variable) asks for something that cannot work."""
 
 
+class SettingError(OverrideError):
+    """An `AIM_*` variable (or the flag that stands for it) holds a value that is not valid."""
+
+
 class PlanError(AimError):
     """The planner cannot produce a plan (for a reason other than memory)."""
 

@@ -1,0 +1,1 @@
+"""Deploy: Kubernetes objects (KServe InferenceService) rendered from a plan."""

@@ -1,0 +1,127 @@
+"""What the runtime knows about each AMD Instinct product, in one table.
+
+Detection, planning and manifest rendering all read this table, so a product is described once.
+Sources (see ../shared/reference/amd-gpus-and-kubernetes.md): PCI ids from the AMD node labeller's
+`amdgpu.ids` and vLLM's `_ROCM_DEVICE_ID_NAME_MAP`; VRAM, compute units and XCC counts from ROCm's
+gpu-arch-specs; FP8/MX support from ROCm precision-support and vLLM's `rocm.py`.
+
+Figures are per *device as the runtime sees it* with no partitioning: one MI250/MI250X GCD is one
+device (two per card), one MI300X in SPX mode is one device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aim_runtime.settings import GIB
+
+
+@dataclass(frozen=True)
+class GpuProduct:
+    """One Instinct product, per un-partitioned device."""
+
+    name: str
+    isa: str
+    gfx_target_version: int
+    pci_device_ids: tuple[int, ...]
+    vram_bytes: int
+    compute_units: int
+    xcc_count: int
+    # Label value of `amd.com/gpu.device-id` (the AMD node labeller) used to schedule on it.
+    node_label_device_id: str = ""
+
+    @property
+    def vram_gib(self) -> float:
+        return self.vram_bytes / GIB
+
+    @property
+    def supports_fp8(self) -> bool:
+        return isa_supports_fp8(self.isa)
+
+
+PRODUCTS: dict[str, GpuProduct] = {
+    p.name: p
+    for p in (
+        GpuProduct("MI210", "gfx90a", 90010, (0x740F,), 64 * GIB, 104, 1,
+                   node_label_device_id="740f"),
+        # 0x740C is shared by MI250 and MI250X; compute units per GCD tell them apart (104 vs 110).
+        GpuProduct("MI250", "gfx90a", 90010, (0x740C,), 64 * GIB, 104, 1,
+                   node_label_device_id="740c"),
+        GpuProduct("MI250X", "gfx90a", 90010, (0x7408, 0x740C), 64 * GIB, 110, 1,
+                   node_label_device_id="740c"),
+        GpuProduct("MI300A", "gfx942", 90402, (0x74A0,), 128 * GIB, 228, 6,
+                   node_label_device_id="74a0"),
+        GpuProduct("MI300X", "gfx942", 90402, (0x74A1, 0x74B5, 0x74A9, 0x74BD), 192 * GIB, 304, 8,
+                   node_label_device_id="74a1"),
+        GpuProduct("MI308X", "gfx942", 90402, (0x74A2, 0x74B6, 0x74A8), 192 * GIB, 80, 4,
+                   node_label_device_id="74a2"),
+        GpuProduct("MI325X", "gfx942", 90402, (0x74A5, 0x74B9), 256 * GIB, 304, 8,
+                   node_label_device_id="74a5"),
+        GpuProduct("MI350X", "gfx950", 90500, (0x75A0, 0x75B0), 288 * GIB, 256, 8,
+                   node_label_device_id="75a0"),
+        GpuProduct("MI355X", "gfx950", 90500, (0x75A3, 0x75B3), 288 * GIB, 256, 8,
+                   node_label_device_id="75a3"),
+    )
+}
+
+# Compute partition modes between SPX (whole chip) and CPX (one XCC each), by partitions per chip.
+PARTITION_BY_XCC_SHARE = {2: "DPX", 3: "TPX", 4: "QPX"}
+
+
+# Matrix-core FP8 exists from MI300 (gfx942; FNUZ encoding) on; MX formats from MI350 (gfx950).
+FP8_ISAS = ("gfx942", "gfx950")
+MX_ISAS = ("gfx950",)
+
+
+def isa_supports_fp8(isa: str | None) -> bool:
+    """FP8 weights/KV cache run natively (MI200's gfx90a has no FP8 matrix cores)."""
+    return isa in FP8_ISAS
+
+
+def isa_supports_mxfp4(isa: str | None) -> bool:
+    """MXFP4 checkpoints run natively (MI350X/MI355X)."""
+    return isa in MX_ISAS
+
+
+def product_names() -> list[str]:
+    """All known product names, in table order."""
+    return list(PRODUCTS)
+
+
+def lookup_product(name: str) -> GpuProduct:
+    """Product by name, case-insensitive, tolerating an `AMD Instinct ` prefix."""
+    key = name.strip().upper().removeprefix("AMD INSTINCT ").replace("AMD_INSTINCT_", "").strip()
+    if key in PRODUCTS:
+        return PRODUCTS[key]
+    raise KeyError(f"unknown GPU product {name!r}; known: {', '.join(PRODUCTS)}")
+
+
+def product_for_device(pci_device_id: int, compute_units: int | None = None) -> GpuProduct:
+    """Identify the product from its PCI device id; MI250 vs MI250X needs the CU count of a GCD."""
+    matches = [p for p in PRODUCTS.values() if pci_device_id in p.pci_device_ids]
+    if not matches:
+        raise KeyError(f"unknown AMD GPU PCI device id 0x{pci_device_id:04x}")
+    if len(matches) == 1 or compute_units is None:
+        return matches[0]
+    for product in matches:
+        if product.compute_units == compute_units:
+            return product
+    return matches[0]
+
+
+def isa_from_gfx_target_version(version: int) -> str:
+    """KFD `gfx_target_version` (e.g. 90010) to ISA name (gfx90a), as libhsakmt decodes it."""
+    major, minor, step = (version // 10000) % 100, (version // 100) % 100, version % 100
+    return f"gfx{major}{minor:x}{step:x}"
+
+
+def partition_mode(product: GpuProduct, xcc_in_partition: int) -> str:
+    """Compute partition name (SPX/DPX/QPX/CPX) from how many XCCs one visible device holds."""
+    if xcc_in_partition <= 0 or product.xcc_count % xcc_in_partition:
+        return "unknown"
+    share = product.xcc_count // xcc_in_partition
+    if share == 1:
+        return "SPX"
+    if share == product.xcc_count:
+        return "CPX"
+    return PARTITION_BY_XCC_SHARE.get(share, f"{share}-way")

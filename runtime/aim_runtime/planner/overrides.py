@@ -1,0 +1,97 @@
+"""Overrides of the planner's choices, highest first: CLI flags (or ServingRuntime args), then
+`AIM_*` environment variables (InferenceService env, annotations mapped to env), then the recipe.
+
+Each value remembers where it came from, so an override that cannot work is reported by name:
+"AIM_TENSOR_PARALLEL_SIZE=3: ...". The engine's batch shape (`--max-num-batched-tokens`,
+`--max-num-seqs`, `--block-size`) has no `AIM_*` variable: it comes from `vllm serve` flags given
+to `aim-runtime serve`, and reaches the memory estimate like every other override.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from aim_runtime import settings
+from aim_runtime.errors import OverrideError
+from aim_runtime.settings import KvCacheDtype, Objective, Precision, Variable
+
+# Field -> (its AIM_* variable, its CLI flag). Fields without a variable are vLLM flags only.
+SOURCES: dict[str, tuple[Variable[Any] | None, str]] = {
+    "recipe_id": (settings.RECIPE_ID, "--recipe"),
+    "objective": (settings.OBJECTIVE, "--objective"),
+    "precision": (settings.PRECISION, "--precision"),
+    "kv_cache_dtype": (settings.KV_CACHE_DTYPE, "--kv-cache-dtype"),
+    "max_model_len": (settings.MAX_MODEL_LEN, "--max-model-len"),
+    "tensor_parallel_size": (settings.TENSOR_PARALLEL_SIZE, "--tensor-parallel-size"),
+    "pipeline_parallel_size": (settings.PIPELINE_PARALLEL_SIZE, "--pipeline-parallel-size"),
+    "data_parallel_size": (settings.DATA_PARALLEL_SIZE, "--data-parallel-size"),
+    "gpu_memory_utilization": (settings.GPU_MEMORY_UTILIZATION, "--gpu-memory-utilization"),
+    "min_concurrency": (settings.MIN_CONCURRENCY, "--min-concurrency"),
+    "trust_remote_code": (settings.TRUST_REMOTE_CODE, "--trust-remote-code"),
+    "max_num_batched_tokens": (None, "--max-num-batched-tokens"),
+    "max_num_seqs": (None, "--max-num-seqs"),
+    "block_size": (None, "--block-size"),
+}
+_CLI_ONLY_PARSERS = {name: settings.positive_int for name, (var, _) in SOURCES.items()
+                     if var is None}
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Validated overrides; None = not given. `origins` says where each given one came from."""
+
+    recipe_id: str | None = None
+    objective: Objective | None = None
+    precision: Precision | None = None
+    kv_cache_dtype: KvCacheDtype | None = None
+    max_model_len: int | None = None
+    tensor_parallel_size: int | None = None
+    pipeline_parallel_size: int | None = None
+    data_parallel_size: int | None = None
+    gpu_memory_utilization: float | None = None
+    min_concurrency: int | None = None
+    trust_remote_code: bool | None = None
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    block_size: int | None = None
+    origins: Mapping[str, str] = field(default_factory=dict)
+
+    def origin(self, name: str) -> str:
+        """`--flag value` or `AIM_NAME=value` of a given override."""
+        return self.origins[name]
+
+    def given(self) -> dict[str, Any]:
+        """The overrides that were given, by field name."""
+        return {name: getattr(self, name) for name in self.origins}
+
+
+FIELDS = tuple(f.name for f in fields(Overrides) if f.name != "origins")
+
+
+def collect_overrides(cli: Mapping[str, Any] | None = None,
+                      environ: Mapping[str, str] | None = None) -> Overrides:
+    """Merge CLI values (already typed or strings; None = not given) over AIM_* variables."""
+    cli = cli or {}
+    environ = environ if environ is not None else {}
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for name, (variable, flag) in SOURCES.items():
+        if cli.get(name) is not None:
+            raw = str(cli[name])
+            origins[name] = f"{flag} {raw}"
+            values[name] = _parse_cli(name, variable, raw, origins[name])
+        elif variable is not None and variable.is_set(environ):
+            values[name] = variable.read(environ)
+            origins[name] = f"{variable.name}={environ[variable.name]}"
+    return Overrides(**values, origins=origins)
+
+
+def _parse_cli(name: str, variable: Variable[Any] | None, raw: str, origin: str) -> Any:
+    if variable is not None:
+        return variable.parse_value(raw, origin)
+    try:
+        return _CLI_ONLY_PARSERS[name](raw)
+    except ValueError as exc:
+        raise OverrideError(f"{origin}: {exc}") from exc

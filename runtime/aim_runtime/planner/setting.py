@@ -1,0 +1,98 @@
+"""What is fixed before the planner tries any candidate: the devices, the model, the overrides,
+and the rules that follow from them alone (usable memory, the engine's batch shape, which weight
+precisions can run). Shared by the plan and by the suggestions made when nothing fits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aim_runtime.checkpoint.facts import ModelFacts
+from aim_runtime.hardware import Inventory
+from aim_runtime.hardware.products import isa_supports_fp8
+from aim_runtime.planner.candidates import weight_precision_refusal
+from aim_runtime.planner.catalog import Recipe
+from aim_runtime.planner.memory import BatchShape, vllm_batch_defaults
+from aim_runtime.planner.overrides import Overrides
+from aim_runtime.settings import (
+    CPU_USABLE_FRACTION,
+    DEFAULT_GPU_MEMORY_UTILIZATION,
+    DEFAULT_OBJECTIVE,
+    Objective,
+)
+
+DEFAULT_MIN_CONCURRENCY = 4
+
+
+@dataclass(frozen=True)
+class PlanSetting:
+    """Everything fixed before candidates are tried."""
+
+    inventory: Inventory
+    facts: ModelFacts
+    overrides: Overrides
+    objective: Objective
+    min_concurrency: int
+    devices: int
+    on_gpu: bool
+    product: str
+    isa: str | None
+    device_memory_bytes: int
+    nodes: int = 1
+    devices_per_node: int = 1
+
+    @classmethod
+    def create(cls, inventory: Inventory, facts: ModelFacts,
+               overrides: Overrides) -> PlanSetting:
+        """The setting of a plan for this inventory, model and overrides."""
+        on_gpu = inventory.accelerator == "rocm"
+        return cls(
+            inventory=inventory, facts=facts, overrides=overrides,
+            objective=overrides.objective or DEFAULT_OBJECTIVE,
+            min_concurrency=overrides.min_concurrency or DEFAULT_MIN_CONCURRENCY,
+            devices=inventory.device_count if on_gpu else 1,
+            on_gpu=on_gpu, product=inventory.product, isa=inventory.isa,
+            device_memory_bytes=(inventory.vram_bytes_per_device if on_gpu
+                                 else inventory.host.usable_memory_bytes),
+            nodes=inventory.nodes,
+            devices_per_node=inventory.devices_per_node if on_gpu else 1,
+        )
+
+    @property
+    def fp8_capable(self) -> bool:
+        return self.on_gpu and isa_supports_fp8(self.isa)
+
+    @property
+    def multi_node(self) -> bool:
+        return self.nodes > 1
+
+    def usable_fraction(self, recipe: Recipe | None = None) -> float:
+        """Share of device memory the engine may use: the override, the recipe's, vLLM's."""
+        if not self.on_gpu:
+            return CPU_USABLE_FRACTION
+        return (self.overrides.gpu_memory_utilization
+                or (recipe.gpu_memory_utilization if recipe else None)
+                or DEFAULT_GPU_MEMORY_UTILIZATION)
+
+    def batch(self, recipe: Recipe | None = None) -> BatchShape:
+        """The engine's step: user flags, then the recipe's engine args, then vLLM's defaults."""
+        defaults = vllm_batch_defaults(self.device_memory_bytes, self.on_gpu)
+        args = recipe.engine_args if recipe else {}
+        tokens = args.get("max_num_batched_tokens")
+        seqs = args.get("max_num_seqs")
+        return BatchShape(
+            self.overrides.max_num_batched_tokens
+            or (tokens if isinstance(tokens, int) else defaults.max_num_batched_tokens),
+            self.overrides.max_num_seqs
+            or (seqs if isinstance(seqs, int) else defaults.max_num_seqs),
+        )
+
+    def cpu_kv_bytes(self, recipe: Recipe | None) -> int | None:
+        """A CPU KV cache size fixed by the recipe (None: sized to need)."""
+        if self.on_gpu or recipe is None:
+            return None
+        return recipe.kv_cache_memory_bytes
+
+    def precision_refusal(self, precision: str) -> str | None:
+        """Why a weight precision cannot run for this checkpoint on these devices, else None."""
+        return weight_precision_refusal(self.facts, precision, self.on_gpu, self.isa,
+                                        self.product)

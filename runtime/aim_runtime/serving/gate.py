@@ -1,0 +1,148 @@
+"""The gate in front of every inference route: API keys, a bound on body size, and admission.
+
+- Auth (optional): `Authorization: Bearer <key>` against the keys in `AIM_API_KEY` (comma-separated,
+  so keys can be rotated; fed from a Secret) or vLLM's `--api-key`, compared in constant time.
+  Health, readiness and metrics stay open for probes and Prometheus.
+- Body size: larger than `max_request_bytes` -> 413 before anything parses it.
+- Admission: at most `max_num_seqs + max_queued` inference requests in flight; beyond that the
+  answer is 503 with `Retry-After` at once, instead of an unbounded queue that times every client
+  out (the OpenAI SDK retries 503 with `Retry-After` by itself).
+
+Pure ASGI, so streamed responses stream and client disconnects reach the handler. Errors come in
+the protocol's shape: OpenAI's under the OpenAI prefix, KServe's elsewhere.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aim_runtime.serving import metrics
+
+OPEN_PATHS = re.compile(r"^/(?:metrics|v2/health/(?:live|ready)|v2/models/[^/]+/ready)?$")
+RETRY_AFTER_SECONDS = 1
+
+
+@dataclass
+class GateSettings:
+    api_keys: tuple[str, ...] = ()
+    max_request_bytes: int = 32 * 1024 * 1024
+    max_queued: int | None = None  # None: as many as the engine runs at once (max_num_seqs)
+
+
+@dataclass
+class GateState:
+    """Inference requests in flight, and where the engine's capacity comes from (the model)."""
+
+    in_flight: int = 0
+    engine_capacity: Callable[[], int | None] = field(default=lambda: None)
+
+
+class RequestGate:
+    def __init__(self, app: Any, settings: GateSettings, state: GateState,
+                 openai_prefix: str) -> None:
+        self.app = app
+        self.settings = settings
+        self.state = state
+        self.openai_prefix = openai_prefix + "/"
+        self.keys = [key.encode() for key in settings.api_keys if key]
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or OPEN_PATHS.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        openai = scope["path"].startswith(self.openai_prefix)
+        if self.keys and not self._authorized(scope):
+            metrics.REJECTED.labels(reason="unauthorized").inc()
+            await _reject(send, openai, 401, "AuthenticationError",
+                          "missing or invalid API key (Authorization: Bearer <key>)",
+                          [(b"www-authenticate", b"Bearer")])
+            return
+        if scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive, self.settings.max_request_bytes)
+        if body is None:
+            metrics.REJECTED.labels(reason="too_large").inc()
+            await _reject(send, openai, 413, "RequestTooLarge",
+                          f"request body larger than {self.settings.max_request_bytes} bytes")
+            return
+        limit = self._limit()
+        if limit is not None and self.state.in_flight >= limit:
+            metrics.REJECTED.labels(reason="overload").inc()
+            await _reject(send, openai, 503, "ServiceUnavailableError",
+                          f"server busy: {self.state.in_flight} requests in flight (limit "
+                          f"{limit}); retry shortly",
+                          [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())])
+            return
+        self.state.in_flight += 1
+        metrics.IN_FLIGHT.set(self.state.in_flight)
+        try:
+            await self.app(scope, _replay(body, receive), send)
+        finally:
+            self.state.in_flight -= 1
+            metrics.IN_FLIGHT.set(self.state.in_flight)
+
+    def _authorized(self, scope: dict) -> bool:
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not token:
+            return False
+        matches = [hmac.compare_digest(token.strip(), key) for key in self.keys]
+        return any(matches)
+
+    def _limit(self) -> int | None:
+        capacity = self.state.engine_capacity()
+        if capacity is None:
+            return None
+        queued = self.settings.max_queued if self.settings.max_queued is not None else capacity
+        return capacity + queued
+
+
+async def _read_body(receive: Any, limit: int) -> bytes | None:
+    """The whole request body, or None as soon as it exceeds `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break  # client went away; the app sees an empty body and the disconnect
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # later calls: disconnect detection
+
+    return replay
+
+
+async def _reject(send: Any, openai: bool, status: int, error_type: str, message: str,
+                  headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    if openai:
+        payload = {"error": {"message": message, "type": error_type, "param": None,
+                             "code": status}}
+    else:
+        payload = {"error": message}
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,277 @@
+"""The one model object: a KServe `Model` (v2 inference) and an `OpenAIGenerativeModel`.
+
+KServe registers it before the engine exists (so the HTTP server, its probes and /metrics are up
+while the weights load); `start_engine` builds the vLLM engine next to the server, and readiness
+(`healthy`) is true only while that engine is loaded and healthy. OpenAI requests go to vLLM's own
+serving objects; v2 `infer` and `generate` requests are turned into vLLM completion requests, so
+all three protocols share one validation and one sampling path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from kserve import Model
+from kserve.errors import InvalidInput, ModelNotReady
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.rest.openai import OpenAIGenerativeModel
+
+from aim_runtime.serving import metrics
+from aim_runtime.serving.cluster import ClusterSpec, form_cluster, stop_ray
+from aim_runtime.serving.vllm_adapter import Engine, start_engine
+
+log = logging.getLogger(__name__)
+
+TEXT_INPUT = "text_input"
+TEXT_OUTPUT = "text_output"
+# Sampling parameters accepted by the v2 `infer` and `generate` routes (vLLM completion names).
+SAMPLING_PARAMETERS = {
+    "max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
+    "stop_token_ids", "presence_penalty", "frequency_penalty", "repetition_penalty",
+    "ignore_eos", "skip_special_tokens", "include_stop_str_in_output", "logprobs",
+}
+HEALTH_CHECK_INTERVAL_SECONDS = 2.0
+
+
+class EngineErrorResponse(Exception):
+    """A vLLM ErrorResponse to send as is (OpenAI routes) or as a KServe error (v2 routes)."""
+
+    def __init__(self, response: Any) -> None:
+        super().__init__(response.error.message)
+        self.response = response
+
+    @property
+    def status_code(self) -> int:
+        return int(self.response.error.code)
+
+
+class AimModel(Model, OpenAIGenerativeModel):
+    """Serves one vLLM engine over KServe v2 and the OpenAI API."""
+
+    def __init__(self, name: str, engine_argv: list[str], env: dict[str, str],
+                 on_engine_death: Callable[[str], None] | None = None,
+                 cluster: ClusterSpec | None = None) -> None:
+        super().__init__(name)
+        self.engine_argv = engine_argv
+        self.env = env
+        self.cluster = cluster  # multi-node head: form the Ray cluster before the engine
+        self.on_engine_death = on_engine_death
+        self.vllm_engine: Engine | None = None
+        self.ready = True  # registered now; readiness comes from healthy()
+        self.engine = True  # ask KServe to run start_engine() next to the server
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """KServe would mark the model ready here; readiness waits for the engine instead."""
+
+    async def start_engine(self) -> None:
+        if self.cluster is not None:
+            await self._form_cluster(self.cluster)
+        started = time.monotonic()
+        log.info("loading the vLLM engine")
+        self.vllm_engine = await start_engine(self.engine_argv, self.env)
+        metrics.record_phase("engine", time.monotonic() - started)
+        capacity = self.vllm_engine.kv_capacity_tokens
+        if capacity is not None:
+            metrics.KV_CAPACITY_TOKENS.labels(source="engine").set(capacity)
+        metrics.ENGINE_ALIVE.set(1)
+        log.info("engine ready in %.1f s (KV cache: %s tokens)", time.monotonic() - started,
+                 capacity)
+        self.vllm_engine.monitor = asyncio.create_task(self._watch_engine())
+
+    async def _form_cluster(self, spec: ClusterSpec) -> None:
+        started = time.monotonic()
+        log.info("multi-node head: starting Ray, waiting for %d nodes with %d GPUs each "
+                 "(up to %g s)", spec.nodes, spec.gpus_per_node, spec.join_timeout_seconds)
+        await asyncio.to_thread(form_cluster, spec)
+        metrics.record_phase("cluster", time.monotonic() - started)
+
+    async def _watch_engine(self) -> None:
+        """Poll engine health; on death, liveness turns false and the owner is told."""
+        engine = self.vllm_engine
+        while engine is not None and await engine.healthy():
+            await asyncio.sleep(HEALTH_CHECK_INTERVAL_SECONDS)
+        metrics.ENGINE_ALIVE.set(0)
+        reason = engine.dead_reason if engine else "engine missing"
+        log.error("the vLLM engine died: %s", reason)
+        if self.on_engine_death is not None:
+            self.on_engine_death(reason or "unknown")
+
+    async def healthy(self) -> bool:
+        return self.vllm_engine is not None and await self.vllm_engine.healthy()
+
+    def engine_capacity(self) -> int | None:
+        """Sequences the engine runs at once (None until it is loaded)."""
+        return self.vllm_engine.max_num_seqs if self.vllm_engine is not None else None
+
+    @property
+    def engine_dead(self) -> bool:
+        return self.vllm_engine is not None and self.vllm_engine.dead_reason is not None
+
+    def stop(self) -> None:
+        if self.vllm_engine is not None:
+            self.vllm_engine.shutdown()
+        if self.cluster is not None:
+            stop_ray()
+        self.ready = False
+
+    def _engine(self) -> Engine:
+        if self.vllm_engine is None or self.vllm_engine.dead_reason is not None:
+            raise ModelNotReady(self.name)
+        return self.vllm_engine
+
+    # --- OpenAI ----------------------------------------------------------------------------
+
+    async def create_completion(self, request: Any, raw_request: Any = None,
+                                context: dict | None = None) -> Any:
+        return _checked(await self._engine().completions.create_completion(request, raw_request))
+
+    async def create_chat_completion(self, request: Any, raw_request: Any = None,
+                                     context: dict | None = None) -> Any:
+        return _checked(await self._engine().chat.create_chat_completion(request, raw_request))
+
+    async def list_models(self) -> Any:
+        return await self._engine().state.openai_serving_models.show_available_models()
+
+    # --- KServe v2 -------------------------------------------------------------------------
+
+    def get_input_types(self) -> list[dict]:
+        return [{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}]
+
+    def get_output_types(self) -> list[dict]:
+        return [{"name": TEXT_OUTPUT, "datatype": "BYTES", "shape": [-1]}]
+
+    async def predict(self, payload: InferRequest | dict, headers: dict | None = None,
+                      response_headers: dict | None = None) -> InferResponse | dict:
+        """v2 infer: a batch of prompts in the BYTES tensor `text_input`, sampling parameters in
+        the request's `parameters`; one completion per prompt in `text_output`.
+        v1 predict: {"instances": [prompt, ...], "parameters": {...}} -> {"predictions": [...]}.
+        """
+        if isinstance(payload, dict):
+            prompts, parameters = _v1_instances(payload)
+            return {"predictions": await self._complete(prompts, parameters)}
+        if not isinstance(payload, InferRequest):
+            raise InvalidInput("expected a v2 inference request with a 'text_input' tensor")
+        prompts = _text_input(payload)
+        texts = await self._complete(prompts, payload.parameters or {})
+        output = InferOutput(name=TEXT_OUTPUT, shape=[len(texts)], datatype="BYTES",
+                             data=texts)
+        return InferResponse(model_name=self.name, infer_outputs=[output],
+                             response_id=payload.id or uuid.uuid4().hex)
+
+    async def _complete(self, prompts: list[str], parameters: dict[str, Any]) -> list[str]:
+        request = self._completion_request(prompts, parameters, stream=False)
+        response = _checked(await self._engine().completions.create_completion(request, None))
+        texts = [""] * len(prompts)
+        for choice in response.choices:
+            texts[choice.index] = choice.text
+        return texts
+
+    async def generate(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The v2 generate extension: {"text_input": str, "parameters": {...}}."""
+        prompt, parameters = _generate_body(body)
+        request = self._completion_request([prompt], parameters, stream=False)
+        response = _checked(await self._engine().completions.create_completion(request, None))
+        choice = response.choices[0]
+        return {"model_name": self.name, "model_version": "", TEXT_OUTPUT: choice.text,
+                "finish_reason": choice.finish_reason}
+
+    async def generate_stream(self, body: dict[str, Any],
+                              raw_request: Any = None) -> AsyncIterator[str]:
+        """The v2 generate_stream extension: one SSE event per text delta."""
+        prompt, parameters = _generate_body(body)
+        request = self._completion_request([prompt], parameters, stream=True)
+        stream = _checked(await self._engine().completions.create_completion(
+            request, raw_request))
+        return self._generate_events(stream)
+
+    async def _generate_events(self, stream: Any) -> AsyncIterator[str]:
+        try:
+            async for line in stream:
+                payload = line.removeprefix("data: ").strip()
+                if not payload or payload == "[DONE]":
+                    continue
+                chunk = json.loads(payload)
+                if "error" in chunk:
+                    yield f"data: {json.dumps({'error': chunk['error'].get('message')})}\n\n"
+                    return
+                for choice in chunk.get("choices", []):
+                    event = {"model_name": self.name, "model_version": "",
+                             TEXT_OUTPUT: choice.get("text", ""),
+                             "finish_reason": choice.get("finish_reason")}
+                    yield f"data: {json.dumps(event)}\n\n"
+        finally:
+            await stream.aclose()  # a client that went away aborts the request in the engine
+
+    def _completion_request(self, prompts: list[str], parameters: dict[str, Any],
+                            stream: bool) -> Any:
+        from pydantic import ValidationError
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+        unknown = sorted(set(parameters) - SAMPLING_PARAMETERS)
+        if unknown:
+            raise InvalidInput(f"unknown parameter(s) {', '.join(unknown)}; accepted: "
+                               f"{', '.join(sorted(SAMPLING_PARAMETERS))}")
+        try:
+            return CompletionRequest.model_validate(
+                {**parameters, "model": self.name, "prompt": prompts, "stream": stream})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                 for e in exc.errors())
+            raise InvalidInput(f"invalid parameters: {problems}") from exc
+
+
+def _checked(result: Any) -> Any:
+    """vLLM serving calls return an ErrorResponse instead of raising; raise it."""
+    if type(result).__name__ == "ErrorResponse" and hasattr(result, "error"):
+        raise EngineErrorResponse(result)
+    return result
+
+
+def _text_input(payload: InferRequest) -> list[str]:
+    tensors = {tensor.name: tensor for tensor in payload.inputs}
+    if TEXT_INPUT not in tensors:
+        raise InvalidInput(f"missing input tensor '{TEXT_INPUT}' (BYTES, one prompt per element);"
+                           f" got {sorted(tensors) or 'none'}")
+    tensor = tensors[TEXT_INPUT]
+    if tensor.datatype != "BYTES":
+        raise InvalidInput(f"input '{TEXT_INPUT}' must have datatype BYTES, not {tensor.datatype}")
+    data = tensor.data
+    items = list(data.flatten()) if hasattr(data, "flatten") else list(data)
+    prompts = [item.decode() if isinstance(item, bytes) else item for item in items]
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise InvalidInput(f"input '{TEXT_INPUT}' must hold one or more strings")
+    return prompts
+
+
+def _v1_instances(body: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    instances = body.get("instances")
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInput("v1 predict needs 'instances': a non-empty list of prompts")
+    prompts = [item.get(TEXT_INPUT) if isinstance(item, dict) else item for item in instances]
+    if not all(isinstance(p, str) and p for p in prompts):
+        raise InvalidInput(f"each instance must be a prompt string or {{'{TEXT_INPUT}': str}}")
+    parameters = body.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidInput("'parameters' must be a JSON object")
+    return prompts, parameters
+
+
+def _generate_body(body: Any) -> tuple[str, dict[str, Any]]:
+    if not isinstance(body, dict):
+        raise InvalidInput("the generate request body must be a JSON object")
+    prompt = body.get(TEXT_INPUT)
+    if not isinstance(prompt, str) or not prompt:
+        raise InvalidInput(f"'{TEXT_INPUT}' must be a non-empty string")
+    parameters = body.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidInput("'parameters' must be a JSON object")
+    top_level = {k: v for k, v in body.items() if k not in (TEXT_INPUT, "parameters", "id")}
+    return prompt, {**top_level, **parameters}

@@ -1,0 +1,349 @@
+"""Serve: KServe's ModelServer with the changes an LLM runtime needs.
+
+- The bind address is configurable (KServe's REST server always binds 0.0.0.0).
+- Probes tell the truth: `/v2/health/ready` is 503 until the engine is loaded and while it is
+  unhealthy; `/v2/health/live` turns 503 once the engine has died (KServe answers 200 for both).
+- Errors keep the protocol's shape: OpenAI routes answer like `vllm serve` (400 for bad input,
+  404 for an unknown model), v2 routes like KServe (`{"error": "..."}`), never 422 or 500 for a
+  client mistake.
+- The v2 generate extension (`/generate`, `/generate_stream`) is added.
+- Every response names the recipe in `x-aim-recipe`, so canary versions can be told apart.
+- Start-up fails if the OpenAI routes did not register (KServe only logs that).
+
+OpenAI routes are served under KServe's `/openai/v1/...` only, not under plain `/v1/...`: there
+KServe's own v1 protocol owns `GET /v1/models` with a different shape, and half an OpenAI API
+would break SDK clients in confusing ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from kserve import ModelServer
+from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+from kserve.errors import (
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    ServerNotLive,
+    ServerNotReady,
+)
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.grpc.server import GRPCServer
+from kserve.protocol.rest.server import RESTServer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from aim_runtime.serving.gate import GateSettings, GateState, RequestGate
+from aim_runtime.serving.model import AimModel, EngineErrorResponse
+from aim_runtime.serving.vllm_adapter import installed_versions
+
+log = logging.getLogger(__name__)
+
+RECIPE_HEADER = "x-aim-recipe"
+
+
+def openai_prefix() -> str:
+    from kserve.protocol.rest.openai.endpoints import OPENAI_ROUTE_PREFIX
+
+    return OPENAI_ROUTE_PREFIX
+
+
+class AimDataPlane(DataPlane):
+    """Liveness and readiness that follow the engine."""
+
+    def __init__(self, model_registry: Any, model: AimModel) -> None:
+        super().__init__(model_registry=model_registry)
+        self.aim_model = model
+
+    async def live(self) -> dict[str, str]:
+        return {"status": "dead" if self.aim_model.engine_dead else "alive"}
+
+    async def ready(self) -> bool:
+        return await self.aim_model.healthy()
+
+
+class AimRESTServer(RESTServer):
+    """KServe's REST server, bound to `host`, with our routes, gate, headers and error
+    handlers. On SIGTERM uvicorn stops accepting (probes fail at once), lets in-flight requests
+    finish for up to the grace period, then KServe stops the model."""
+
+    def __init__(self, *args: Any, host: str, recipe_id: str, model: AimModel,
+                 gate: GateSettings, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config.host = host
+        self.recipe_id = recipe_id
+        self.aim_model = model
+        self.gate_settings = gate
+        self.gate_state = GateState(engine_capacity=model.engine_capacity)
+
+    def stop_serving(self) -> None:
+        """Ask uvicorn to shut down gracefully (as on SIGTERM)."""
+        self._server.should_exit = True
+
+    def _register_endpoints(self, app: FastAPI) -> None:
+        add_generate_routes(app, self.aim_model)
+        add_openai_models_route(app, self.aim_model, openai_prefix())
+        super()._register_endpoints(app)
+        prefix = openai_prefix()
+        paths = {getattr(route, "path", "") for route in app.routes}
+        if f"{prefix}/v1/completions" not in paths:
+            versions = installed_versions()
+            raise RuntimeError(
+                f"KServe did not register the OpenAI routes ({prefix}/v1/...): kserve "
+                f"{versions['kserve']} cannot import from vllm {versions['vllm']}; install a "
+                "supported pair")
+
+    def _add_exception_handlers(self, app: FastAPI) -> None:
+        super()._add_exception_handlers(app)
+        install_error_handlers(app, openai_prefix())
+
+    def _add_middlewares(self, app: FastAPI) -> None:
+        """Our gate and header, and the access log when `--access_log_format` asks for one
+        (outermost, so that requests the gate refuses are logged too). KServe's own
+        TimingMiddleware is left out on purpose: per request it re-matches the route table to
+        name a metric, measures CPU time and writes two `kserve.trace` log lines, which cost ~6%
+        of the front end's CPU under streaming load (py-spy, see the README's Performance
+        section). Request latencies are in vLLM's Prometheus histograms
+        (`vllm:e2e_request_latency_seconds`, `vllm:time_to_first_token_seconds`)."""
+        app.add_middleware(RequestGate, settings=self.gate_settings, state=self.gate_state,
+                           openai_prefix=openai_prefix())
+        app.add_middleware(RecipeHeaderMiddleware, recipe_id=self.recipe_id)
+        if self.access_log_format:
+            add_access_log(app, self.access_log_format)
+
+
+class AimModelServer(ModelServer):
+    """ModelServer with our data plane and REST server. One model, one uvicorn worker.
+
+    `exit_code` becomes 1 when the engine dies: the server then shuts down so that Kubernetes
+    restarts the pod (liveness has already turned 503)."""
+
+    def __init__(self, model: AimModel, recipe_id: str, host: str,
+                 gate: GateSettings | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dataplane = AimDataPlane(self.registered_models, model)
+        self.aim_model = model
+        self.recipe_id = recipe_id
+        self.host = host
+        self.gate = gate or GateSettings()
+        self.exit_code = 0
+        model.on_engine_death = self._engine_died
+
+    def _engine_died(self, reason: str) -> None:
+        log.error("stopping: the engine is dead (%s); exiting non-zero for a restart", reason)
+        self.exit_code = 1
+        if self._rest_server is not None:
+            self._rest_server.stop_serving()
+
+    def start(self, models: list[Any]) -> None:
+        self._register_and_check_atleast_one_model_is_ready(models)
+        self._rest_server = AimRESTServer(
+            FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
+            self.http_port, access_log_format=self.access_log_format, workers=1,
+            grace_period=self.grace_period, event_loop=self.event_loop,
+            timeout_keep_alive=self.timeout_keep_alive, ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile, host=self.host, recipe_id=self.recipe_id,
+            model=self.aim_model, gate=self.gate,
+        )
+        self.servers.append(self._rest_server.start())
+        if self.enable_grpc:
+            from kserve.model_server import args as kserve_args
+
+            self._grpc_server = GRPCServer(self.grpc_port, self.dataplane,
+                                           self.model_repository_extension,
+                                           kwargs=vars(kserve_args), grace_period=self.grace_period)
+            self.servers.append(self._grpc_server.start(self.max_threads))
+        self.setup_event_loop()
+        self.register_signal_handler()
+        asyncio.run(self._serve())
+
+
+def add_access_log(app: FastAPI, log_format: str) -> None:
+    """`--access_log_format`: one line per request on stdout in asgi-logger's format (e.g.
+    `%(h)s "%(r)s" %(s)s %(M)sms`); uvicorn's own access handlers are cleared so that no line is
+    written twice."""
+    from asgi_logger import AccessLoggerMiddleware
+
+    logging.getLogger("uvicorn.access").handlers = []
+    app.add_middleware(AccessLoggerMiddleware, format=log_format)
+    logging.getLogger("access").propagate = False
+
+
+class RecipeHeaderMiddleware:
+    """Adds `x-aim-recipe` to every HTTP response (pure ASGI: streaming stays streaming)."""
+
+    def __init__(self, app: Any, recipe_id: str) -> None:
+        self.app = app
+        self.header = (RECIPE_HEADER.encode(), recipe_id.encode())
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], self.header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+# --- the v2 generate extension ------------------------------------------------------------------
+
+
+def add_generate_routes(app: FastAPI, model: AimModel) -> None:
+    """POST /v2/models/{name}/generate and /generate_stream (Triton's generate extension)."""
+
+    def check_name(model_name: str) -> None:
+        if model_name != model.name:
+            raise ModelNotFound(model_name)
+
+    async def body_of(request: Request) -> Any:
+        try:
+            return json.loads(await request.body())
+        except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, absurd nesting
+            raise InvalidInput(f"request body is not valid JSON: {str(exc)[:200]}") from exc
+
+    async def generate(model_name: str, request: Request) -> JSONResponse:
+        check_name(model_name)
+        return JSONResponse(await model.generate(await body_of(request)))
+
+    async def generate_stream(model_name: str, request: Request) -> StreamingResponse:
+        check_name(model_name)
+        events = await model.generate_stream(await body_of(request), request)
+        return StreamingResponse(events, media_type="text/event-stream")
+
+    app.add_api_route("/v2/models/{model_name}/generate", generate, methods=["POST"],
+                      tags=["V2"])
+    app.add_api_route("/v2/models/{model_name}/generate_stream", generate_stream,
+                      methods=["POST"], tags=["V2"])
+
+
+def add_openai_models_route(app: FastAPI, model: AimModel, prefix: str) -> None:
+    """GET {prefix}/v1/models answered by vLLM's own model registry (as `vllm serve` does:
+    with max_model_len and LoRA adapters); registered before KServe's, so it takes precedence."""
+
+    async def list_models() -> JSONResponse:
+        models = await model.list_models()
+        return JSONResponse(models.model_dump())
+
+    app.add_api_route(f"{prefix}/v1/models", list_models, methods=["GET"], tags=["OpenAI"])
+
+
+# --- errors in the protocol's own shape -----------------------------------------------------------
+
+
+def install_error_handlers(app: FastAPI, prefix: str) -> None:
+    """For each exception: an OpenAI-shaped answer under the OpenAI prefix (as `vllm serve`
+    gives it), a KServe-shaped one elsewhere."""
+    from vllm.exceptions import VLLMError
+
+    def dispatch(for_openai: Any, for_kserve: Any) -> Any:
+        async def handle(request: Request, exc: Exception) -> JSONResponse:
+            if request.url.path.startswith(prefix + "/"):
+                return for_openai(exc)
+            return for_kserve(exc)
+        return handle
+
+    unavailable = _kserve_error(HTTPStatus.SERVICE_UNAVAILABLE)
+    handlers = {
+        # Not ready is an answer, not an incident: no traceback per probe while loading.
+        ServerNotReady: (unavailable, unavailable),
+        ServerNotLive: (unavailable, unavailable),
+        StarletteHTTPException: (_openai_http, _kserve_http),
+        RequestValidationError: (_openai_validation, _kserve_validation),
+        EngineErrorResponse: (_openai_engine_error, _kserve_engine_error),
+        ModelNotFound: (_openai_model_not_found, _kserve_error(HTTPStatus.NOT_FOUND)),
+        ModelNotReady: (_openai_not_ready, _kserve_error(HTTPStatus.SERVICE_UNAVAILABLE)),
+        InvalidInput: (_openai_from_exception, _kserve_error(HTTPStatus.BAD_REQUEST)),
+        VLLMError: (_openai_from_exception, _kserve_from_exception),
+        ValueError: (_openai_from_exception, _kserve_from_exception),
+        TypeError: (_openai_from_exception, _kserve_from_exception),
+        OverflowError: (_openai_from_exception, _kserve_from_exception),
+    }
+    for exc_type, (for_openai, for_kserve) in handlers.items():
+        app.add_exception_handler(exc_type, dispatch(for_openai, for_kserve))
+
+
+def _openai_error(message: str, err_type: str, status: HTTPStatus,
+                  param: str | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": err_type, "param": param,
+                      "code": status.value}}
+    return JSONResponse(body, status_code=status.value)
+
+
+def _openai_from_exception(exc: Exception) -> JSONResponse:
+    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+
+    if isinstance(exc, InvalidInput):
+        return _openai_error(str(exc), "BadRequestError", HTTPStatus.BAD_REQUEST)
+    response = create_error_response(exc)
+    return JSONResponse(response.model_dump(), status_code=response.error.code)
+
+
+def _openai_http(exc: StarletteHTTPException) -> JSONResponse:
+    status = HTTPStatus(exc.status_code)
+    return _openai_error(str(exc.detail), status.phrase.replace(" ", ""), status)
+
+
+def _kserve_http(exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+
+def _openai_validation(exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    lines = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors]
+    param = ".".join(str(p) for p in errors[0].get("loc", ())) if errors else None
+    message = f"{len(errors)} validation error(s): " + "; ".join(lines) if errors else \
+        "invalid request body"
+    return _openai_error(message, "Bad Request", HTTPStatus.BAD_REQUEST, param)
+
+
+def _openai_engine_error(exc: EngineErrorResponse) -> JSONResponse:
+    return JSONResponse(exc.response.model_dump(), status_code=exc.status_code)
+
+
+def _openai_model_not_found(exc: ModelNotFound) -> JSONResponse:
+    match = re.match(r"Model with name (.*) does not exist", str(exc))
+    name = match.group(1) if match else "?"
+    return _openai_error(f"The model `{name}` does not exist.", "NotFoundError",
+                         HTTPStatus.NOT_FOUND, "model")
+
+
+def _openai_not_ready(exc: ModelNotReady) -> JSONResponse:
+    return _openai_error(f"The model `{exc.model_name}` is not ready yet.",
+                         "ServiceUnavailableError", HTTPStatus.SERVICE_UNAVAILABLE)
+
+
+def _kserve_error(status: HTTPStatus) -> Any:
+    def respond(exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=status.value)
+    return respond
+
+
+def _kserve_validation(exc: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}"
+                         for e in exc.errors())
+    return JSONResponse({"error": f"invalid request: {problems}"},
+                        status_code=HTTPStatus.BAD_REQUEST.value)
+
+
+def _kserve_engine_error(exc: EngineErrorResponse) -> JSONResponse:
+    return JSONResponse({"error": exc.response.error.message}, status_code=exc.status_code)
+
+
+def _kserve_from_exception(exc: Exception) -> JSONResponse:
+    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+
+    response = create_error_response(exc)
+    return JSONResponse({"error": response.error.message}, status_code=response.error.code)

@@ -1,0 +1,246 @@
+"""`aim-runtime serve`: detect -> inspect -> plan -> explain -> engine -> serve.
+
+Arguments come in three families, parsed in this order: KServe's model-server flags (its own
+parser is the parent of ours: `--http_port`, `--model_name`, `--workers`...), AIM Runtime's
+(`--model_dir`, `--host`, planner overrides), and whatever is left goes to vLLM's own `vllm serve`
+parser. A flag none of the three knows is an error. vLLM flags win over the plan; the ones the
+planner understands (parallel sizes, context, KV dtype, memory utilisation, trust_remote_code) are
+given to the planner too, so the plan and its memory check agree with what will run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aim_runtime import pipeline, settings
+from aim_runtime.errors import AimError
+from aim_runtime.planner.catalog import engine_args_to_argv
+from aim_runtime.planner.explain import summarize_plan
+from aim_runtime.planner.overrides import FIELDS
+from aim_runtime.planner.plan import Plan
+from aim_runtime.serving import metrics
+from aim_runtime.serving.cluster import ClusterSpec, nodes_from_env, spec_from_env
+from aim_runtime.settings import ROLES
+
+log = logging.getLogger("aim_runtime")
+
+# vLLM flags the runtime owns under another name.
+RESERVED_VLLM_FLAGS = {"--port": "--http_port", "--host": "--host", "--model": "--model_dir"}
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    from kserve.model_server import parser as kserve_parser
+
+    parser = argparse.ArgumentParser(
+        prog="aim-runtime serve", parents=[kserve_parser], allow_abbrev=False,
+        description="Serve a model with vLLM behind KServe (OpenAI under /openai/v1, KServe v2). "
+                    "Every `vllm serve` flag is accepted too and wins over the plan.",
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_dir", "--model-dir", dest="model_dir",
+                       help="local model directory (KServe fills /mnt/models); default: the "
+                            "embedded tiny model, generated on first use")
+    model.add_argument("--model_id", "--model-id", dest="model_id",
+                       help="Hugging Face id: used to match curated recipes (and AIM_MODEL_ID)")
+    parser.add_argument("--host", default=settings.HOST.read(),
+                        help="bind address of the HTTP server (default 0.0.0.0; AIM_HOST)")
+    operations = parser.add_argument_group("operations")
+    operations.add_argument(
+        "--graceful-shutdown-seconds", type=int,
+        default=settings.GRACEFUL_SHUTDOWN_SECONDS.read(),
+        help="on SIGTERM, how long in-flight requests may run on (default 100; keep it below "
+             "the pod's terminationGracePeriodSeconds, 120 in our manifests)")
+    operations.add_argument(
+        "--max-queued-requests", type=int,
+        default=settings.MAX_QUEUED_REQUESTS.read(),
+        help="inference requests admitted beyond what the engine runs at once (max_num_seqs); "
+             "more get 503 + Retry-After (default: max_num_seqs)")
+    operations.add_argument(
+        "--max-request-bytes", type=int,
+        default=settings.MAX_REQUEST_BYTES.read(),
+        help="largest request body accepted; larger gets 413 (default 32 MiB)")
+    cluster = parser.add_argument_group("multi-node (KServe workerSpec)")
+    cluster.add_argument(
+        "--role", choices=ROLES, default=settings.ROLE.read(),
+        help="head: start a Ray head, wait for the worker nodes (`aim-runtime worker`), then "
+             "serve with pipeline stages across them (default single; AIM_ROLE)")
+    cluster.add_argument(
+        "--nodes", type=int,
+        help="head: nodes in all, this one included (default: PIPELINE_PARALLEL_SIZE, which "
+             "KServe sets from workerSpec.pipelineParallelSize)")
+    pipeline.add_detection_args(parser, simulate=False)
+    pipeline.add_planner_args(parser, vllm_names=False)
+    return parser
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Time a start-up phase: logged, and exported as aim_startup_phase_seconds."""
+    started = time.monotonic()
+    yield
+    seconds = time.monotonic() - started
+    metrics.record_phase(name, seconds)
+    log.info("phase %s: %.3f s", name, seconds)
+
+
+@dataclass
+class Prepared:
+    """What start-up produced before serving: the plan, the model object, the server."""
+
+    plan: Plan
+    model: Any
+    server: Any
+    cluster: ClusterSpec | None = None
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    """`aim-runtime serve`: start-up errors are AimErrors (the CLI prints them); serving ends
+    with the server's exit code."""
+    prepared = prepare(list(argv))
+    try:
+        prepared.server.start([prepared.model])
+    except Exception as exc:
+        log.error("serving stopped: %s: %s", type(exc).__name__, exc)
+        prepared.model.stop()
+        return 1
+    prepared.model.stop()
+    return prepared.server.exit_code
+
+
+def prepare(argv: list[str]) -> Prepared:
+    """Everything before the server starts; errors here are AimErrors (clear, fast, non-zero)."""
+    args, rest = serve_parser().parse_known_args(argv)
+    _reject_reserved(rest)
+    if args.workers != 1:
+        raise AimError(f"--workers {args.workers}: one process serves one vLLM engine",
+                       "scale with replicas (or data parallelism) instead")
+    with phase("import"):
+        from aim_runtime.serving.vllm_adapter import (
+            check_kserve_openai_layer,
+            check_versions,
+            engine_argv,
+            parse_vllm_args,
+        )
+
+        versions = check_versions()
+        check_kserve_openai_layer()
+        vllm_args, explicit = parse_vllm_args(rest)
+    log.info("vllm %s, kserve %s", versions["vllm"], versions["kserve"])
+    model_dir, model_source = _model_location(args)
+    nodes = _node_count(args)
+    vllm_overrides = {dest: getattr(vllm_args, dest) for dest in explicit if dest in FIELDS}
+    request = pipeline.request_from_args(
+        args, model_dir, nodes=nodes,
+        overrides={**pipeline.cli_overrides(args), **vllm_overrides})
+    with phase("detect"):
+        inventory = pipeline.detect_inventory(request)
+    if inventory.is_simulated:
+        raise AimError(f"the inventory is {inventory.source} ({inventory.product}), not real "
+                       "hardware: it can be planned for, not served on",
+                       "unset AIM_GPU_PRODUCT/AIM_GPU_COUNT, or use `aim-runtime plan`")
+    cluster = (spec_from_env(os.environ, nodes, inventory.devices_per_node)
+               if args.role == "head" else None)
+    planned = pipeline.plan_on(inventory, request, phase=phase)
+    plan = planned.plan
+    metrics.record_plan(plan, planned.facts.weight_precision)
+    for line in summarize_plan(plan).splitlines():
+        log.info("plan: %s", line)
+    log.info("plan: engine args %s", " ".join(engine_args_to_argv(plan.engine_args)))
+    for note in plan.notes:
+        log.info("plan: note: %s", note)
+
+    # One request may ask for n completions; vLLM allows 16384, enough to monopolise a replica.
+    os.environ.setdefault("VLLM_MAX_N_SEQUENCES", str(settings.MAX_N.read()))
+    names = list(vllm_args.served_model_name or [args.model_name])
+    argv_for_vllm = engine_argv(plan, model_source, names, rest)
+    keys = [*settings.API_KEY.read(), *(vllm_args.api_key or [])]
+    if keys:
+        log.info("API keys required on inference routes (%d key(s))", len(keys))
+    model, server = _build_server(args, plan, names, argv_for_vllm, tuple(keys), cluster)
+    return Prepared(plan=plan, model=model, server=server, cluster=cluster)
+
+
+def _node_count(args: argparse.Namespace) -> int:
+    """1 for a single-node server; the deployment's node count for a multi-node head."""
+    nodes: int = args.nodes or nodes_from_env(os.environ)
+    if args.role == "head" and nodes < 2:
+        raise AimError("--role head: a multi-node head needs the node count, 2 or more",
+                       "KServe sets PIPELINE_PARALLEL_SIZE from workerSpec.pipelineParallelSize;"
+                       " outside KServe pass --nodes N")
+    if args.role == "single" and nodes > 1:
+        raise AimError(f"{nodes} nodes (PIPELINE_PARALLEL_SIZE/--nodes) but --role is single: "
+                       "the worker nodes would wait for a Ray head that never starts",
+                       "use the aim-runtime-multinode ServingRuntime (it passes --role head)")
+    return nodes
+
+
+def _build_server(args: argparse.Namespace, plan: Plan, names: list[str],
+                  vllm_argv: list[str], api_keys: tuple[str, ...],
+                  cluster: ClusterSpec | None) -> tuple[Any, Any]:
+    from aim_runtime.serving.gate import GateSettings
+    from aim_runtime.serving.model import AimModel
+    from aim_runtime.serving.server import AimModelServer
+
+    model = AimModel(names[0], vllm_argv, plan.env, cluster=cluster)
+    gate = GateSettings(api_keys=api_keys, max_request_bytes=args.max_request_bytes,
+                        max_queued=args.max_queued_requests)
+    server = AimModelServer(
+        model, recipe_id=plan.recipe_id, host=args.host, gate=gate,
+        grace_period=args.graceful_shutdown_seconds, http_port=args.http_port,
+        grpc_port=args.grpc_port, workers=1, max_threads=args.max_threads,
+        max_asyncio_workers=args.max_asyncio_workers, enable_grpc=args.enable_grpc,
+        enable_docs_url=args.enable_docs_url, enable_latency_logging=args.enable_latency_logging,
+        access_log_format=args.access_log_format, event_loop=args.event_loop,
+        timeout_keep_alive=args.timeout_keep_alive,
+    )
+    for alias in names[1:]:
+        server.register_model(model, alias)
+    return model, server
+
+
+def _model_location(args: argparse.Namespace) -> tuple[Path, str]:
+    """(directory holding config.json, what vLLM loads): a local directory for both, or for a
+    Hugging Face id the downloaded config and the id (vLLM fetches the weights itself)."""
+    if args.model_dir:
+        return Path(args.model_dir), str(args.model_dir)
+    if args.model_id and Path(args.model_id).is_dir():
+        return Path(args.model_id), str(args.model_id)
+    if args.model_id:
+        with phase("fetch_config"):
+            return _hub_config_dir(args.model_id), args.model_id
+    from aim_runtime.checkpoint.tiny_model import ensure_default_model
+
+    with phase("default_model"):
+        directory = ensure_default_model()
+    log.info("no --model_dir: serving the embedded default model at %s (random weights: its "
+             "text is gibberish by construction)", directory)
+    return directory, str(directory)
+
+
+def _hub_config_dir(model_id: str) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(model_id, "config.json")).parent
+    except Exception as exc:  # offline, unknown repo, gated without HF_TOKEN...
+        raise AimError(
+            f"--model_id {model_id}: cannot fetch its config.json from the Hugging Face hub "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            "give a local directory with --model_dir (in KServe: storageUri, which fills "
+            "/mnt/models), or set HF_TOKEN for gated models",
+        ) from exc
+
+
+def _reject_reserved(rest: list[str]) -> None:
+    for token in rest:
+        flag = token.split("=", 1)[0].replace("_", "-")
+        if flag in RESERVED_VLLM_FLAGS:
+            raise AimError(f"{token}: use {RESERVED_VLLM_FLAGS[flag]} with aim-runtime serve")

@@ -1,0 +1,300 @@
+"""Every `AIM_*` environment variable, once, and the vocabulary the layers share.
+
+Like vLLM's `envs.py`: one registry where each variable has its name, type, default, a one-line
+doc and a parser. Code reads a variable only through `VARIABLE.read(environ)`, so a bad value is
+always an `error:` naming the variable and the value, with the variable's doc as the hint, never a
+traceback. The README's table of variables is generated from `REGISTRY` (`markdown_table`), and a
+test keeps the two equal.
+
+The shared vocabulary (precisions, KV-cache dtypes, objectives, the CPU product name, GiB, the
+usable-memory fractions, GPUs per node) lives here too, so that each fact is defined once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar, get_args
+
+from aim_runtime.errors import SettingError
+
+# --- the shared vocabulary ---------------------------------------------------------------------
+
+Objective = Literal["latency", "throughput"]
+Precision = Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4", "mxfp4"]
+KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16"]
+Role = Literal["single", "head"]
+OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+KV_CACHE_DTYPES: tuple[KvCacheDtype, ...] = get_args(KvCacheDtype)
+ROLES: tuple[Role, ...] = get_args(Role)
+SIXTEEN_BIT: tuple[Precision, ...] = ("bf16", "fp16", "fp32")
+PRECISION_TO_DTYPE: dict[str, str] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+DEFAULT_OBJECTIVE: Objective = "latency"
+
+CPU_PRODUCT = "CPU"  # the "product" of an inventory without GPUs, and of CPU recipes
+GIB = 1024**3
+GPUS_PER_NODE = 8  # an Instinct platform (OAM baseboard) holds 8 GPUs
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM's default share of VRAM
+CPU_USABLE_FRACTION = 0.9  # share of the pod's host memory a CPU plan may fill
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def serving_precision(checkpoint: Precision, on_gpu: bool) -> Precision:
+    """The precision a checkpoint runs at without quantizing it: fp32 runs as bf16 on GPUs."""
+    return "bf16" if checkpoint == "fp32" and on_gpu else checkpoint
+
+
+# --- parsers: text -> value, or ValueError saying what was expected -----------------------------
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError("expected a positive integer") from None
+    if value < 1:
+        raise ValueError("expected a positive integer")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """A whole number >= 0."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError("expected a whole number >= 0") from None
+    if value < 0:
+        raise ValueError("expected a whole number >= 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A number > 0 (seconds)."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("expected a number of seconds > 0") from None
+    if not value > 0:
+        raise ValueError("expected a number of seconds > 0")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A share of device memory in (0, 0.99]."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("expected a fraction in (0, 0.99]") from None
+    if not 0.0 < value <= 0.99:
+        raise ValueError("expected a fraction in (0, 0.99]")
+    return value
+
+
+def boolean(text: str) -> bool:
+    """1/true/yes/on or 0/false/no/off."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def recipe_id(text: str) -> str:
+    """A recipe id: a plain name that cannot name a path."""
+    value = text.strip()
+    if not value or "/" in value or "\\" in value or value.startswith("."):
+        raise ValueError("expected a recipe id such as llama-3.1-8b-mi300x-bf16-tp1")
+    return value
+
+
+def plain_text(text: str) -> str:
+    return text.strip()
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    """Comma-separated items, blanks dropped."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def path_list(text: str) -> tuple[Path, ...]:
+    """Directories separated by the OS path separator (`:`)."""
+    return tuple(Path(item) for item in text.split(os.pathsep) if item.strip())
+
+
+def path(text: str) -> Path:
+    return Path(text.strip())
+
+
+def choice(*options: str) -> Callable[[str], str]:
+    """One of `options`, case-insensitive."""
+
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return value
+
+    parse.__doc__ = "one of " + ", ".join(options)
+    return parse
+
+
+def log_level(text: str) -> str:
+    value = text.strip().upper()
+    if value not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+    return value
+
+
+# --- the registry ---------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Variable(Generic[T]):
+    """One `AIM_*` variable. Unset or blank means `default`."""
+
+    name: str
+    parse: Callable[[str], T]
+    default: T
+    doc: str
+    kind: str  # what a value looks like, for the README table
+    secret: bool = False
+
+    def read(self, environ: Mapping[str, str] | None = None) -> T:
+        """The parsed value from `environ` (default: the process environment)."""
+        raw = (os.environ if environ is None else environ).get(self.name, "")
+        if not raw.strip():
+            return self.default
+        return self.parse_value(raw, f"{self.name}={'<hidden>' if self.secret else raw}")
+
+    def parse_value(self, raw: str, origin: str) -> T:
+        """Parse `raw`; a bad value is a SettingError that starts with `origin`."""
+        try:
+            return self.parse(raw)
+        except ValueError as exc:
+            raise SettingError(f"{origin}: {exc}", f"{self.name}: {self.doc}") from exc
+
+    def is_set(self, environ: Mapping[str, str] | None = None) -> bool:
+        return bool((os.environ if environ is None else environ).get(self.name, "").strip())
+
+
+REGISTRY: dict[str, Variable[Any]] = {}  # values differ in type
+
+
+def _register(variable: Variable[T]) -> Variable[T]:
+    if variable.name in REGISTRY:
+        raise ValueError(f"{variable.name} registered twice")
+    REGISTRY[variable.name] = variable
+    return variable
+
+
+# Model and recipes
+MODEL_ID: Variable[str | None] = _register(Variable(
+    "AIM_MODEL_ID", plain_text, None, "Hugging Face id of the model, for recipe matching",
+    "org/name"))
+RECIPES_DIR: Variable[tuple[Path, ...]] = _register(Variable(
+    "AIM_RECIPES_DIR", path_list, (), "recipe directories instead of the curated ones",
+    "DIR[:DIR...]"))
+CACHE_DIR: Variable[Path | None] = _register(Variable(
+    "AIM_CACHE_DIR", path, None,
+    "where the embedded default model is built (default: ~/.cache/aim-runtime)", "directory"))
+
+# Detection
+GPU_PRODUCT: Variable[str | None] = _register(Variable(
+    "AIM_GPU_PRODUCT", plain_text, None,
+    "with GPUs: must match them; without: plan for this product (e.g. MI300X)", "product"))
+GPU_COUNT: Variable[int | None] = _register(Variable(
+    "AIM_GPU_COUNT", positive_int, None,
+    "use only this many of the detected GPUs (or plan for this many with AIM_GPU_PRODUCT)",
+    "positive integer"))
+
+# Planner overrides (CLI flags win over them; see planner/overrides.py)
+RECIPE_ID: Variable[str | None] = _register(Variable(
+    "AIM_RECIPE_ID", recipe_id, None, "pin a curated recipe by id", "recipe id"))
+OBJECTIVE: Variable[str | None] = _register(Variable(
+    "AIM_OBJECTIVE", choice(*OBJECTIVES), None, "latency (default) or throughput",
+    "|".join(OBJECTIVES)))
+PRECISION: Variable[str | None] = _register(Variable(
+    "AIM_PRECISION", choice(*PRECISIONS), None, "weight precision", "|".join(PRECISIONS)))
+KV_CACHE_DTYPE: Variable[str | None] = _register(Variable(
+    "AIM_KV_CACHE_DTYPE", choice(*KV_CACHE_DTYPES), None, "KV cache dtype",
+    "|".join(KV_CACHE_DTYPES)))
+MAX_MODEL_LEN: Variable[int | None] = _register(Variable(
+    "AIM_MAX_MODEL_LEN", positive_int, None, "context length", "positive integer"))
+TENSOR_PARALLEL_SIZE: Variable[int | None] = _register(Variable(
+    "AIM_TENSOR_PARALLEL_SIZE", positive_int, None, "tensor parallel size",
+    "positive integer"))
+PIPELINE_PARALLEL_SIZE: Variable[int | None] = _register(Variable(
+    "AIM_PIPELINE_PARALLEL_SIZE", positive_int, None, "pipeline parallel size",
+    "positive integer"))
+DATA_PARALLEL_SIZE: Variable[int | None] = _register(Variable(
+    "AIM_DATA_PARALLEL_SIZE", positive_int, None, "data-parallel replicas in the pod",
+    "positive integer"))
+GPU_MEMORY_UTILIZATION: Variable[float | None] = _register(Variable(
+    "AIM_GPU_MEMORY_UTILIZATION", fraction, None,
+    f"share of each GPU's memory vLLM may use (default {DEFAULT_GPU_MEMORY_UTILIZATION})",
+    "fraction (0, 0.99]"))
+MIN_CONCURRENCY: Variable[int | None] = _register(Variable(
+    "AIM_MIN_CONCURRENCY", positive_int, None,
+    "full-length sequences the KV cache must hold (default 4)", "positive integer"))
+TRUST_REMOTE_CODE: Variable[bool | None] = _register(Variable(
+    "AIM_TRUST_REMOTE_CODE", boolean, None,
+    "allow the model's own code (the recipe must allow it too)", "true|false"))
+
+# Serving
+HOST: Variable[str] = _register(Variable(
+    "AIM_HOST", plain_text, "0.0.0.0", "bind address of the HTTP server", "address"))
+GRACEFUL_SHUTDOWN_SECONDS: Variable[int] = _register(Variable(
+    "AIM_GRACEFUL_SHUTDOWN_SECONDS", non_negative_int, 100,
+    "on SIGTERM, how long in-flight requests may run on", "seconds"))
+MAX_QUEUED_REQUESTS: Variable[int | None] = _register(Variable(
+    "AIM_MAX_QUEUED_REQUESTS", non_negative_int, None,
+    "requests admitted beyond max_num_seqs before 503 (default: max_num_seqs)",
+    "whole number"))
+MAX_REQUEST_BYTES: Variable[int] = _register(Variable(
+    "AIM_MAX_REQUEST_BYTES", positive_int, 32 * 1024 * 1024,
+    "largest request body accepted, in bytes (larger: 413)", "bytes"))
+MAX_N: Variable[int] = _register(Variable(
+    "AIM_MAX_N", positive_int, 128, "most completions one request may ask for (n)",
+    "positive integer"))
+API_KEY: Variable[tuple[str, ...]] = _register(Variable(
+    "AIM_API_KEY", comma_list, (), "API keys inference routes require (comma-separated)",
+    "key[,key...]", secret=True))
+LOG_LEVEL: Variable[str | None] = _register(Variable(
+    "AIM_LOG_LEVEL", log_level, None,
+    "log level (default INFO for serve and worker, WARNING for the other commands)",
+    "|".join(LOG_LEVELS)))
+SKIP_VERSION_CHECK: Variable[bool] = _register(Variable(
+    "AIM_SKIP_VERSION_CHECK", boolean, False,
+    "try vLLM/KServe versions outside the supported window", "true|false"))
+
+# Multi-node
+ROLE: Variable[str] = _register(Variable(
+    "AIM_ROLE", choice(*ROLES), "single", "single, or head of a multi-node deployment",
+    "|".join(ROLES)))
+NODES: Variable[int | None] = _register(Variable(
+    "AIM_NODES", positive_int, None,
+    "nodes of a multi-node deployment (KServe sets PIPELINE_PARALLEL_SIZE instead)",
+    "positive integer"))
+RAY_JOIN_TIMEOUT: Variable[float] = _register(Variable(
+    "AIM_RAY_JOIN_TIMEOUT", positive_float, 600.0,
+    "seconds the head waits for its workers, and a worker for its head", "seconds"))
+RAY_NUM_GPUS: Variable[int | None] = _register(Variable(
+    "AIM_RAY_NUM_GPUS", non_negative_int, None,
+    "GPUs this node declares to Ray (default: what detection counts)", "whole number"))
+
+
+def markdown_table() -> str:
+    """The README's table of variables, generated from the registry."""
+    lines = ["| variable | value | default | what it does |", "|---|---|---|---|"]
+    for variable in REGISTRY.values():
+        default = variable.default
+        shown = "" if default in (None, ()) else f"`{default}`"
+        lines.append(f"| `{variable.name}` | {variable.kind} | {shown} | {variable.doc} |")
+    return "\n".join(lines)
