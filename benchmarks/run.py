@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -38,7 +39,7 @@ import httpx
 import psutil
 import yaml
 
-from benchmarks.processes import REPO, ServerProcess, aim_server, bare_vllm_server
+from tests.servers import REPO, ServerProcess, aim_server, bare_vllm_server
 
 MODEL_NAME = "bench"
 CONCURRENCY = (1, 4, 16, 64)
@@ -122,12 +123,10 @@ def _default_model(work: Path) -> Path:
 
 def plan_engine_args(model: Path, extra: list[str]) -> tuple[list[str], dict[str, str]]:
     """The engine args and environment our server will use, for the bare server too."""
-    from aim_runtime.checkpoint.facts import load_model_facts
-    from aim_runtime.hardware import detect
-    from aim_runtime.planner.catalog import engine_args_to_argv, load_catalog
-    from aim_runtime.planner.plan import make_plan
+    from aim_runtime import pipeline
+    from aim_runtime.planner.catalog import engine_args_to_argv
 
-    plan = make_plan(detect(), load_model_facts(model), load_catalog())
+    plan = pipeline.run(pipeline.PlanRequest(model=model, environ=os.environ)).plan
     return engine_args_to_argv(plan.engine_args) + extra, dict(plan.env)
 
 
@@ -303,18 +302,16 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def machine() -> dict[str, Any]:
+    """The machine as the runtime's own detection sees it, plus the CPU model and versions."""
+    from aim_runtime.hardware import detect
     from aim_runtime.serving.vllm_adapter import installed_versions
 
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": psutil.cpu_count(), "memory_gib":
-            round(psutil.virtual_memory().total / 1024**3, 1), "gpu": "none (vLLM CPU backend)",
+    inventory = detect()
+    gpu = (f"{inventory.device_count}x {inventory.product} ({inventory.source})"
+           if inventory.accelerator == "rocm" else "none (vLLM CPU backend)")
+    return {"cpu": inventory.host.cpu_model or platform.processor(),
+            "cores": inventory.host.cpu_cores,
+            "memory_gib": round(inventory.host.usable_memory_bytes / 1024**3, 1), "gpu": gpu,
             "python": platform.python_version(), **installed_versions()}
 
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from benchmarks.processes import REPO, server_environment
+from servers import REPO, server_environment
 
 pytestmark = pytest.mark.serving
 

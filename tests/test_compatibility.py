@@ -10,11 +10,9 @@ import json
 import httpx
 import pytest
 
-from aim_runtime.checkpoint.facts import load_model_facts
-from aim_runtime.hardware import detect
-from aim_runtime.planner.catalog import engine_args_to_argv, load_catalog
-from aim_runtime.planner.plan import make_plan
-from benchmarks.processes import REPO, bare_vllm_server
+from aim_runtime import pipeline
+from aim_runtime.planner.catalog import engine_args_to_argv
+from servers import bare_vllm_server
 
 pytestmark = pytest.mark.serving
 
@@ -43,8 +41,7 @@ KNOWN_DIFFERENCES: dict[str, list[str]] = {}
 
 @pytest.fixture(scope="module")
 def bare_vllm(work_dir, tiny_model):
-    plan = make_plan(detect(environ={}, amdsmi_module=None), load_model_facts(tiny_model),
-                     load_catalog([REPO / "recipes"]))
+    plan = pipeline.run(pipeline.PlanRequest(model=tiny_model)).plan
     process = bare_vllm_server(work_dir, tiny_model, engine_args_to_argv(plan.engine_args))
     process.start()
     try:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.processes import aim_server
+from servers import aim_server
 
 pytestmark = pytest.mark.serving
 

@@ -30,7 +30,7 @@ from aim_runtime.serving.cluster import (
     nodes_from_env,
     spec_from_env,
 )
-from benchmarks.processes import free_port, server_environment
+from servers import free_port, server_environment
 
 pytest.importorskip("ray")
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from benchmarks.processes import REPO, ServerProcess, free_port, server_environment
+from servers import REPO, ServerProcess, free_port, server_environment
 
 README = (REPO / "README.md").read_text()
 

@@ -11,9 +11,10 @@ from aim_runtime.checkpoint.facts import load_model_facts
 from aim_runtime.errors import RecipeError
 from aim_runtime.hardware import detect
 from aim_runtime.planner.candidates import model_match_score
-from aim_runtime.planner.catalog import check_against_vllm, load_catalog, load_recipe_file
+from aim_runtime.planner.catalog import load_catalog, load_recipe_file
 from aim_runtime.planner.overrides import collect_overrides
 from aim_runtime.planner.plan import make_plan
+from aim_runtime.serving.vllm_adapter import check_recipe_args
 
 REPO = Path(__file__).parent.parent
 MODELS = REPO / "tests" / "fixtures" / "models"
@@ -64,13 +65,11 @@ def test_every_curated_recipe_fits_what_it_is_for(catalog):
 
 
 def test_curated_engine_args_parse_with_vllms_own_parser(catalog):
-    pytest.importorskip("vllm")
-    problems = check_against_vllm(catalog.recipes)
+    problems = check_recipe_args(catalog.recipes)
     assert problems == []
 
 
 def test_vllm_check_reports_unknown_and_invalid_args(tmp_path):
-    pytest.importorskip("vllm")
     recipes = load_recipe_file(write(tmp_path / "r.yaml", """
         model: {architectures: [LlamaForCausalLM]}
         gpu_products: [MI300X]
@@ -79,7 +78,7 @@ def test_vllm_check_reports_unknown_and_invalid_args(tmp_path):
             precision: bf16
             engine_args: {max-num-seqs: many, frobnicate: true}
     """))
-    problems = check_against_vllm(recipes)
+    problems = check_recipe_args(recipes)
     assert any("engine_args.frobnicate: vLLM has no such argument" in p for p in problems)
     assert any("--max-num-seqs: invalid int value: 'many'" in p for p in problems)
     assert all(str(tmp_path / "r.yaml") in p for p in problems)

@@ -23,7 +23,7 @@ import psutil
 import pytest
 import yaml
 
-from benchmarks.processes import REPO, ServerProcess, aim_server, free_port, server_environment
+from servers import REPO, ServerProcess, aim_server, free_port, server_environment
 
 pytestmark = pytest.mark.serving
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from benchmarks.processes import REPO, ServerProcess, free_port, server_environment
+from servers import REPO, ServerProcess, free_port, server_environment
 
 pytestmark = pytest.mark.serving
 

@@ -45,7 +45,7 @@ def test_remote_code_runs_only_when_recipe_and_operator_allow_it(
 @pytest.mark.parametrize("value", ["../../etc/passwd", "/etc/passwd", "a/b", ".hidden", ""])
 def test_recipe_ids_from_outside_cannot_name_paths(value):
     if not value:
-        assert collect_overrides({}, {"AIM_RECIPE_ID": value}).get("recipe_id") is None
+        assert collect_overrides({}, {"AIM_RECIPE_ID": value}).recipe_id is None
         return
     with pytest.raises(OverrideError, match="expected a recipe id"):
         collect_overrides({}, {"AIM_RECIPE_ID": value})

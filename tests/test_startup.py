@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from aim_runtime.errors import AimError, ModelFactsError, OverrideError, PlanError
-from benchmarks.processes import server_environment
+from servers import server_environment
 
 from kfd_trees import MI300X, cards, write_tree
 
@@ -198,7 +198,8 @@ def test_head_plans_across_the_nodes_kserve_describes(clean_env, tmp_path, monke
     ({}, [], "a multi-node head needs the node count"),
     ({"PIPELINE_PARALLEL_SIZE": "2", "TENSOR_PARALLEL_SIZE": "4"}, [],
      "TENSOR_PARALLEL_SIZE=4 (GPUs per node, from workerSpec) but this node has 8"),
-    ({"PIPELINE_PARALLEL_SIZE": "two"}, [], "PIPELINE_PARALLEL_SIZE='two': not a positive"),
+    ({"PIPELINE_PARALLEL_SIZE": "two"}, [],
+     "PIPELINE_PARALLEL_SIZE=two: expected a positive integer"),
 ])
 def test_head_misconfigurations_are_clear_errors(clean_env, tmp_path, monkeypatch, env, args,
                                                  message):

@@ -153,7 +153,7 @@ def request_from_args(args: argparse.Namespace, model: Path, *, nodes: int = 1,
         model=model, model_id=getattr(args, "model_id", None),
         simulate=getattr(args, "simulate", None), nodes=nodes,
         amd_smi_json=args.amd_smi_json, sys_root=args.sys_root, dev_root=args.dev_root,
-        proc_root=args.proc_root, recipe_dirs=tuple(args.recipes_dir or ()),
+        proc_root=args.proc_root, recipe_dirs=tuple(getattr(args, "recipes_dir", None) or ()),
         cli_overrides=cli_overrides(args) if overrides is None else overrides,
         environ=os.environ if environ is None else environ,
     )
