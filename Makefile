@@ -22,8 +22,11 @@ install: $(STAMP)
 serve: install
 	$(BIN)/aim-runtime serve $(ARGS)
 
+# Style, the layering contract (pyproject [tool.importlinter]) and the type check.
 lint: install
 	$(BIN)/ruff check runtime tests benchmarks
+	PYTHONPATH=runtime $(BIN)/lint-imports
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest $(ARGS)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the planner's record of candidates; errors sit below the planner
+    from aim_runtime.planner.candidates import Reason
+
 
 class AimError(Exception):
     """Base class. `hint` tells the reader what to do; the CLI prints both and exits non-zero."""
@@ -54,6 +59,6 @@ class NoFitError(PlanError):
 
     exit_code = 3
 
-    def __init__(self, message: str, hint: str = "", reasons: list | None = None) -> None:
+    def __init__(self, message: str, hint: str = "", reasons: list[Reason] | None = None) -> None:
         super().__init__(message, hint)
         self.reasons = reasons or []

@@ -30,7 +30,8 @@ ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoke
 HASH_CHUNK_BYTES = 16 * 1024 * 1024
 
 
-def download(model_id: str, dest: Path, revision: str | None = None) -> tuple[str, dict]:
+def download(model_id: str, dest: Path,
+             revision: str | None = None) -> tuple[str, dict[str, str]]:
     """Fetch the model's files into `dest`; return (commit sha, {file: sha256 from the hub})."""
     try:
         from huggingface_hub import HfApi, snapshot_download

@@ -10,17 +10,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from aim_runtime.checkpoint.parameters import ParameterCount, count_from_config, read_checkpoint
+from aim_runtime.checkpoint.parameters import (
+    CheckpointSummary,
+    ParameterCount,
+    count_from_config,
+    read_checkpoint,
+)
+from aim_runtime.checkpoint.shapes import Dimensions, MLAFacts, MoEFacts, QuantizationFacts
 from aim_runtime.errors import ModelFactsError
+from aim_runtime.settings import Precision
 
-WeightPrecision = Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4", "mxfp4"]
-DTYPE_TO_PRECISION: dict[str, WeightPrecision] = {
+DTYPE_TO_PRECISION: dict[str, Precision] = {
     "bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32",
 }
+# The names model families give the decoder's layer count (one list for every reader of it).
+LAYER_COUNT_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 DEFAULT_MAX_POSITIONS = 2048  # what vLLM assumes when a config names no context length
 # `save_pretrained` omits values equal to the config class's defaults; these are the defaults of
 # the classes whose omitted values matter here (transformers' Gemma*/GPT-2 configuration classes).
@@ -31,37 +39,6 @@ CONFIG_CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
                     "max_position_embeddings": 131072},
     "gpt2": {"tie_word_embeddings": True},
 }
-
-
-class MoEFacts(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    num_experts: int
-    experts_per_token: int
-    expert_intermediate_size: int
-    shared_expert_intermediate_size: int = 0
-    dense_layers: int = 0
-
-
-class MLAFacts(BaseModel):
-    """Multi-head latent attention (DeepSeek-V2/V3): the KV cache holds one compressed latent."""
-
-    model_config = ConfigDict(frozen=True)
-
-    kv_lora_rank: int
-    q_lora_rank: int | None
-    qk_rope_head_dim: int
-    qk_nope_head_dim: int
-    v_head_dim: int
-
-
-class QuantizationFacts(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    method: str
-    weight_precision: WeightPrecision | None
-    bits: int | None = None
-    group_size: int | None = None
 
 
 class ModelFacts(BaseModel):
@@ -94,7 +71,7 @@ class ModelFacts(BaseModel):
     notes: tuple[str, ...] = ()
 
     @property
-    def weight_precision(self) -> WeightPrecision | None:
+    def weight_precision(self) -> Precision | None:
         """Precision of the checkpoint's linear weights (None: an unrecognised quantization)."""
         if self.quantization is not None:
             return self.quantization.weight_precision
@@ -134,7 +111,8 @@ def _read_config(config_path: Path) -> dict[str, Any]:
 
 
 def facts_from_config(
-    config: dict[str, Any], path: str, hf_id: str | None = None, checkpoint: Any = None
+    config: dict[str, Any], path: str, hf_id: str | None = None,
+    checkpoint: CheckpointSummary | None = None
 ) -> ModelFacts:
     """Build facts from a parsed config (and the checkpoint's header summary, if any)."""
     text = _language_config(config)
@@ -148,12 +126,12 @@ def facts_from_config(
     if max_positions is None:
         max_positions = DEFAULT_MAX_POSITIONS
         notes.append(f"no context length in config; assuming {DEFAULT_MAX_POSITIONS} like vLLM")
-    facts = dict(
+    facts: dict[str, object] = dict(
         path=path,
         hf_id=hf_id or _hf_id_from_config(config),
         architecture=_architecture(config, path),
         model_type=str(text.get("model_type") or config.get("model_type") or "unknown"),
-        num_layers=reader.required_int("num_hidden_layers", "n_layer", "num_layers", "n_layers"),
+        num_layers=reader.required_int(*LAYER_COUNT_FIELDS),
         hidden_size=hidden,
         num_attention_heads=heads,
         num_kv_heads=reader.optional_int("num_key_value_heads", "n_head_kv", "num_kv_heads",
@@ -177,12 +155,11 @@ def facts_from_config(
         parameters = checkpoint.parameters
     else:
         # Dimensions only (no parameters yet): what the counting needs.
-        parameters = count_from_config(ModelFacts.model_construct(**facts), config)
-    return ModelFacts(
-        **facts,
-        parameters=parameters,
-        checkpoint_bytes=checkpoint.total_bytes if checkpoint is not None else None,
-    )
+        parameters = count_from_config(Dimensions.model_validate(facts), config)
+    return ModelFacts.model_validate({
+        **facts, "parameters": parameters,
+        "checkpoint_bytes": checkpoint.total_bytes if checkpoint is not None else None,
+    })
 
 
 def _language_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -266,12 +243,12 @@ def _moe(reader: _ConfigReader) -> MoEFacts | None:
         dense += len(config["mlp_only_layers"])
     step = reader.optional_int("decoder_sparse_step") or 1
     if step > 1:
-        layers = reader.required_int("num_hidden_layers", "n_layer", "num_layers")
+        layers = reader.required_int(*LAYER_COUNT_FIELDS)
         dense += layers - layers // step
     return MoEFacts(
         num_experts=experts,
         experts_per_token=reader.optional_int("num_experts_per_tok", "moe_topk",
-                                              "num_experts_per_token") or 1,
+                                              "num_experts_per_token", "experts_per_token") or 1,
         expert_intermediate_size=expert_size,
         shared_expert_intermediate_size=shared,
         dense_layers=dense,
@@ -304,7 +281,7 @@ def _quantization(config: Any) -> QuantizationFacts | None:
     method = str(config.get("quant_method", "unknown")).lower()
     bits = config.get("bits") if isinstance(config.get("bits"), int) else None
     group = config.get("group_size") if isinstance(config.get("group_size"), int) else None
-    precision: WeightPrecision | None
+    precision: Precision | None
     if method in ("fp8", "fbgemm_fp8", "ptpc_fp8"):
         precision = "fp8"
     elif method in ("mxfp4", "gpt_oss_mxfp4"):
@@ -323,7 +300,7 @@ def _quantization(config: Any) -> QuantizationFacts | None:
                              group_size=group)
 
 
-def _precision_from_scheme(config: dict[str, Any]) -> tuple[WeightPrecision | None, int | None]:
+def _precision_from_scheme(config: dict[str, Any]) -> tuple[Precision | None, int | None]:
     """compressed-tensors / quark: find the weight scheme (num_bits + type, or an fp8 dtype)."""
     text = json.dumps(config).lower()
     if '"fp8' in text or '"float8' in text or ('"num_bits": 8' in text and '"float"' in text):

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from aim_runtime.checkpoint.shapes import Dimensions
 from aim_runtime.errors import ModelFactsError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -100,7 +101,8 @@ def read_safetensors_header(file: Path) -> dict[str, Any]:
     for name, info in header.items():
         if not (isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= info.keys()):
             raise ModelFactsError(f"{file}: tensor {name!r} has a malformed header entry")
-    return header
+    checked: dict[str, Any] = header
+    return checked
 
 
 def _tensor_role(name: str, shape: list[int]) -> str:
@@ -114,7 +116,7 @@ def _tensor_role(name: str, shape: list[int]) -> str:
     return "linear"
 
 
-def count_from_config(facts: Any, config: dict[str, Any]) -> ParameterCount:
+def count_from_config(facts: Dimensions, config: dict[str, Any]) -> ParameterCount:
     """Parameters computed from the architecture (`facts` carries the decoded dimensions)."""
     embedding = facts.vocab_size * facts.hidden_size
     lm_head = 0 if facts.tie_word_embeddings else embedding
@@ -130,7 +132,7 @@ def count_from_config(facts: Any, config: dict[str, Any]) -> ParameterCount:
                           linear=layers_linear, other=other, source="config")
 
 
-def _attention_params(facts: Any) -> int:
+def _attention_params(facts: Dimensions) -> int:
     hidden, heads = facts.hidden_size, facts.num_attention_heads
     mla = facts.mla
     if mla is not None:
@@ -147,7 +149,7 @@ def _attention_params(facts: Any) -> int:
     return hidden * (q_size + 2 * kv_size) + q_size * hidden
 
 
-def _attention_extras(facts: Any) -> int:
+def _attention_extras(facts: Dimensions) -> int:
     """Norms inside attention and q/k/v biases: small, but part of the count."""
     extras = 0
     if facts.mla is not None:
@@ -159,7 +161,7 @@ def _attention_extras(facts: Any) -> int:
     return extras
 
 
-def _mlp_params(facts: Any, layer: int) -> int:
+def _mlp_params(facts: Dimensions, layer: int) -> int:
     hidden = facts.hidden_size
     matrices = 2 if facts.model_type in NON_GATED_MLP else 3
     moe = facts.moe

@@ -14,8 +14,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aim_runtime import settings
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +106,7 @@ def build_model(directory: Path, seed: int = 0) -> None:
         "Embedded default model of AIM Runtime: random weights, gibberish output.\n")
 
 
-def _train_tokenizer():
+def _train_tokenizer() -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

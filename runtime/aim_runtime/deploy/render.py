@@ -38,7 +38,6 @@ MULTINODE_STORAGE = ("pvc://", "oci://")
 MODEL_FORMAT = "aim"
 GPU_RESOURCE = "amd.com/gpu"
 DEVICE_ID_LABEL = "amd.com/gpu.device-id"
-HTTP_PORT = 8080
 AUTO_COUNTS = (1, 2, 4, 8)
 # The runtime drains in-flight requests for 100 s on SIGTERM (--graceful-shutdown-seconds);
 # the pod gets 20 s more to stop the engine before the kubelet kills it.

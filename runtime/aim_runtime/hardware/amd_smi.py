@@ -132,7 +132,7 @@ def _vram_size_bytes(size: Any) -> int:
     else:
         value, unit = size, "MB"
     try:
-        amount = float(value)
+        amount = float(value)  # type: ignore[arg-type]  # checked: TypeError below
     except (TypeError, ValueError):
         return 0
     scale = {"B": 1, "KB": 1024, "MB": MIB, "GB": 1024**3}.get(unit.upper(), MIB)
@@ -152,11 +152,12 @@ def import_amdsmi() -> ModuleType | None:
     """The amdsmi module, or None when it is absent or broken (anything it raises)."""
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            import amdsmi  # type: ignore[import-not-found]
+            import amdsmi
     except Exception as exc:  # amdsmi raises KeyError without its .so
         log.debug("amdsmi unavailable: %r", exc)
         return None
-    return amdsmi
+    module: ModuleType = amdsmi
+    return module
 
 
 def records_from_library(amdsmi: Any) -> list[SmiRecord] | None:

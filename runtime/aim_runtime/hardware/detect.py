@@ -65,10 +65,10 @@ def detect(
     env_product = settings.GPU_PRODUCT.read(env)
     if env_product:
         product, _, _ = parse_simulate(env_product, "AIM_GPU_PRODUCT")
-        count = settings.GPU_COUNT.read(env)
-        count_note = () if count else ("AIM_GPU_COUNT not set: planning for 1 device",)
+        env_count = settings.GPU_COUNT.read(env)
+        count_note = () if env_count else ("AIM_GPU_COUNT not set: planning for 1 device",)
         return Inventory(
-            source="override", devices=simulated_devices(product, count or 1), host=host,
+            source="override", devices=simulated_devices(product, env_count or 1), host=host,
             nodes=nodes,
             notes=(*notes, f"no GPU found; planning for AIM_GPU_PRODUCT={product}", *count_note),
         )
@@ -127,9 +127,9 @@ def _probe_hardware(
     notes: list[str] = []
     module = amd_smi.import_amdsmi() if amdsmi_module is _IMPORT else amdsmi_module
     if module is not None:
-        records = amd_smi.records_from_library(module)
-        if records:
-            return "amdsmi", amd_smi.devices_from_records(records), ()
+        library_records = amd_smi.records_from_library(module)
+        if library_records:
+            return "amdsmi", amd_smi.devices_from_records(library_records), ()
         notes.append("amdsmi imported but reported no GPU; trying sysfs")
     if kfd.topology_available(sys_root):
         devices = kfd.read_kfd_devices(sys_root, dev_root)

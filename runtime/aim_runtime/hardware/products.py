@@ -12,6 +12,7 @@ device (two per card), one MI300X in SPX mode is one device.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from aim_runtime.settings import GIB
 
@@ -33,10 +34,6 @@ class GpuProduct:
     @property
     def vram_gib(self) -> float:
         return self.vram_bytes / GIB
-
-    @property
-    def supports_fp8(self) -> bool:
-        return isa_supports_fp8(self.isa)
 
 
 PRODUCTS: dict[str, GpuProduct] = {
@@ -70,7 +67,13 @@ PARTITION_BY_XCC_SHARE = {2: "DPX", 3: "TPX", 4: "QPX"}
 
 # Matrix-core FP8 exists from MI300 (gfx942; FNUZ encoding) on; MX formats from MI350 (gfx950).
 FP8_ISAS = ("gfx942", "gfx950")
-MX_ISAS = ("gfx950",)
+
+# How vLLM runs MXFP4 weights (gpt-oss and other OCP-MX checkpoints), by ISA. gfx950 computes in
+# MX formats natively; gfx942 has no MX matrix cores, so vLLM keeps the weights in MXFP4 and
+# dequantizes them inside its Triton/AITER kernels (W4A16: the weights' memory is MXFP4's, the
+# arithmetic bf16); gfx90a and the CPU backend have no MXFP4 kernel in vLLM.
+Mxfp4Path = Literal["native", "weight-only"]
+MXFP4_PATHS: dict[str, Mxfp4Path] = {"gfx950": "native", "gfx942": "weight-only"}
 
 
 def isa_supports_fp8(isa: str | None) -> bool:
@@ -78,14 +81,9 @@ def isa_supports_fp8(isa: str | None) -> bool:
     return isa in FP8_ISAS
 
 
-def isa_supports_mxfp4(isa: str | None) -> bool:
-    """MXFP4 checkpoints run natively (MI350X/MI355X)."""
-    return isa in MX_ISAS
-
-
-def product_names() -> list[str]:
-    """All known product names, in table order."""
-    return list(PRODUCTS)
+def mxfp4_path(isa: str | None) -> Mxfp4Path | None:
+    """How vLLM runs MXFP4 weights on this ISA, or None where it has no kernel."""
+    return MXFP4_PATHS.get(isa or "")
 
 
 def lookup_product(name: str) -> GpuProduct:

@@ -24,10 +24,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from aim_runtime.checkpoint.facts import ModelFacts
-from aim_runtime.hardware.products import isa_supports_fp8
+from aim_runtime.hardware.products import isa_supports_fp8, mxfp4_path
 from aim_runtime.planner.catalog import Catalog, ModelMatch, Recipe
 from aim_runtime.planner.memory import Layout
-from aim_runtime.settings import CPU_PRODUCT, PRECISION_TO_DTYPE, SIXTEEN_BIT, serving_precision
+from aim_runtime.settings import (
+    CPU_PRODUCT,
+    PRECISION_TO_DTYPE,
+    SIXTEEN_BIT,
+    serving_precision,
+)
 
 CONTEXT_FLOOR = 32768
 SHORT_CONTEXT_FLOOR = 4096
@@ -121,7 +126,7 @@ def derived_ladder(facts: ModelFacts, fp8_capable: bool, on_gpu: bool,
     """The rungs of the documented fallback ladder, narrowed by pinned overrides."""
     native = native_precision(facts, on_gpu)
     can_quantize = fp8_capable and native in SIXTEEN_BIT
-    compact = ("fp8", "fp8") if can_quantize else (native, None)
+    compact: tuple[str, str | None] = ("fp8", "fp8") if can_quantize else (native, None)
     long_contexts = auto_contexts(facts.max_position_embeddings, CONTEXT_FLOOR)
     short_top = min(facts.max_position_embeddings, CONTEXT_FLOOR) // 2
     rungs = [Rung(native, None, "auto", long_contexts)]
@@ -160,8 +165,11 @@ def weight_precision_refusal(facts: ModelFacts, precision: str, on_gpu: bool, is
         return f"the checkpoint is {checkpoint}; only fp8 can be produced on load"
     if not on_gpu:
         return f"{precision} weights are not supported by vLLM's CPU backend"
-    if precision in ("fp8", "mxfp4") and not isa_supports_fp8(isa):
-        return f"{precision} needs MI300 series or later; {product} ({isa}) has no FP8"
+    if precision == "fp8" and not isa_supports_fp8(isa):
+        return f"fp8 needs MI300 series or later; {product} ({isa}) has no FP8"
+    if precision == "mxfp4" and mxfp4_path(isa) is None:
+        return (f"vLLM has no MXFP4 kernel for {product} ({isa}); MXFP4 runs on MI300 series "
+                "(weight-only) and MI350 series (native)")
     return None
 
 
@@ -229,8 +237,10 @@ def curated_candidates(recipe: Recipe, facts: ModelFacts, devices: int, product_
     per_replica = recipe.tensor_parallel_size * recipe.pipeline_parallel_size
     layout = Layout(recipe.tensor_parallel_size, recipe.pipeline_parallel_size,
                     devices // per_replica)
-    if pinned_context or recipe.max_model_len:
-        contexts, pinned = (pinned_context or recipe.max_model_len,), True
+    fixed_context = pinned_context or recipe.max_model_len
+    contexts: tuple[int, ...]
+    if fixed_context:
+        contexts, pinned = (fixed_context,), True
     else:
         contexts = auto_contexts(facts.max_position_embeddings, SHORT_CONTEXT_FLOOR)
         pinned = False

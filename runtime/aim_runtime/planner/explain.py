@@ -8,9 +8,8 @@ from aim_runtime.checkpoint.parameters import human_count
 from aim_runtime.hardware import Inventory
 from aim_runtime.planner.candidates import Reason
 from aim_runtime.planner.catalog import engine_args_to_argv
-from aim_runtime.planner.memory import GIB
 from aim_runtime.planner.plan import Plan
-from aim_runtime.settings import CPU_PRODUCT
+from aim_runtime.settings import CPU_PRODUCT, GIB
 
 
 def gib(value: int) -> str:

@@ -81,6 +81,7 @@ class MemoryEstimate(BaseModel):
     kv_budget_bytes_per_device: int
     kv_bytes_per_token: int
     kv_capacity_tokens: int
+    block_size: int
     full_length_sequences: float
 
 
@@ -120,9 +121,8 @@ def weight_bytes_by_role(facts: ModelFacts, precision: str, dtype: str) -> tuple
 
 def weight_bytes_per_device(facts: ModelFacts, precision: str, dtype: str, layout: Layout) -> int:
     embedding, lm_head, decoder = weight_bytes_by_role(facts, precision, dtype)
-    if layout.pp == 1:
-        stage = embedding + lm_head + decoder
-    else:
+    stage: float = embedding + lm_head + decoder
+    if layout.pp > 1:
         # The lm_head of a tied model is a copy of the embedding on the last stage.
         last_head = lm_head or embedding
         stage_layers = math.ceil(facts.num_layers / layout.pp) / facts.num_layers
@@ -191,5 +191,6 @@ def estimate(
         kv_budget_bytes_per_device=kv_budget,
         kv_bytes_per_token=per_token,
         kv_capacity_tokens=capacity,
+        block_size=block,
         full_length_sequences=math.floor(capacity * 100 / max_model_len) / 100,
     )

@@ -62,10 +62,6 @@ class Overrides:
         """`--flag value` or `AIM_NAME=value` of a given override."""
         return self.origins[name]
 
-    def given(self) -> dict[str, Any]:
-        """The overrides that were given, by field name."""
-        return {name: getattr(self, name) for name in self.origins}
-
 
 FIELDS = tuple(f.name for f in fields(Overrides) if f.name != "origins")
 

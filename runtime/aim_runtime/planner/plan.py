@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from aim_runtime.checkpoint.facts import ModelFacts
 from aim_runtime.errors import NoFitError, OverrideError, PlanError
 from aim_runtime.hardware import Inventory
+from aim_runtime.hardware.products import mxfp4_path
 from aim_runtime.planner.candidates import (
     Candidate,
     Reason,
@@ -31,7 +32,6 @@ from aim_runtime.planner.candidates import (
 )
 from aim_runtime.planner.catalog import Catalog, Recipe
 from aim_runtime.planner.memory import (
-    GIB,
     Layout,
     MemoryEstimate,
     estimate,
@@ -39,7 +39,7 @@ from aim_runtime.planner.memory import (
 from aim_runtime.planner.overrides import Overrides
 from aim_runtime.planner.setting import PlanSetting
 from aim_runtime.planner.suggestions import no_fit_message
-from aim_runtime.settings import CPU_PRODUCT
+from aim_runtime.settings import CPU_PRODUCT, GIB
 
 DEFAULT_MIN_CONCURRENCY = 4
 
@@ -100,8 +100,9 @@ def make_plan(inventory: Inventory, facts: ModelFacts, catalog: Catalog,
         raise PlanError(f"{inventory.nodes} nodes of CPUs: multi-node serving needs GPUs "
                         "(vLLM's Ray executor refuses the CPU platform)")
     if facts.weight_precision is None:
+        method = facts.quantization.method if facts.quantization else "?"
         raise PlanError(
-            f"{facts.path}: quantization method {facts.quantization.method!r} is not one the "
+            f"{facts.path}: quantization method {method!r} is not one the "
             "planner knows (fp8, awq, gptq, compressed-tensors, quark, mxfp4, bitsandbytes)",
             "pin a curated recipe with --recipe, or use a checkpoint in a known format",
         )
@@ -140,9 +141,10 @@ def _no_layout_message(setting: PlanSetting) -> str:
 
 def _check_overrides(setting: PlanSetting, catalog: Catalog) -> None:
     overrides, facts = setting.overrides, setting.facts
-    if "recipe_id" in overrides.origins and catalog.get(overrides.recipe_id) is None:
-        known = ", ".join(r.id for r in catalog.recipes if r.id.split("-")[0] in
-                          overrides.recipe_id) or "see `aim-runtime recipes list`"
+    pinned = overrides.recipe_id
+    if pinned is not None and catalog.get(pinned) is None:
+        known = ", ".join(r.id for r in catalog.recipes if r.id.split("-")[0] in pinned) \
+            or "see `aim-runtime recipes list`"
         raise OverrideError(f"{overrides.origin('recipe_id')}: no such recipe", f"known: {known}")
     _check_parallel_overrides(setting)
     context = overrides.max_model_len
@@ -391,6 +393,8 @@ def _build(setting: PlanSetting, candidate: Candidate, memory: MemoryEstimate,
     if candidate.context_pinned and memory.full_length_sequences < setting.min_concurrency:
         notes.append(f"only {memory.full_length_sequences} full-length sequences fit the KV "
                      f"cache at context {candidate.max_model_len}")
+    if candidate.precision == "mxfp4":
+        notes.append(_mxfp4_note(setting, memory))
     if setting.on_gpu and layout.tp > 1 and setting.inventory.source == "sysfs" and \
             not setting.inventory.xgmi_connected:
         notes.append("tensor parallel ranks are not all in one XGMI hive: traffic uses PCIe")
@@ -426,6 +430,15 @@ def _build(setting: PlanSetting, candidate: Candidate, memory: MemoryEstimate,
         reasons=reasons,
         notes=notes,
     )
+
+
+def _mxfp4_note(setting: PlanSetting, memory: MemoryEstimate) -> str:
+    """Which of vLLM's MXFP4 paths the plan takes on this ISA."""
+    weights = _gib(memory.weight_bytes_per_device)
+    if mxfp4_path(setting.isa) == "native":
+        return f"MXFP4 weights ({weights} per device) computed natively in MX ({setting.isa})"
+    return (f"MXFP4 weights ({weights} per device) run weight-only on {setting.isa}: vLLM's "
+            "Triton/AITER kernels dequantize them and compute in bf16 (W4A16)")
 
 
 def _plan_env(setting: PlanSetting, candidate: Candidate) -> dict[str, str]:

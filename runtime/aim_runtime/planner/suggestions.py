@@ -10,7 +10,6 @@ from __future__ import annotations
 from aim_runtime.checkpoint.parameters import human_count
 from aim_runtime.planner.candidates import (
     CONTEXT_FLOOR,
-    SIXTEEN_BIT,
     Reason,
     compute_dtype,
     layouts,
@@ -18,13 +17,12 @@ from aim_runtime.planner.candidates import (
     weight_precision_refusal,
 )
 from aim_runtime.planner.memory import (
-    GIB,
     Layout,
     estimate,
     weight_bytes_by_role,
 )
 from aim_runtime.planner.setting import PlanSetting
-from aim_runtime.settings import GPUS_PER_NODE
+from aim_runtime.settings import GIB, GPUS_PER_NODE, SIXTEEN_BIT
 
 DEVICE_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 MIN_SUGGESTED_CONTEXT = 1024

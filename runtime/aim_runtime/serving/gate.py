@@ -136,6 +136,7 @@ def _replay(body: bytes, receive: Any) -> Any:
 
 async def _reject(send: Any, openai: bool, status: int, error_type: str, message: str,
                   headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    payload: dict[str, object]
     if openai:
         payload = {"error": {"message": message, "type": error_type, "param": None,
                              "code": status}}

@@ -12,6 +12,8 @@ from prometheus_client import Counter, Gauge, Info
 from aim_runtime.planner.plan import Plan
 
 PLAN = Info("aim_plan", "The recipe the planner chose, and on what")
+ENGINE_CONFIG = Info("aim_engine_config",
+                     "What the vLLM engine runs with, read back from its own configuration")
 STARTUP_PHASE_SECONDS = Gauge("aim_startup_phase_seconds",
                               "Seconds each start-up phase took", ["phase"])
 CANDIDATES_REFUSED = Gauge("aim_plan_candidates_refused",
@@ -39,6 +41,9 @@ def record_plan(plan: Plan, checkpoint_precision: str | None) -> None:
         "quantization": plan.quantization or "none",
         "kv_cache_dtype": plan.kv_cache_dtype,
         "max_model_len": str(plan.max_model_len),
+        "max_num_seqs": str(plan.engine_args["max_num_seqs"]),
+        "max_num_batched_tokens": str(plan.engine_args["max_num_batched_tokens"]),
+        "block_size": str(plan.memory.block_size),
     })
     CANDIDATES_REFUSED.set(sum(1 for r in plan.reasons if r.outcome == "refused"))
     taken = {

@@ -78,6 +78,7 @@ class AimModel(Model, OpenAIGenerativeModel):
         log.info("loading the vLLM engine")
         self.vllm_engine = await start_engine(self.engine_argv, self.env)
         metrics.record_phase("engine", time.monotonic() - started)
+        metrics.ENGINE_CONFIG.info(self.vllm_engine.effective_config())
         capacity = self.vllm_engine.kv_capacity_tokens
         if capacity is not None:
             metrics.KV_CAPACITY_TOKENS.labels(source="engine").set(capacity)
@@ -255,8 +256,9 @@ def _v1_instances(body: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     instances = body.get("instances")
     if not isinstance(instances, list) or not instances:
         raise InvalidInput("v1 predict needs 'instances': a non-empty list of prompts")
-    prompts = [item.get(TEXT_INPUT) if isinstance(item, dict) else item for item in instances]
-    if not all(isinstance(p, str) and p for p in prompts):
+    items = [item.get(TEXT_INPUT) if isinstance(item, dict) else item for item in instances]
+    prompts = [item for item in items if isinstance(item, str) and item]
+    if len(prompts) != len(items):
         raise InvalidInput(f"each instance must be a prompt string or {{'{TEXT_INPUT}': str}}")
     parameters = body.get("parameters", {})
     if not isinstance(parameters, dict):

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aim_runtime import pipeline, settings
 from aim_runtime.errors import AimError
@@ -29,6 +29,10 @@ from aim_runtime.planner.plan import Plan
 from aim_runtime.serving import metrics
 from aim_runtime.serving.cluster import ClusterSpec, nodes_from_env, spec_from_env
 from aim_runtime.settings import ROLES
+
+if TYPE_CHECKING:  # imported when serving starts: they import KServe and vLLM
+    from aim_runtime.serving.model import AimModel
+    from aim_runtime.serving.server import AimModelServer
 
 log = logging.getLogger("aim_runtime")
 
@@ -96,8 +100,8 @@ class Prepared:
     """What start-up produced before serving: the plan, the model object, the server."""
 
     plan: Plan
-    model: Any
-    server: Any
+    model: AimModel
+    server: AimModelServer
     cluster: ClusterSpec | None = None
 
 
@@ -184,7 +188,7 @@ def _node_count(args: argparse.Namespace) -> int:
 
 def _build_server(args: argparse.Namespace, plan: Plan, names: list[str],
                   vllm_argv: list[str], api_keys: tuple[str, ...],
-                  cluster: ClusterSpec | None) -> tuple[Any, Any]:
+                  cluster: ClusterSpec | None) -> tuple[AimModel, AimModelServer]:
     from aim_runtime.serving.gate import GateSettings
     from aim_runtime.serving.model import AimModel
     from aim_runtime.serving.server import AimModelServer

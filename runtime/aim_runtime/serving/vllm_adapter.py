@@ -229,6 +229,22 @@ class Engine:
     def max_model_len(self) -> int:
         return int(self.llm.vllm_config.model_config.max_model_len)
 
+    def effective_config(self) -> dict[str, str]:
+        """The settings the engine runs with, read back from vLLM's own config objects, under
+        the names of the plan's engine args."""
+        config = self.llm.vllm_config
+        return {
+            "tensor_parallel_size": str(config.parallel_config.tensor_parallel_size),
+            "pipeline_parallel_size": str(config.parallel_config.pipeline_parallel_size),
+            "data_parallel_size": str(config.parallel_config.data_parallel_size),
+            "dtype": str(config.model_config.dtype).removeprefix("torch."),
+            "max_model_len": str(config.model_config.max_model_len),
+            "kv_cache_dtype": str(config.cache_config.cache_dtype),
+            "block_size": str(config.cache_config.block_size),
+            "max_num_seqs": str(config.scheduler_config.max_num_seqs),
+            "max_num_batched_tokens": str(config.scheduler_config.max_num_batched_tokens),
+        }
+
     async def healthy(self) -> bool:
         if self.dead_reason is not None:
             return False
