@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
-if TYPE_CHECKING:  # the planner's record of candidates; errors sit below the planner
-    from aim_runtime.planner.candidates import Reason
+
+class TriedCandidate(Protocol):
+    """What a `NoFitError` keeps of each candidate (the planner's `Reason` records)."""
+
+    @property
+    def candidate(self) -> str: ...
+
+    @property
+    def outcome(self) -> str: ...
+
+    @property
+    def detail(self) -> str: ...
 
 
 class AimError(Exception):
@@ -59,6 +70,7 @@ class NoFitError(PlanError):
 
     exit_code = 3
 
-    def __init__(self, message: str, hint: str = "", reasons: list[Reason] | None = None) -> None:
+    def __init__(self, message: str, hint: str = "",
+                 reasons: Sequence[TriedCandidate] = ()) -> None:
         super().__init__(message, hint)
-        self.reasons = reasons or []
+        self.reasons = reasons

@@ -72,7 +72,7 @@ def detect(
             nodes=nodes,
             notes=(*notes, f"no GPU found; planning for AIM_GPU_PRODUCT={product}", *count_note),
         )
-    if settings.GPU_COUNT.is_set(env):
+    if settings.GPU_COUNT.read(env) is not None:  # a bad value is its own error
         raise OverrideError(
             f"AIM_GPU_COUNT={env['AIM_GPU_COUNT']} is set but no GPU was found and "
             "AIM_GPU_PRODUCT is not set",

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from aim_runtime.checkpoint.parameters import human_count
+from aim_runtime.errors import TriedCandidate
 from aim_runtime.hardware import Inventory
-from aim_runtime.planner.candidates import Reason
 from aim_runtime.planner.catalog import engine_args_to_argv
 from aim_runtime.planner.plan import Plan
 from aim_runtime.settings import CPU_PRODUCT, GIB
@@ -83,7 +83,7 @@ def explain_plan(plan: Plan) -> str:
     return "\n".join(parts)
 
 
-def format_reasons(reasons: Iterable[Reason]) -> str:
+def format_reasons(reasons: Iterable[TriedCandidate]) -> str:
     return "\n".join(
         f"  {'TAKEN  ' if r.outcome == 'taken' else 'refused'} {r.candidate}\n"
         f"          {r.detail}" for r in reasons

@@ -1,0 +1,85 @@
+"""Every AIM_* variable goes through the one registry: a bad value is an `error:` naming the
+variable, with a hint, and exit code 2, never a traceback. And the package has no import cycle."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import grimp
+import pytest
+
+from aim_runtime import settings
+from aim_runtime.errors import SettingError
+from servers import REPO
+
+# Variables whose value is free text: any string is a valid value.
+FREE_TEXT = {"AIM_MODEL_ID", "AIM_RECIPES_DIR", "AIM_CACHE_DIR", "AIM_GPU_PRODUCT", "AIM_HOST",
+             "AIM_API_KEY"}
+
+
+def test_every_variable_is_named_aim_and_documented():
+    for name, variable in settings.REGISTRY.items():
+        assert name == variable.name
+        assert re.fullmatch(r"AIM_[A-Z0-9_]+", name), name
+        assert variable.doc and variable.kind, name
+
+
+@pytest.mark.parametrize("name", sorted(set(settings.REGISTRY) - FREE_TEXT))
+def test_a_bad_value_names_the_variable_and_says_what_was_expected(name):
+    variable = settings.REGISTRY[name]
+    with pytest.raises(SettingError) as caught:
+        variable.read({name: "bad/value"})
+    assert str(caught.value).startswith(f"{name}=bad/value: expected ")
+    assert caught.value.hint.startswith(f"{name}: ")
+
+
+@pytest.mark.parametrize("name", sorted(settings.REGISTRY))
+def test_unset_and_blank_mean_the_default(name):
+    variable = settings.REGISTRY[name]
+    assert variable.read({}) == variable.default
+    assert variable.read({name: "  "}) == variable.default
+
+
+def test_secrets_are_not_echoed():
+    with pytest.raises(SettingError) as caught:
+        settings.Variable("AIM_TEST_SECRET", settings.positive_int, None, "a secret", "n",
+                          secret=True).read({"AIM_TEST_SECRET": "hunter2"})
+    assert "hunter2" not in str(caught.value)
+
+
+def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AIM_")}
+    return subprocess.run([sys.executable, "-m", "aim_runtime", *args], capture_output=True,
+                          text=True, timeout=120, cwd=REPO,
+                          env={**clean, "PYTHONPATH": str(REPO / "runtime"), **env})
+
+
+@pytest.mark.parametrize(("command", "env"), [
+    (["serve"], {"AIM_MAX_REQUEST_BYTES": "32MiB"}),
+    (["serve"], {"AIM_GRACEFUL_SHUTDOWN_SECONDS": "soon"}),
+    (["serve"], {"AIM_ROLE": "leader"}),
+    (["serve"], {"AIM_MAX_N": "0"}),
+    (["worker", "--head-address", "127.0.0.1:1"], {"AIM_RAY_JOIN_TIMEOUT": "10m"}),
+    (["plan", "--model", "tests/fixtures/models/llama-3.1-8b-instruct", "--simulate",
+      "MI300X:1"], {"AIM_TENSOR_PARALLEL_SIZE": "two"}),
+    (["detect"], {"AIM_LOG_LEVEL": "loud"}),
+    (["detect"], {"AIM_GPU_COUNT": "-1"}),
+])
+def test_commands_refuse_bad_variables_with_an_error_line_not_a_traceback(command, env):
+    result = run(command, env)
+    (name, value), = env.items()
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"error: {name}={value}: expected " in result.stderr
+    assert f"hint: {name}: " in result.stderr
+
+
+def test_the_package_has_no_import_cycle():
+    graph = grimp.build_graph("aim_runtime")
+    cycles = [(module, imported) for module in sorted(graph.modules)
+              for imported in graph.find_modules_directly_imported_by(module)
+              if graph.find_shortest_chain(importer=imported, imported=module)]
+    assert cycles == []
