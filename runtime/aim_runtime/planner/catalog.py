@@ -117,28 +117,14 @@ class RecipeFile(_Strict):
         return products
 
 
-class Recipe(_Strict):
-    """A resolved recipe: what the planner matches and turns into engine settings."""
+class Recipe(RecipeVariant):
+    """A resolved recipe: a variant with its file's model match, GPU products and shared engine
+    args and env merged in. What the planner matches and turns into engine settings."""
 
-    id: str
     file: str
     model: ModelMatch
     gpu_products: tuple[str, ...]
-    objective: Objective | None
-    precision: Precision
-    quantization: str | None
-    kv_cache_dtype: KvCacheDtype
-    tensor_parallel_size: int
-    pipeline_parallel_size: int
-    max_model_len: int | None
-    gpu_memory_utilization: float | None
-    kv_cache_memory_bytes: int | None
-    trust_remote_code: bool
-    engine_args: dict[str, ArgValue]
-    env: dict[str, str]
-    performance: ExpectedPerformance | None
     source: str
-    notes: str
 
 
 class Catalog(BaseModel):
@@ -210,20 +196,14 @@ def normalize_arg_name(name: str) -> str:
 def _resolve(file: Path, parsed: RecipeFile, variant: RecipeVariant) -> Recipe:
     engine_args = {normalize_arg_name(k): v for k, v in parsed.engine_args.items()}
     engine_args.update({normalize_arg_name(k): v for k, v in variant.engine_args.items()})
-    return Recipe(
-        id=variant.id, file=str(file), model=parsed.model, gpu_products=parsed.gpu_products,
-        objective=variant.objective, precision=variant.precision,
-        quantization=variant.quantization, kv_cache_dtype=variant.kv_cache_dtype,
-        tensor_parallel_size=variant.tensor_parallel_size,
-        pipeline_parallel_size=variant.pipeline_parallel_size,
-        max_model_len=variant.max_model_len,
-        gpu_memory_utilization=variant.gpu_memory_utilization,
-        kv_cache_memory_bytes=variant.kv_cache_memory_bytes,
-        trust_remote_code=variant.trust_remote_code,
-        engine_args=engine_args, env={**parsed.env, **variant.env},
-        performance=variant.performance, source=parsed.source,
-        notes="\n".join(n for n in (parsed.notes, variant.notes) if n),
-    )
+    return Recipe.model_validate({
+        **variant.model_dump(),
+        "engine_args": engine_args,
+        "env": {**parsed.env, **variant.env},
+        "notes": "\n".join(n for n in (parsed.notes, variant.notes) if n),
+        "file": str(file), "model": parsed.model, "gpu_products": parsed.gpu_products,
+        "source": parsed.source,
+    })
 
 
 def _semantic_problems(parsed: RecipeFile) -> list[str]:
