@@ -1,9 +1,9 @@
 """What the runtime knows about each AMD Instinct product, in one table.
 
 Detection, planning and manifest rendering all read this table, so a product is described once.
-Sources (see ../shared/reference/amd-gpus-and-kubernetes.md): PCI ids from the AMD node labeller's
-`amdgpu.ids` and vLLM's `_ROCM_DEVICE_ID_NAME_MAP`; VRAM, compute units and XCC counts from ROCm's
-gpu-arch-specs; FP8/MX support from ROCm precision-support and vLLM's `rocm.py`.
+Sources (docs/gpu-products.md gives each figure's, with links): PCI ids from the AMD node
+labeller's `amdgpu.ids` and vLLM's `_ROCM_DEVICE_ID_NAME_MAP`; VRAM, compute units and XCC counts
+from ROCm's gpu-arch-specs; FP8/MX support from ROCm precision-support and vLLM's `rocm.py`.
 
 Figures are per *device as the runtime sees it* with no partitioning: one MI250/MI250X GCD is one
 device (two per card), one MI300X in SPX mode is one device.

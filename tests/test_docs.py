@@ -1,0 +1,160 @@
+"""The documentation states what the code is: the README's table of `AIM_*` variables is the
+registry's own rendering, the README's code map names what exists and every package, and
+docs/gpu-products.md carries the product table the code uses."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from aim_runtime import settings
+from aim_runtime.hardware.products import PRODUCTS, isa_supports_fp8, mxfp4_path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "runtime" / "aim_runtime"
+README = (REPO / "README.md").read_text()
+GPU_PRODUCTS_DOC = (REPO / "docs" / "gpu-products.md").read_text()
+REGENERATE = ('PYTHONPATH=runtime .venv/bin/python -c "from aim_runtime import settings; '
+              'print(settings.markdown_table())"')
+
+
+def section(text: str, heading: str) -> str:
+    """The body of a `## heading` section, up to the next heading of the same level."""
+    start = text.index(f"\n{heading}\n") + len(heading) + 2
+    end = text.find("\n## ", start)
+    return text[start:] if end < 0 else text[start:end]
+
+
+def tables(text: str) -> list[list[list[str]]]:
+    """The cells of every Markdown table in `text`, without header and separator rows."""
+    found: list[list[list[str]]] = []
+    lines = [line.strip() for line in text.splitlines()] + [""]
+    start = None
+    for i, line in enumerate(lines):
+        if line.startswith("|") and start is None:
+            start = i
+        elif not line.startswith("|") and start is not None:
+            found.append([[cell.strip() for cell in row.strip("|").split("|")]
+                          for row in lines[start + 2:i]])
+            start = None
+    return found
+
+
+# --- the table of variables -----------------------------------------------------------------------
+
+
+def test_readme_variable_table_is_generated_from_the_registry():
+    block = re.search(r"<!-- aim-variables:start -->\n(.*?)\n<!-- aim-variables:end -->", README,
+                      flags=re.S)
+    assert block, "README.md lacks the <!-- aim-variables:start/end --> markers"
+    assert block.group(1) == settings.markdown_table(), (
+        "README.md's table of AIM_* variables differs from settings.REGISTRY; paste the output "
+        f"of `{REGENERATE}` between the markers")
+
+
+def test_readme_names_every_variable_once():
+    block = README.split("<!-- aim-variables:start -->", 1)[1]
+    block = block.split("<!-- aim-variables:end -->", 1)[0]
+    named = re.findall(r"^\| `(AIM_\w+)` \|", block, flags=re.M)
+    assert sorted(named) == sorted(settings.REGISTRY)
+    outside = README.replace(block, "")
+    assert not re.search(r"^\|.*`AIM_\w+`", outside, flags=re.M), (
+        "a second table of AIM_* variables: describe each variable in settings.py instead")
+
+
+# --- the code map -----------------------------------------------------------------------------
+
+
+def code_map_entries() -> list[tuple[str, list[str]]]:
+    """(path, the bare file names that follow it) for every `- `path`: ...` item of the map.
+
+    An item starts with the path it describes, relative to the repository; bare file names later
+    in the item (`model.py`, `gpu-products.md`) are files inside that folder."""
+    body = section(README, "## Code map")
+    items = re.split(r"^- ", body, flags=re.M)[1:]
+    entries = []
+    for item in items:
+        tokens = re.findall(r"`([^`]+)`", item)
+        assert tokens and item.startswith(f"`{tokens[0]}`"), f"code map item without a path: {item}"
+        names = [t for t in tokens[1:] if re.fullmatch(r"[\w.-]+\.(py|md)", t)]
+        entries.append((tokens[0], names))
+    return entries
+
+
+def test_every_path_in_the_code_map_exists():
+    entries = code_map_entries()
+    assert len(entries) >= 10
+    missing = []
+    for path, names in entries:
+        target = REPO / path
+        if not target.exists():
+            missing.append(path)
+            continue
+        folder = target if target.is_dir() else target.parent
+        missing += [f"{path} ... {name}" for name in names if not (folder / name).exists()]
+    assert not missing, f"the README's code map names what does not exist: {missing}"
+
+
+def test_code_map_names_every_package_and_top_level_module():
+    named = {path.rstrip("/") for path, _ in code_map_entries()}
+    packages = sorted(str(init.parent.relative_to(REPO)) for init in PACKAGE.rglob("__init__.py")
+                      if init.parent != PACKAGE and "__pycache__" not in init.parts)
+    modules = sorted(str(module.relative_to(REPO)) for module in PACKAGE.glob("*.py")
+                     if module.name != "__init__.py")
+    assert packages, "no packages found under runtime/aim_runtime"
+    unnamed = [path for path in packages + modules if path not in named]
+    assert not unnamed, f"add these to the README's code map: {unnamed}"
+
+
+def test_code_map_names_every_top_level_folder():
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
+                                text=True, check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("not a git checkout")
+    folders = {path.split("/", 1)[0] for path in listed.split("\0")
+               if "/" in path and not path.startswith(".")}
+    named = {path.rstrip("/").split("/", 1)[0] for path, _ in code_map_entries()}
+    unnamed = sorted(folders - named)
+    assert not unnamed, f"add these folders to the README's code map: {unnamed}"
+
+
+# --- docs/gpu-products.md ------------------------------------------------------------------------
+
+
+def test_gpu_products_doc_matches_the_product_table():
+    rows = tables(section(GPU_PRODUCTS_DOC, "## The table"))[0]
+    documented = {}
+    for name, isa, target, ids, label, vram, cus, xccs in rows:
+        documented[name] = (isa, int(target), tuple(int(i, 16) for i in ids.split(",")), label,
+                            int(vram), int(cus), int(xccs))
+    in_code = {
+        p.name: (p.isa, p.gfx_target_version, p.pci_device_ids, p.node_label_device_id,
+                 round(p.vram_gib), p.compute_units, p.xcc_count)
+        for p in PRODUCTS.values()
+    }
+    assert documented == in_code, "docs/gpu-products.md and hardware/products.py disagree"
+
+
+def test_gpu_products_doc_names_every_pci_id_and_precision_rule():
+    ids_section = section(GPU_PRODUCTS_DOC, "## PCI device ids")
+    documented_ids = {int(row[0], 16) for row in tables(ids_section)[0]}
+    in_code = {i for p in PRODUCTS.values() for i in p.pci_device_ids}
+    assert documented_ids == in_code
+
+    isa_rows = tables(section(GPU_PRODUCTS_DOC, "## The table"))[1]
+    isas = {p.isa for p in PRODUCTS.values()}
+    assert {row[0] for row in isa_rows} == isas
+    for isa, fp8, mxfp4 in isa_rows:
+        assert (fp8 == "yes") == isa_supports_fp8(isa), isa
+        assert mxfp4 == (mxfp4_path(isa) or "no"), isa
+
+
+def test_docs_cite_nothing_outside_the_repository():
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        assert "../shared" not in text, doc
+        assert "pypi.org" not in text, doc
