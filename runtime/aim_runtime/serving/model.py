@@ -24,7 +24,7 @@ from kserve.protocol.rest.openai import OpenAIGenerativeModel
 
 from aim_runtime.serving import metrics
 from aim_runtime.serving.cluster import ClusterSpec, form_cluster, stop_ray
-from aim_runtime.serving.vllm_adapter import Engine, start_engine
+from aim_runtime.serving.vllm_adapter import Engine, completion_request, start_engine
 
 log = logging.getLogger(__name__)
 
@@ -214,14 +214,13 @@ class AimModel(Model, OpenAIGenerativeModel):
     def _completion_request(self, prompts: list[str], parameters: dict[str, Any],
                             stream: bool) -> Any:
         from pydantic import ValidationError
-        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
         unknown = sorted(set(parameters) - SAMPLING_PARAMETERS)
         if unknown:
             raise InvalidInput(f"unknown parameter(s) {', '.join(unknown)}; accepted: "
                                f"{', '.join(sorted(SAMPLING_PARAMETERS))}")
         try:
-            return CompletionRequest.model_validate(
+            return completion_request(
                 {**parameters, "model": self.name, "prompt": prompts, "stream": stream})
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"

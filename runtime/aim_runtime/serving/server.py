@@ -43,7 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aim_runtime.serving.gate import GateSettings, GateState, RequestGate
 from aim_runtime.serving.model import AimModel, EngineErrorResponse
-from aim_runtime.serving.vllm_adapter import installed_versions
+from aim_runtime.serving.vllm_adapter import error_response, installed_versions, vllm_error_type
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +246,6 @@ def add_openai_models_route(app: FastAPI, model: AimModel, prefix: str) -> None:
 def install_error_handlers(app: FastAPI, prefix: str) -> None:
     """For each exception: an OpenAI-shaped answer under the OpenAI prefix (as `vllm serve`
     gives it), a KServe-shaped one elsewhere."""
-    from vllm.exceptions import VLLMError
-
     def dispatch(for_openai: Any, for_kserve: Any) -> Any:
         async def handle(request: Request, exc: Exception) -> JSONResponse:
             if request.url.path.startswith(prefix + "/"):
@@ -266,7 +264,7 @@ def install_error_handlers(app: FastAPI, prefix: str) -> None:
         ModelNotFound: (_openai_model_not_found, _kserve_error(HTTPStatus.NOT_FOUND)),
         ModelNotReady: (_openai_not_ready, _kserve_error(HTTPStatus.SERVICE_UNAVAILABLE)),
         InvalidInput: (_openai_from_exception, _kserve_error(HTTPStatus.BAD_REQUEST)),
-        VLLMError: (_openai_from_exception, _kserve_from_exception),
+        vllm_error_type(): (_openai_from_exception, _kserve_from_exception),
         ValueError: (_openai_from_exception, _kserve_from_exception),
         TypeError: (_openai_from_exception, _kserve_from_exception),
         OverflowError: (_openai_from_exception, _kserve_from_exception),
@@ -283,12 +281,10 @@ def _openai_error(message: str, err_type: str, status: HTTPStatus,
 
 
 def _openai_from_exception(exc: Exception) -> JSONResponse:
-    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
-
     if isinstance(exc, InvalidInput):
         return _openai_error(str(exc), "BadRequestError", HTTPStatus.BAD_REQUEST)
-    response = create_error_response(exc)
-    return JSONResponse(response.model_dump(), status_code=response.error.code)
+    status, body = error_response(exc)
+    return JSONResponse(body, status_code=status)
 
 
 def _openai_http(exc: StarletteHTTPException) -> JSONResponse:
@@ -343,7 +339,5 @@ def _kserve_engine_error(exc: EngineErrorResponse) -> JSONResponse:
 
 
 def _kserve_from_exception(exc: Exception) -> JSONResponse:
-    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
-
-    response = create_error_response(exc)
-    return JSONResponse({"error": response.error.message}, status_code=response.error.code)
+    status, body = error_response(exc)
+    return JSONResponse({"error": body["error"]["message"]}, status_code=status)

@@ -73,6 +73,13 @@ def check_versions(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return versions
 
 
+def supported_pair() -> str:
+    """The supported versions, as people write them (from the one table above)."""
+    (vllm_low, _), (kserve_low, _) = SUPPORTED_VLLM, SUPPORTED_KSERVE
+    return (f"vllm {vllm_low[0]}.{vllm_low[1]}.x with kserve "
+            f"{kserve_low[0]}.{kserve_low[1]}.x")
+
+
 def check_kserve_openai_layer() -> None:
     """KServe registers its OpenAI routes only if its OpenAI layer imports (it imports vLLM
     internals); when it does not, KServe logs one line and serves without them. Fail instead."""
@@ -85,8 +92,34 @@ def check_kserve_openai_layer() -> None:
         raise AimError(
             f"KServe's OpenAI layer does not import ({exc}): kserve {versions['kserve']} does "
             f"not work with vllm {versions['vllm']}, so the OpenAI routes would be missing",
-            "install the supported pair: vllm 0.28.x with kserve 0.21.x",
+            f"install the supported pair: {supported_pair()}",
         ) from exc
+
+
+# --- vLLM's request and error types, for the KServe routes ----------------------------------------
+
+
+def completion_request(body: dict[str, Any]) -> Any:
+    """A vLLM `CompletionRequest` validated from `body` (pydantic's ValidationError if invalid)."""
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    return CompletionRequest.model_validate(body)
+
+
+def vllm_error_type() -> type[Exception]:
+    """The base class of the errors vLLM raises for bad requests."""
+    from vllm.exceptions import VLLMError
+
+    error_type: type[Exception] = VLLMError
+    return error_type
+
+
+def error_response(exc: Exception) -> tuple[int, dict[str, Any]]:
+    """(status, OpenAI-shaped body) for an exception, exactly as `vllm serve` answers it."""
+    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+
+    response = create_error_response(exc)
+    return int(response.error.code), response.model_dump()
 
 
 # --- arguments -----------------------------------------------------------------------------------
