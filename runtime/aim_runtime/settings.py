@@ -295,6 +295,8 @@ def markdown_table() -> str:
     lines = ["| variable | value | default | what it does |", "|---|---|---|---|"]
     for variable in REGISTRY.values():
         default = variable.default
-        shown = "" if default in (None, ()) else f"`{default}`"
-        lines.append(f"| `{variable.name}` | {variable.kind} | {shown} | {variable.doc} |")
+        text = str(default).lower() if isinstance(default, bool) else str(default)
+        shown = "" if default in (None, ()) else f"`{text}`"
+        kind = variable.kind.replace("|", "\\|")  # a bare | would split the cell
+        lines.append(f"| `{variable.name}` | {kind} | {shown} | {variable.doc} |")
     return "\n".join(lines)
