@@ -1,14 +1,34 @@
-"""Shared fixtures: the generated tiny model and one real server per test session."""
+"""Shared fixtures: the recipe library, an environment without the runtime's settings, the
+generated tiny model and one real server per test session."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from servers import ServerProcess, aim_server
+from testkit import RECIPES, is_runtime_setting
 
 ACCESS_LOG_FORMAT = 'access %(h)s "%(r)s" %(s)s %(M)sms recipe=%({x-aim-recipe}o)s'
+
+
+@pytest.fixture(scope="session")
+def catalog():
+    """The curated recipe library in recipes/ (immutable: safe to share)."""
+    from aim_runtime.planner.catalog import load_catalog
+
+    return load_catalog([RECIPES])
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path) -> Path:
+    """No AIM_* or deployment variable from the developer's shell; caches in tmp_path."""
+    for name in [name for name in os.environ if is_runtime_setting(name)]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AIM_CACHE_DIR", str(tmp_path))
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """The same requests to the bare vLLM OpenAI server and to ours, on the same model with the same
 engine arguments (the plan's): status codes and response shapes (field names and JSON types) must
-agree. Differences found are listed in README.md ("Compatibility with vllm serve"); this test
-fails if one appears that is not listed there or if a listed one disappears."""
+agree, with no exception (README.md, "Compatibility with vllm serve": differences found, none)."""
 
 from __future__ import annotations
 
@@ -35,8 +34,6 @@ CASES = {
     "empty messages": {"model": "tiny", "messages": []},
     "malformed JSON": b'{"model": "tiny", "prompt": ',
 }
-# Documented in README.md, "Compatibility with vllm serve". Empty: no known difference.
-KNOWN_DIFFERENCES: dict[str, list[str]] = {}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +94,7 @@ def test_same_status_and_shape_as_vllm_serve(server, bare_vllm, case):
     our_status, ours = call(server.url + "/openai/v1", route, body)
     their_status, theirs = call(bare_vllm.url + "/v1", route, body)
     assert our_status == their_status
-    assert sorted(differences(ours, theirs)) == sorted(KNOWN_DIFFERENCES.get(case, []))
+    assert differences(ours, theirs) == []
 
 
 def test_models_listing_has_the_same_shape(server, bare_vllm):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -16,19 +15,17 @@ import yaml
 from kubernetes_validate import utils as k8s_schemas
 
 from aim_runtime.deploy.render import RenderRequest, render
-from aim_runtime.planner.catalog import load_catalog
 from aim_runtime.serving.vllm_adapter import SUPPORTED_VLLM
+from testkit import MODELS, REPO
 
 from kserve_models import is_kserve, lost_fields, round_trip
 
-REPO = Path(__file__).parent.parent
 K8S_FILES = sorted([*REPO.glob("serving_runtimes/*.yaml"), *REPO.glob("manifests/**/*.yaml")])
 DOCUMENTS = [(path, doc) for path in K8S_FILES if path.name != "kustomization.yaml"
              for doc in yaml.safe_load_all(path.read_text()) if doc]
 CRDS_WITHOUT_SDK = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 RUNTIME = yaml.safe_load((REPO / "serving_runtimes" / "aim-runtime.yaml").read_text())
 CONTAINER = RUNTIME["spec"]["containers"][0]
-FIXTURES = REPO / "tests" / "fixtures" / "models"
 
 
 def ids(items):
@@ -271,10 +268,10 @@ RENDERED = [
 
 
 @pytest.mark.parametrize(("file", "options", "fixture"), RENDERED, ids=[r[0] for r in RENDERED])
-def test_inference_service_manifests_are_what_render_produces(file, options, fixture):
+def test_inference_service_manifests_are_what_render_produces(file, options, fixture, catalog):
     committed = yaml.safe_load((REPO / "manifests" / file).read_text())
-    rendered, _ = render(RenderRequest(model=FIXTURES / fixture, gpu="MI300X", **options),
-                         load_catalog([REPO / "recipes"]))
+    rendered, _ = render(RenderRequest(model=MODELS / fixture, gpu="MI300X", **options),
+                         catalog)
     assert committed == rendered
 
 

@@ -11,8 +11,7 @@ from safetensors.numpy import save_file
 
 from aim_runtime.checkpoint.facts import facts_from_config, load_model_facts
 from aim_runtime.errors import ModelFactsError
-
-MODELS = Path(__file__).parent / "fixtures" / "models"
+from testkit import MODELS
 
 # Parameter counts published on the models' Hugging Face pages (safetensors totals).
 PUBLISHED_PARAMETERS = {

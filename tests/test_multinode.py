@@ -34,8 +34,6 @@ from servers import free_port, server_environment
 
 pytest.importorskip("ray")
 
-REPO = Path(__file__).parent.parent
-
 
 def worker_process(tmp_path: Path, head_address: str, *extra: str,
                    env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int, Path]:

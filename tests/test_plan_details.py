@@ -13,9 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from aim_runtime import pipeline
 from aim_runtime.errors import NoFitError
 from aim_runtime.planner.memory import vllm_batch_defaults
-from servers import REPO, aim_server
-
-MODELS = REPO / "tests" / "fixtures" / "models"
+from servers import aim_server
+from testkit import MODELS
 
 
 def plan_for(model: str, simulate: str, **overrides):

@@ -13,22 +13,16 @@ import pytest
 from aim_runtime.checkpoint.facts import load_model_facts
 from aim_runtime.errors import NoFitError, OverrideError
 from aim_runtime.hardware import detect
-from aim_runtime.planner.catalog import Catalog, load_catalog
+from aim_runtime.planner.catalog import Catalog
 from aim_runtime.planner.explain import explain_plan
 from aim_runtime.planner.overrides import collect_overrides
 from aim_runtime.planner.plan import Plan, make_plan
+from testkit import MODELS
 
-REPO = Path(__file__).parent.parent
-MODELS = REPO / "tests" / "fixtures" / "models"
 GIB = 1024**3
 VRAM_GIB = {"MI210": 64, "MI250": 64, "MI300X": 192, "MI325X": 256, "MI355X": 288}
 FP8_PRODUCTS = {"MI300X", "MI325X", "MI355X"}
 EMPTY = Catalog(recipes=(), directories=())
-
-
-@pytest.fixture(scope="module")
-def catalog():
-    return load_catalog([REPO / "recipes"])
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,13 +29,79 @@ def test_first_lines_give_exactly_two_setup_commands():
     assert commands == ["make serve", "make test"]
 
 
-def test_ci_runs_the_readme_test_command_and_make_targets_exist():
-    ci = (REPO / ".ci" / "run").read_text()
-    assert re.search(r"^make test$", ci, flags=re.M)
-    makefile = (REPO / "Makefile").read_text()
-    assert re.search(r"^serve: install\n\t\$\(BIN\)/aim-runtime serve \$\(ARGS\)$", makefile,
-                     flags=re.M)
-    assert re.search(r"^test: lint\n\t\$\(BIN\)/python -m pytest", makefile, flags=re.M)
+def make_would_run(directory: Path, *arguments: str) -> list[list[str]]:
+    """The commands `make ARGUMENTS` would run in `directory` with the repository's Makefile
+    (`make -n`), from an environment without make variables (a surrounding `make test ARGS=..`
+    passes its ARGS down through MAKEFLAGS)."""
+    result = subprocess.run(["make", "-n", "-f", str(REPO / "Makefile"), *arguments],
+                            cwd=directory, capture_output=True, text=True, timeout=60,
+                            env={"PATH": os.environ["PATH"]})
+    assert result.returncode == 0, result.stderr
+    return [shlex.split(line) for line in result.stdout.splitlines()]
+
+
+def checkout(tmp_path: Path, installed: bool) -> Path:
+    """A directory for `make -n`: pyproject.toml, and the venv's install stamp if `installed`
+    (newer than pyproject.toml, as after `make install`)."""
+    (tmp_path / "pyproject.toml").write_text("")
+    os.utime(tmp_path / "pyproject.toml", (1_000_000_000, 1_000_000_000))
+    if installed:
+        (tmp_path / ".venv").mkdir()
+        (tmp_path / ".venv" / ".installed-stamp").touch()
+    return tmp_path
+
+
+def test_make_test_runs_the_linters_then_pytest_with_the_given_args(tmp_path):
+    commands = make_would_run(checkout(tmp_path, installed=True), "test", "ARGS=-x -k 'a b'")
+    *lint, test = commands
+    assert test == [".venv/bin/python", "-m", "pytest", "-x", "-k", "a b"]
+    assert lint, "no lint step before the tests"
+    ruff = [c for c in lint if c[:2] == [".venv/bin/ruff", "check"]]
+    assert ruff and {"runtime", "tests"} <= set(ruff[0][2:])
+    tools = [next(word for word in c if not word.startswith("PYTHONPATH=")) for c in lint]
+    assert {".venv/bin/ruff", ".venv/bin/lint-imports", ".venv/bin/mypy"} <= set(tools)
+    assert not any("pip" in word for c in lint for word in c)  # installed: no install step
+    assert make_would_run(tmp_path, "test")[-1] == [".venv/bin/python", "-m", "pytest"]
+
+
+def test_make_test_on_a_fresh_clone_installs_first(tmp_path):
+    commands = make_would_run(checkout(tmp_path, installed=False), "test")
+    assert commands[0] == ["python3", "-m", "venv", ".venv"]
+    install = commands.index([".venv/bin/python", "-m", "pip", "install", "--quiet", "-e",
+                              ".[cpu,test,ray]"])
+    stamp = commands.index(["touch", ".venv/.installed-stamp"])
+    first_lint = next(i for i, c in enumerate(commands) if c[:1] == [".venv/bin/ruff"])
+    assert install < stamp < first_lint
+    assert commands[-1] == [".venv/bin/python", "-m", "pytest"]
+
+
+def test_make_serve_serves_with_the_given_args(tmp_path):
+    checkout(tmp_path, installed=True)
+    assert make_would_run(tmp_path, "serve") == [[".venv/bin/aim-runtime", "serve"]]
+    assert make_would_run(tmp_path, "serve", "ARGS=--http_port 9000 --model_id 'a b'") == [
+        [".venv/bin/aim-runtime", "serve", "--http_port", "9000", "--model_id", "a b"]]
+
+
+def test_ci_entry_point_runs_make_test_from_the_repository_root(tmp_path):
+    """.ci/run, run from elsewhere with a stand-in `make` on PATH: it changes to the checkout's
+    root, runs `make test`, and fails when that fails."""
+    clone = tmp_path / "clone"
+    (clone / ".ci").mkdir(parents=True)
+    shutil.copy(REPO / ".ci" / "run", clone / ".ci" / "run")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    fake_make = bin_dir / "make"
+    fake_make.write_text(f'#!/bin/sh\necho "$(pwd -P) $*" >> {calls}\nexit "${{MAKE_EXIT:-0}}"\n')
+    fake_make.chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    ok = subprocess.run(["bash", str(clone / ".ci" / "run")], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert calls.read_text().splitlines() == [f"{clone.resolve()} test"]
+    failing = subprocess.run(["bash", str(clone / ".ci" / "run")], cwd=tmp_path,
+                             env={**env, "MAKE_EXIT": "3"}, capture_output=True, timeout=60)
+    assert failing.returncode == 3
 
 
 def readme_curl() -> list[str]:

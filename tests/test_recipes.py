@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
-
 import pytest
 
 from aim_runtime.checkpoint.facts import load_model_facts
@@ -15,27 +12,21 @@ from aim_runtime.planner.catalog import load_catalog, load_recipe_file
 from aim_runtime.planner.overrides import collect_overrides
 from aim_runtime.planner.plan import make_plan
 from aim_runtime.serving.vllm_adapter import check_recipe_args
+from testkit import MODELS, RECIPES, write
 
-REPO = Path(__file__).parent.parent
-MODELS = REPO / "tests" / "fixtures" / "models"
 FAMILIES = {"mi300x": "MI300X", "mi325x": "MI325X", "mi355x": "MI355X", "mi250": "MI250"}
 # Models that cannot run on one MI250/MI250X node (too large, or an FP8-only checkpoint).
 NOT_ON_MI250 = {"llama-3.1-405b-instruct", "deepseek-v3"}
 
 
-@pytest.fixture(scope="module")
-def catalog():
-    return load_catalog([REPO / "recipes"])
-
-
 def test_curated_library_covers_models_and_gpu_families(catalog):
-    curated_models = sorted(p.name for p in (REPO / "recipes").iterdir()
+    curated_models = sorted(p.name for p in RECIPES.iterdir()
                             if p.is_dir() and any(p.glob("mi*.yaml")))
     fixture_models = {p.name for p in MODELS.iterdir()}
     assert set(curated_models) <= fixture_models  # every curated model has a real config here
     for model in curated_models:
         for family, product in FAMILIES.items():
-            path = REPO / "recipes" / model / f"{family}.yaml"
+            path = RECIPES / model / f"{family}.yaml"
             if family == "mi250" and model in NOT_ON_MI250:
                 assert not path.exists()
                 continue
@@ -82,11 +73,6 @@ def test_vllm_check_reports_unknown_and_invalid_args(tmp_path):
     assert any("engine_args.frobnicate: vLLM has no such argument" in p for p in problems)
     assert any("--max-num-seqs: invalid int value: 'many'" in p for p in problems)
     assert all(str(tmp_path / "r.yaml") in p for p in problems)
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
 GOOD = """

@@ -4,9 +4,6 @@ pod's own planner agrees with; and `aim-runtime download --verify-only` on local
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,21 +14,14 @@ from aim_runtime.checkpoint.facts import load_model_facts
 from aim_runtime.deploy.render import RenderRequest, render
 from aim_runtime.errors import AimError, NoFitError
 from aim_runtime.hardware import detect
-from aim_runtime.planner.catalog import load_catalog
 from aim_runtime.planner.overrides import collect_overrides
 from aim_runtime.planner.plan import make_plan
+from testkit import MODELS, REPO, run_cli
 
 from kserve_models import lost_fields, round_trip
 
-REPO = Path(__file__).parent.parent
-MODELS = REPO / "tests" / "fixtures" / "models"
 PRODUCT_LABEL = {"MI300X": "74a1", "MI325X": "74a5", "MI355X": "75a3", "MI250": "740c",
                  "MI210": "740f"}
-
-
-@pytest.fixture(scope="module")
-def catalog():
-    return load_catalog([REPO / "recipes"])
 
 
 def pod_plan(isvc: dict, model: Path, catalog, model_id=None):
@@ -141,13 +131,10 @@ def test_render_says_what_would_fit_when_nothing_does(catalog):
                              storage_uri="pvc://m/x"), catalog)
 
 
-def test_render_command_prints_yaml_and_the_plan(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "runtime")}
-    result = subprocess.run(
-        [sys.executable, "-m", "aim_runtime", "render", "--model",
-         str(MODELS / "qwen3-32b" / "config.json"), "--model-id", "Qwen/Qwen3-32B", "--gpu",
-         "MI355X", "--count", "2", "--supplemental-groups", "44,992"], capture_output=True,
-        text=True, env=env, timeout=60)
+def test_render_command_prints_yaml_and_the_plan():
+    result = run_cli("render", "--model", str(MODELS / "qwen3-32b" / "config.json"),
+                     "--model-id", "Qwen/Qwen3-32B", "--gpu", "MI355X", "--count", "2",
+                     "--supplemental-groups", "44,992")
     assert result.returncode == 0, result.stderr
     isvc = yaml.safe_load(result.stdout)
     assert isvc["metadata"]["name"] == "qwen3-32b"
@@ -261,20 +248,15 @@ def test_verify_rejects_truncated_and_missing_shards(tiny_model, tmp_path):
 
 
 def test_download_command_without_network_is_a_clear_error(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "runtime"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "aim_runtime", "download", "--model-id",
-                             "meta-llama/Llama-3.1-8B-Instruct", "--dest", str(tmp_path / "m")],
-                            capture_output=True, text=True, env=env, timeout=120)
+    result = run_cli("download", "--model-id", "meta-llama/Llama-3.1-8B-Instruct",
+                     "--dest", str(tmp_path / "m"), env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2
     assert "error: cannot download meta-llama/Llama-3.1-8B-Instruct" in result.stderr
 
 
 def test_download_verify_only_writes_the_manifest(tiny_model, tmp_path):
     model = copy_model(tiny_model, tmp_path / "cached")
-    env = {**os.environ, "PYTHONPATH": str(REPO / "runtime")}
-    result = subprocess.run([sys.executable, "-m", "aim_runtime", "download", "--verify-only",
-                             "--dest", str(model), "--gpu", "MI300X:1"], capture_output=True,
-                            text=True, env=env, timeout=120)
+    result = run_cli("download", "--verify-only", "--dest", str(model), "--gpu", "MI300X:1")
     assert result.returncode == 0, result.stderr
     manifest = json.loads((model / "aim-verified.json").read_text())
     assert manifest["plan"] == {"gpu": "MI300X:1", "recipe_id": "derived-mi300x-bf16-tp1-pp1-dp1"}

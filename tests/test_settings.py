@@ -3,17 +3,14 @@ variable, with a hint, and exit code 2, never a traceback. And the package has n
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 import grimp
 import pytest
 
 from aim_runtime import settings
 from aim_runtime.errors import SettingError
-from servers import REPO
+from testkit import run_cli
 
 # Variables whose value is free text: any string is a valid value.
 FREE_TEXT = {"AIM_MODEL_ID", "AIM_RECIPES_DIR", "AIM_CACHE_DIR", "AIM_GPU_PRODUCT", "AIM_HOST",
@@ -50,13 +47,6 @@ def test_secrets_are_not_echoed():
     assert "hunter2" not in str(caught.value)
 
 
-def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("AIM_")}
-    return subprocess.run([sys.executable, "-m", "aim_runtime", *args], capture_output=True,
-                          text=True, timeout=120, cwd=REPO,
-                          env={**clean, "PYTHONPATH": str(REPO / "runtime"), **env})
-
-
 @pytest.mark.parametrize(("command", "env"), [
     (["serve"], {"AIM_MAX_REQUEST_BYTES": "32MiB"}),
     (["serve"], {"AIM_GRACEFUL_SHUTDOWN_SECONDS": "soon"}),
@@ -69,7 +59,7 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
     (["detect"], {"AIM_GPU_COUNT": "-1"}),
 ])
 def test_commands_refuse_bad_variables_with_an_error_line_not_a_traceback(command, env):
-    result = run(command, env)
+    result = run_cli(*command, env=env)
     (name, value), = env.items()
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr

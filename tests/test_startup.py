@@ -21,16 +21,6 @@ from aim_runtime.serving import startup
 from aim_runtime.serving import vllm_adapter as engine
 
 
-@pytest.fixture
-def clean_env(monkeypatch, tmp_path):
-    for name in ("AIM_GPU_PRODUCT", "AIM_GPU_COUNT", "AIM_RECIPE_ID", "AIM_OBJECTIVE",
-                 "AIM_MAX_MODEL_LEN", "AIM_TENSOR_PARALLEL_SIZE", "AIM_ROLE", "AIM_NODES",
-                 "PIPELINE_PARALLEL_SIZE", "TENSOR_PARALLEL_SIZE", "POD_IP",
-                 "AIM_RAY_NUM_GPUS"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AIM_CACHE_DIR", str(tmp_path))
-
-
 def prepare(tiny_model, *extra):
     return startup.prepare(["--model_dir", str(tiny_model), "--host", "127.0.0.1",
                             "--enable_grpc", "false", *extra])
@@ -87,17 +77,47 @@ def test_missing_model_directory(clean_env, tmp_path):
         startup.prepare(["--model_dir", str(tmp_path / "absent")])
 
 
-def test_unsupported_vllm_is_refused_unless_overridden(monkeypatch):
-    monkeypatch.setattr(engine, "installed_versions",
-                        lambda: {"vllm": "0.31.0", "kserve": "0.21.0"})
-    with pytest.raises(AimError, match=r"unsupported versions: vllm 0\.31\.0"):
+def installed(monkeypatch, vllm: str, kserve: str) -> None:
+    monkeypatch.setattr(engine, "installed_versions", lambda: {"vllm": vllm, "kserve": kserve})
+
+
+@pytest.mark.parametrize(("vllm", "kserve"), [
+    ("0.28.0", "0.21.0"), ("0.28.2", "0.21.3"), ("0.28.1+cpu", "0.21.1"),
+    ("0.28.0rc1", "0.21.0")])
+def test_versions_inside_the_window_pass(monkeypatch, vllm, kserve):
+    installed(monkeypatch, vllm, kserve)
+    assert engine.check_versions({}) == {"vllm": vllm, "kserve": kserve}
+
+
+@pytest.mark.parametrize(("vllm", "kserve", "refused"), [
+    ("0.29.0", "0.21.0", ["vllm 0.29.0 (supported: 0.28.x)"]),
+    ("0.27.9", "0.21.0", ["vllm 0.27.9 (supported: 0.28.x)"]),
+    ("1.28.0", "0.21.0", ["vllm 1.28.0 (supported: 0.28.x)"]),
+    ("0.28.0", "0.22.0", ["kserve 0.22.0 (supported: 0.21.x)"]),
+    ("0.28.0", "0.20.5", ["kserve 0.20.5 (supported: 0.21.x)"]),
+    ("missing", "0.21.0", ["vllm missing (supported: 0.28.x)"]),
+    ("garbage", "missing", ["vllm garbage (supported: 0.28.x)",
+                            "kserve missing (supported: 0.21.x)"]),
+])
+def test_versions_outside_the_window_are_refused_naming_it(monkeypatch, vllm, kserve, refused):
+    installed(monkeypatch, vllm, kserve)
+    with pytest.raises(AimError) as error:
         engine.check_versions({})
-    assert engine.check_versions({"AIM_SKIP_VERSION_CHECK": "1"})["vllm"] == "0.31.0"
+    assert error.value.message == "unsupported versions: " + ", ".join(refused)
+    assert "AIM_SKIP_VERSION_CHECK=1" in error.value.hint
+    for value in ("1", "true", " yes "):
+        assert engine.check_versions({"AIM_SKIP_VERSION_CHECK": value})["vllm"] == vllm
+    with pytest.raises(AimError):
+        engine.check_versions({"AIM_SKIP_VERSION_CHECK": "0"})
 
 
-def test_the_installed_pair_is_supported():
-    versions = engine.check_versions({})
-    assert versions["vllm"].startswith("0.28") and versions["kserve"].startswith("0.21")
+def test_version_check_reads_the_process_environment_by_default(monkeypatch):
+    installed(monkeypatch, "0.31.0", "0.21.0")
+    monkeypatch.delenv("AIM_SKIP_VERSION_CHECK", raising=False)
+    with pytest.raises(AimError, match=r"vllm 0\.31\.0"):
+        engine.check_versions()
+    monkeypatch.setenv("AIM_SKIP_VERSION_CHECK", "1")
+    assert engine.check_versions()["vllm"] == "0.31.0"
 
 
 def test_missing_openai_layer_fails_before_the_engine_loads(clean_env, tiny_model, monkeypatch):

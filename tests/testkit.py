@@ -1,0 +1,53 @@
+"""Shared by the tests: where things are in the repository, an environment free of the settings the
+runtime reads, the `aim-runtime` command in a subprocess, and a file writer.
+
+(`servers.py` keeps its own REPO: the benchmarks import it as `tests.servers`, outside pytest.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "runtime" / "aim_runtime"
+RECIPES = REPO / "recipes"
+MODELS = REPO / "tests" / "fixtures" / "models"  # real public config.json files, no weights
+
+# Read by the runtime besides AIM_*: what KServe injects into multi-node pods, Ray's address, and
+# the device visibility that detection applies.
+DEPLOYMENT_VARIABLES = ("PIPELINE_PARALLEL_SIZE", "TENSOR_PARALLEL_SIZE", "POD_IP", "HEAD_SVC",
+                        "ISVC_NAME", "RAY_HEAD_ADDRESS", "RAY_PORT", "HIP_VISIBLE_DEVICES",
+                        "CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
+
+
+def is_runtime_setting(name: str) -> bool:
+    return name.startswith("AIM_") or name in DEPLOYMENT_VARIABLES
+
+
+def clean_environ(extra: Mapping[str, str] | None = None,
+                  base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (default: this process's environment) without any setting the runtime reads, the
+    package importable, then `extra`."""
+    env = {k: v for k, v in (os.environ if base is None else base).items()
+           if not is_runtime_setting(k)}
+    env["PYTHONPATH"] = str(REPO / "runtime")
+    env.update(extra or {})
+    return env
+
+
+def run_cli(*args: str, env: Mapping[str, str] | None = None, cwd: Path = REPO,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m aim_runtime ARGS` as a user runs it, with only the settings given in `env`."""
+    return subprocess.run([sys.executable, "-m", "aim_runtime", *args], capture_output=True,
+                          text=True, env=clean_environ(env), timeout=timeout, cwd=cwd)
+
+
+def write(path: Path, text: str) -> Path:
+    """Write dedented `text` to `path` (parents created); return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
