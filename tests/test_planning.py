@@ -22,6 +22,8 @@ from testkit import MODELS
 GIB = 1024**3
 VRAM_GIB = {"MI210": 64, "MI250": 64, "MI300X": 192, "MI325X": 256, "MI355X": 288}
 FP8_PRODUCTS = {"MI300X", "MI325X", "MI355X"}
+# vLLM's MXFP4 kernels: native MX on gfx950, weight-only (Triton/AITER) on gfx942, none on gfx90a.
+MXFP4_PRODUCTS = {"MI300X", "MI325X", "MI355X"}
 EMPTY = Catalog(recipes=(), directories=())
 
 
@@ -35,7 +37,8 @@ def models():
 
 def oracle_weights_per_device(facts, precision, tp, pp):
     p = facts.parameters
-    bytes_per_linear = {"bf16": 2, "fp16": 2, "fp8": 1}[precision]
+    # MXFP4: 4-bit values plus one 8-bit scale per block of 32.
+    bytes_per_linear = {"bf16": 2, "fp16": 2, "fp8": 1, "mxfp4": 4.25 / 8}[precision]
     embed, head = p.embedding * 2, p.lm_head * 2
     decoder = p.linear * bytes_per_linear + p.other * 2
     if pp == 1:
@@ -137,8 +140,9 @@ def check_nothing_fits(facts, product, devices, vram, error):
     """Every precision, KV dtype and split the planner may use leaves too little room even for
     the shortest context it tries."""
     assert error.reasons or "cannot run" in error.message
-    if "cannot run" in error.message:  # FP8 checkpoint on a GPU without FP8
-        assert facts.weight_precision == "fp8" and product not in FP8_PRODUCTS
+    if "cannot run" in error.message:  # a checkpoint format the GPU has no kernel for
+        assert (facts.weight_precision == "fp8" and product not in FP8_PRODUCTS) or (
+            facts.weight_precision == "mxfp4" and product not in MXFP4_PRODUCTS)
         return
     context = min(4096, facts.max_position_embeddings)
     precisions = ["bf16", "fp8"] if product in FP8_PRODUCTS else ["bf16"]
