@@ -129,10 +129,11 @@ def test_gpu_products_doc_matches_the_product_table():
     rows = tables(section(GPU_PRODUCTS_DOC, "## The table"))[0]
     documented = {}
     for name, isa, target, ids, label, vram, cus, xccs in rows:
-        documented[name] = (isa, int(target), tuple(int(i, 16) for i in ids.split(",")), label,
-                            int(vram), int(cus), int(xccs))
+        documented[name] = (isa, int(target), tuple(int(i, 16) for i in ids.split(",")),
+                            tuple(v.strip() for v in label.split(",")), int(vram), int(cus),
+                            int(xccs))
     in_code = {
-        p.name: (p.isa, p.gfx_target_version, p.pci_device_ids, p.node_label_device_id,
+        p.name: (p.isa, p.gfx_target_version, p.pci_device_ids, p.node_label_values,
                  round(p.vram_gib), p.compute_units, p.xcc_count)
         for p in PRODUCTS.values()
     }

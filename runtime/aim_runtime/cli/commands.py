@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  "yaml)")
     render_cmd.add_argument("--supplemental-groups", default="44",
                             help="pod GIDs for /dev/kfd and /dev/dri: video,render of your nodes")
+    render_cmd.add_argument("--service-account", metavar="NAME",
+                            help="ServiceAccount whose Secret holds HF_TOKEN, for gated hf:// "
+                                 "models (KServe's storage initializer reads it; see "
+                                 "manifests/storage/)")
     pipeline.add_recipes_dir_arg(render_cmd)
     render_cmd.set_defaults(handler=run_render)
 
@@ -141,7 +145,7 @@ def run_render(args: argparse.Namespace) -> int:
         name=args.name, namespace=args.namespace, storage_uri=args.storage_uri,
         objective=args.objective, mode=args.mode, canary_of=args.canary_of,
         traffic=args.traffic, stable=args.stable, supplemental_groups=groups,
-        nodes=args.nodes,
+        nodes=args.nodes, service_account=args.service_account,
     )
     document, plan = render(request, catalog_from_args(args))
     print(to_yaml(document), end="")

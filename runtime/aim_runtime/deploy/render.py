@@ -44,6 +44,12 @@ AUTO_COUNTS = (1, 2, 4, 8)
 TERMINATION_GRACE_SECONDS = 120
 DEFAULT_SUPPLEMENTAL_GROUPS = (44,)  # "video" on Debian/Ubuntu hosts; add the nodes' render GID
 MODES = ("standard", "knative")
+# Longest request a route lets through (spec.predictor.timeout): KServe's Gateway API route cuts
+# requests at 60 s unless set; Knative's default max-revision-timeout-seconds is 600.
+REQUEST_TIMEOUT_SECONDS = {"standard": 1800, "knative": 600}
+# Knative fails a revision that is not ready within its progress deadline (default 600 s); the
+# runtime's start-up probe allows 60 minutes for large checkpoints.
+KNATIVE_PROGRESS_DEADLINE = "3900s"
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ class RenderRequest:
     stable: Path | None = None
     supplemental_groups: tuple[int, ...] = DEFAULT_SUPPLEMENTAL_GROUPS
     nodes: int = 1
+    service_account: str | None = None  # holds the Secret with HF_TOKEN for gated models
 
     @property
     def multi_node(self) -> bool:
@@ -81,6 +88,8 @@ def render(request: RenderRequest, catalog: Catalog) -> tuple[dict[str, Any], Pl
                    "aim.amd.com/recipe": plan.recipe_id}
     if request.multi_node:
         annotations["serving.kserve.io/autoscalerClass"] = "none"  # KServe: no autoscaling
+    if request.mode == "knative":  # KServe copies it onto the Knative revision
+        annotations["serving.knative.dev/progress-deadline"] = KNATIVE_PROGRESS_DEADLINE
     metadata: dict[str, Any] = {
         "name": name,
         "annotations": annotations,
@@ -145,6 +154,12 @@ def predictor_spec(plan: Plan, request: RenderRequest) -> dict[str, Any]:
         "resources": pod_resources(devices),
     }
     predictor: dict[str, Any] = {} if request.multi_node else {"minReplicas": 1}
+    predictor["timeout"] = REQUEST_TIMEOUT_SECONDS[request.mode]
+    if request.mode == "standard":
+        # A new pod would need a second set of GPUs while the old one runs.
+        predictor["deploymentStrategy"] = {"type": "Recreate"}
+    if request.service_account:
+        predictor["serviceAccountName"] = request.service_account
     predictor.update(pod_placement(plan, request, devices))
     predictor["model"] = model
     if request.multi_node:
@@ -168,16 +183,28 @@ def pod_resources(devices: int) -> dict[str, Any]:
 
 
 def pod_placement(plan: Plan, request: RenderRequest, devices: int) -> dict[str, Any]:
-    """Pod-level fields shared by the predictor and the multi-node workers."""
-    product = lookup_product(plan.product)
-    return {
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-        "nodeSelector": {DEVICE_ID_LABEL: product.node_label_device_id},
-        "securityContext": {"runAsNonRoot": True,
+    """Pod-level fields shared by the predictor and the multi-node workers. Knative sets the
+    termination grace period itself (to the revision timeout) and refuses ours."""
+    placement: dict[str, Any] = {}
+    if request.mode == "standard":
+        placement["terminationGracePeriodSeconds"] = TERMINATION_GRACE_SECONDS
+    placement.update({
+        "affinity": gpu_affinity(plan.product),
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"},
                             "supplementalGroups": list(request.supplemental_groups)},
         "volumes": [{"name": "dshm", "emptyDir": {
             "medium": "Memory", "sizeLimit": f"{shm_size_gib(devices)}Gi"}}],
-    }
+    })
+    return placement
+
+
+def gpu_affinity(product_name: str) -> dict[str, Any]:
+    """Nodes whose GPUs are this product, whichever PCI function the node exposes (physical,
+    SR-IOV virtual or hybrid), as the AMD node labeller labels them."""
+    values = list(lookup_product(product_name).node_label_values)
+    term = {"matchExpressions": [{"key": DEVICE_ID_LABEL, "operator": "In", "values": values}]}
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [term]}}}
 
 
 def planner_pins(plan: Plan, request: RenderRequest) -> dict[str, str]:
@@ -237,6 +264,8 @@ def _standard_canary(request: RenderRequest, predictor: dict[str, Any]) -> dict[
         raise AimError(f"canary name {canary_name!r} equals the stable predictor's name",
                        "choose another with --name")
     predictor["name"] = canary_name
+    # The CRD requires the container name in canaries (it relaxes that for spec.predictor only).
+    predictor["model"] = {"name": "kserve-container", **predictor["model"]}
     predictor.pop("minReplicas", None)
     stable["spec"]["canary"] = [{"predictor": predictor, "trafficPercent": request.traffic}]
     return stable

@@ -28,36 +28,61 @@ class GpuProduct:
     vram_bytes: int
     compute_units: int
     xcc_count: int
-    # Label value of `amd.com/gpu.device-id` (the AMD node labeller) used to schedule on it.
-    node_label_device_id: str = ""
+    # Peak HBM bandwidth (TB/s, 10^12 bytes/s) and peak dense matrix TFLOPS by compute precision
+    # (bf16 = bf16/fp16, fp8, mxfp4); None where no published figure exists (MI308X).
+    hbm_tb_per_s: float | None = None
+    peak_dense_tflops: tuple[tuple[str, float], ...] = ()
 
     @property
     def vram_gib(self) -> float:
         return self.vram_bytes / GIB
+
+    @property
+    def hbm_bytes_per_s(self) -> float | None:
+        return self.hbm_tb_per_s * 1e12 if self.hbm_tb_per_s is not None else None
+
+    def peak_flops(self, precision: str) -> float | None:
+        """Peak dense FLOP/s of matrix math in `precision` (bf16, fp8, mxfp4), None if none."""
+        tflops = dict(self.peak_dense_tflops).get(precision)
+        return tflops * 1e12 if tflops is not None else None
+
+    @property
+    def node_label_values(self) -> tuple[str, ...]:
+        """Every value the AMD node labeller may give `amd.com/gpu.device-id` on a node of this
+        product: its PCI device ids (physical, virtual and hybrid functions) in lower-case hex."""
+        return tuple(f"{device_id:04x}" for device_id in self.pci_device_ids)
 
 
 PRODUCTS: dict[str, GpuProduct] = {
     p.name: p
     for p in (
         GpuProduct("MI210", "gfx90a", 90010, (0x740F,), 64 * GIB, 104, 1,
-                   node_label_device_id="740f"),
+                   hbm_tb_per_s=1.6,
+                   peak_dense_tflops=(("bf16", 181.0),)),
         # 0x740C is shared by MI250 and MI250X; compute units per GCD tell them apart (104 vs 110).
+        # Bandwidth and TFLOPS are per GCD (one device): half of the OAM's.
         GpuProduct("MI250", "gfx90a", 90010, (0x740C,), 64 * GIB, 104, 1,
-                   node_label_device_id="740c"),
+                   hbm_tb_per_s=1.6,
+                   peak_dense_tflops=(("bf16", 181.0),)),
         GpuProduct("MI250X", "gfx90a", 90010, (0x7408, 0x740C), 64 * GIB, 110, 1,
-                   node_label_device_id="740c"),
+                   hbm_tb_per_s=1.6,
+                   peak_dense_tflops=(("bf16", 191.5),)),
         GpuProduct("MI300A", "gfx942", 90402, (0x74A0,), 128 * GIB, 228, 6,
-                   node_label_device_id="74a0"),
+                   hbm_tb_per_s=5.3,
+                   peak_dense_tflops=(("bf16", 980.6), ("fp8", 1961.2))),
         GpuProduct("MI300X", "gfx942", 90402, (0x74A1, 0x74B5, 0x74A9, 0x74BD), 192 * GIB, 304, 8,
-                   node_label_device_id="74a1"),
-        GpuProduct("MI308X", "gfx942", 90402, (0x74A2, 0x74B6, 0x74A8), 192 * GIB, 80, 4,
-                   node_label_device_id="74a2"),
+                   hbm_tb_per_s=5.3,
+                   peak_dense_tflops=(("bf16", 1307.4), ("fp8", 2614.9))),
+        GpuProduct("MI308X", "gfx942", 90402, (0x74A2, 0x74B6, 0x74A8, 0x74BC), 192 * GIB, 80, 4),
         GpuProduct("MI325X", "gfx942", 90402, (0x74A5, 0x74B9), 256 * GIB, 304, 8,
-                   node_label_device_id="74a5"),
+                   hbm_tb_per_s=6.0,
+                   peak_dense_tflops=(("bf16", 1307.4), ("fp8", 2614.9))),
         GpuProduct("MI350X", "gfx950", 90500, (0x75A0, 0x75B0), 288 * GIB, 256, 8,
-                   node_label_device_id="75a0"),
+                   hbm_tb_per_s=8.0,
+                   peak_dense_tflops=(("bf16", 2306.9), ("fp8", 4613.7), ("mxfp4", 9227.5))),
         GpuProduct("MI355X", "gfx950", 90500, (0x75A3, 0x75B3), 288 * GIB, 256, 8,
-                   node_label_device_id="75a3"),
+                   hbm_tb_per_s=8.0,
+                   peak_dense_tflops=(("bf16", 2516.6), ("fp8", 5033.2), ("mxfp4", 10066.3))),
     )
 }
 
