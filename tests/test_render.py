@@ -24,12 +24,20 @@ PRODUCT_LABEL = {"MI300X": "74a1", "MI325X": "74a5", "MI355X": "75a3", "MI250": 
                  "MI210": "740f"}
 
 
+def affinity_ids(pod: dict) -> set[str]:
+    """The `amd.com/gpu.device-id` values a pod may be scheduled on."""
+    affinity = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    (term,) = affinity["nodeSelectorTerms"]
+    (expression,) = term["matchExpressions"]
+    assert (expression["key"], expression["operator"]) == ("amd.com/gpu.device-id", "In")
+    return set(expression["values"])
+
+
 def pod_plan(isvc: dict, model: Path, catalog, model_id=None):
     """What the pod's planner selects: the GPUs the manifest requests, the AIM_* it sets."""
     predictor = isvc["spec"]["predictor"]
     gpus = int(predictor["model"]["resources"]["requests"]["amd.com/gpu"])
-    product = next(p for p, label in PRODUCT_LABEL.items()
-                   if label == predictor["nodeSelector"]["amd.com/gpu.device-id"])
+    product = next(p for p, label in PRODUCT_LABEL.items() if label in affinity_ids(predictor))
     env = {e["name"]: e["value"] for e in predictor["model"]["env"]}
     facts = load_model_facts(model, hf_id=env.get("AIM_MODEL_ID", model_id))
     return make_plan(detect(simulate=f"{product}:{gpus}", environ={}), facts, catalog,
@@ -59,7 +67,7 @@ def test_rendered_service_agrees_with_the_pods_plan(catalog, model, gpu, count, 
     predictor = isvc["spec"]["predictor"]
     assert predictor["model"]["resources"]["requests"]["amd.com/gpu"] == str(expected_gpus)
     assert plan.devices_used == expected_gpus
-    assert predictor["nodeSelector"]["amd.com/gpu.device-id"] == PRODUCT_LABEL[gpu]
+    assert PRODUCT_LABEL[gpu] in affinity_ids(predictor)
     shm = predictor["volumes"][0]["emptyDir"]["sizeLimit"]
     assert shm == f"{min(32, max(2, 2 * expected_gpus))}Gi"
     again = pod_plan(isvc, MODELS / model, catalog)
@@ -153,8 +161,7 @@ def head_plan(isvc: dict, model: Path, catalog):
     worker = predictor["workerSpec"]
     gpus = int(predictor["model"]["resources"]["requests"]["amd.com/gpu"])
     assert gpus == worker["tensorParallelSize"]
-    product = next(p for p, label in PRODUCT_LABEL.items()
-                   if label == predictor["nodeSelector"]["amd.com/gpu.device-id"])
+    product = next(p for p, label in PRODUCT_LABEL.items() if label in affinity_ids(predictor))
     env = {e["name"]: e["value"] for e in predictor["model"]["env"]}
     facts = load_model_facts(model, hf_id=env.get("AIM_MODEL_ID"))
     inventory = detect(simulate=f"{product}:{gpus}x{worker['pipelineParallelSize']}",
@@ -185,7 +192,7 @@ def test_multi_node_service_agrees_with_the_heads_plan(catalog, model, gpu, coun
     (worker,) = predictor["workerSpec"]["containers"]
     assert worker["name"] == "worker-container"
     assert worker["resources"] == predictor["model"]["resources"]
-    assert predictor["workerSpec"]["nodeSelector"] == predictor["nodeSelector"]
+    assert predictor["workerSpec"]["affinity"] == predictor["affinity"]
     assert "minReplicas" not in predictor  # KServe: no autoscaling across nodes
     assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "none"
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
