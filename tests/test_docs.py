@@ -140,6 +140,20 @@ def test_gpu_products_doc_matches_the_product_table():
     assert documented == in_code, "docs/gpu-products.md and hardware/products.py disagree"
 
 
+def test_gpu_products_doc_bandwidth_and_throughput_match_the_product_table():
+    rows = tables(section(GPU_PRODUCTS_DOC, "## Bandwidth and peak throughput"))[0]
+
+    def number(cell: str) -> float | None:
+        return None if cell == "—" else float(cell)
+
+    documented = {name: (number(hbm), number(bf16), number(fp8), number(mxfp4))
+                  for name, hbm, bf16, fp8, mxfp4 in rows}
+    in_code = {p.name: (p.hbm_tb_per_s, *(dict(p.peak_dense_tflops).get(precision)
+                                          for precision in ("bf16", "fp8", "mxfp4")))
+               for p in PRODUCTS.values()}
+    assert documented == in_code, "docs/gpu-products.md and hardware/products.py disagree"
+
+
 def test_gpu_products_doc_names_every_pci_id_and_precision_rule():
     ids_section = section(GPU_PRODUCTS_DOC, "## PCI device ids")
     documented_ids = {int(row[0], 16) for row in tables(ids_section)[0]}

@@ -20,7 +20,13 @@ from aim_runtime.checkpoint.parameters import (
     count_from_config,
     read_checkpoint,
 )
-from aim_runtime.checkpoint.shapes import Dimensions, MLAFacts, MoEFacts, QuantizationFacts
+from aim_runtime.checkpoint.shapes import (
+    Dimensions,
+    HybridFacts,
+    MLAFacts,
+    MoEFacts,
+    QuantizationFacts,
+)
 from aim_runtime.errors import ModelFactsError
 from aim_runtime.settings import Precision
 
@@ -39,6 +45,17 @@ CONFIG_CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
                     "max_position_embeddings": 131072},
     "gpt2": {"tie_word_embeddings": True},
 }
+# Model types whose attention has learned sinks (vLLM's GptOssAttention): not every attention
+# backend supports them.
+ATTENTION_SINK_MODEL_TYPES = ("gpt_oss",)
+# Multimodal model types whose attention is bidirectional over image tokens (vLLM's
+# `MM_PREFIX_LM_MODELS`, transformers_utils/model_arch_config_convertor.py): only some attention
+# backends support that prefix.
+MM_PREFIX_MODEL_TYPES = ("bagel", "gemma3", "molmo2", "moondream3", "paligemma", "umm")
+# Model types with one shared expert of the routed experts' width that the config does not name.
+ONE_SHARED_EXPERT_MODEL_TYPES = ("llama4_text", "llama4")
+# Layer-type names of state (recurrent) layers in `layer_types` / `layers_block_type`.
+STATE_LAYER_TYPES = ("linear_attention", "mamba", "mamba2", "mamba1", "linear", "ssm")
 
 
 class ModelFacts(BaseModel):
@@ -63,8 +80,12 @@ class ModelFacts(BaseModel):
     dtype: str
     moe: MoEFacts | None = None
     mla: MLAFacts | None = None
+    hybrid: HybridFacts | None = None
     quantization: QuantizationFacts | None = None
     multimodal: bool = False
+    # Multimodal with bidirectional attention over image tokens (vLLM's mm-prefix LMs).
+    multimodal_prefix: bool = False
+    attention_sinks: bool = False
     custom_code: bool = False
     parameters: ParameterCount
     checkpoint_bytes: int | None = None
@@ -145,9 +166,13 @@ def facts_from_config(
         dtype=_dtype(config, text),
         moe=_moe(reader),
         mla=_mla(reader),
+        hybrid=_hybrid(reader),
         quantization=_quantization(config.get("quantization_config") or
                                    text.get("quantization_config")),
         multimodal="vision_config" in config,
+        multimodal_prefix="vision_config" in config and str(
+            config.get("model_type")) in MM_PREFIX_MODEL_TYPES,
+        attention_sinks=str(text.get("model_type")) in ATTENTION_SINK_MODEL_TYPES,
         custom_code="auto_map" in config,
         notes=tuple(notes),
     )
@@ -236,12 +261,14 @@ def _moe(reader: _ConfigReader) -> MoEFacts | None:
         return None
     config = reader.config
     expert_size = reader.optional_int("moe_intermediate_size", "intermediate_size") or 0
+    shared_experts = reader.optional_int("n_shared_experts") or (
+        1 if config.get("model_type") in ONE_SHARED_EXPERT_MODEL_TYPES else 0)
     shared = reader.optional_int("shared_expert_intermediate_size") or (
-        (reader.optional_int("n_shared_experts") or 0) * expert_size)
+        shared_experts * expert_size)
     dense = reader.optional_int("first_k_dense_replace") or 0
     if isinstance(config.get("mlp_only_layers"), list):
         dense += len(config["mlp_only_layers"])
-    step = reader.optional_int("decoder_sparse_step") or 1
+    step = reader.optional_int("decoder_sparse_step", "interleave_moe_layer_step") or 1
     if step > 1:
         layers = reader.required_int(*LAYER_COUNT_FIELDS)
         dense += layers - layers // step
@@ -252,7 +279,56 @@ def _moe(reader: _ConfigReader) -> MoEFacts | None:
         expert_intermediate_size=expert_size,
         shared_expert_intermediate_size=shared,
         dense_layers=dense,
+        dense_intermediate_size=reader.optional_int("intermediate_size_mlp"),
     )
+
+
+def _hybrid(reader: _ConfigReader) -> HybridFacts | None:
+    """State (Mamba, Gated DeltaNet) and attention layers of a hybrid model, from whichever of
+    `layer_types`, `layers_block_type`, `hybrid_override_pattern` (Nemotron-H: M = Mamba,
+    * = attention) or `full_attention_interval` the config has."""
+    config = reader.config
+    layers = reader.required_int(*LAYER_COUNT_FIELDS)
+    kinds = config.get("layer_types") or config.get("layers_block_type")
+    pattern = config.get("hybrid_override_pattern")
+    interval = reader.optional_int("full_attention_interval")
+    if isinstance(kinds, list) and all(isinstance(k, str) for k in kinds):
+        state = sum(1 for k in kinds if k.lower() in STATE_LAYER_TYPES)
+        attention = sum(1 for k in kinds if "attention" in k.lower()) - (
+            sum(1 for k in kinds if k.lower() == "linear_attention"))
+    elif isinstance(pattern, str):
+        state, attention = pattern.count("M"), pattern.count("*")
+    elif interval:
+        attention = layers // interval
+        state = layers - attention
+    else:
+        return None
+    if state == 0:
+        return None
+    return HybridFacts(attention_layers=attention, state_layers=state,
+                       state_elements_per_layer=_state_elements(reader))
+
+
+def _state_elements(reader: _ConfigReader) -> int | None:
+    """Recurrent state of one layer: conv state + SSM state, in elements (vLLM's
+    `MambaStateShapeCalculator`): Gated DeltaNet (`linear_*` fields, Qwen3-Next) or Mamba2."""
+    key_heads = reader.optional_int("linear_num_key_heads")
+    if key_heads:
+        key_dim = key_heads * (reader.optional_int("linear_key_head_dim") or 0)
+        value_heads = reader.optional_int("linear_num_value_heads") or 0
+        value_head = reader.optional_int("linear_value_head_dim") or 0
+        kernel = reader.optional_int("linear_conv_kernel_dim") or 4
+        conv = (2 * key_dim + value_heads * value_head) * (kernel - 1)
+        return conv + value_heads * (reader.optional_int("linear_key_head_dim") or 0) * value_head
+    heads = reader.optional_int("mamba_n_heads", "mamba_num_heads")
+    head_dim = reader.optional_int("mamba_d_head", "mamba_head_dim")
+    d_state = reader.optional_int("mamba_d_state", "ssm_state_size")
+    if heads and head_dim and d_state:
+        groups = reader.optional_int("mamba_n_groups", "n_groups") or 1
+        kernel = reader.optional_int("mamba_d_conv", "conv_kernel") or 4
+        inner = heads * head_dim
+        return (inner + 2 * groups * d_state) * (kernel - 1) + heads * head_dim * d_state
+    return None
 
 
 def _mla_qk_head_dim(reader: _ConfigReader) -> int | None:

@@ -166,7 +166,8 @@ def _mlp_params(facts: Dimensions, layer: int) -> int:
     matrices = 2 if facts.model_type in NON_GATED_MLP else 3
     moe = facts.moe
     if moe is None or layer < moe.dense_layers:
-        return matrices * hidden * (facts.intermediate_size or 4 * hidden)
+        width = (moe.dense_intermediate_size if moe else None) or facts.intermediate_size
+        return matrices * hidden * (width or 4 * hidden)
     experts = moe.num_experts * matrices * hidden * moe.expert_intermediate_size
     shared = matrices * hidden * moe.shared_expert_intermediate_size
     router = moe.num_experts * hidden

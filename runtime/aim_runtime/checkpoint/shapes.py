@@ -15,6 +15,23 @@ class MoEFacts(BaseModel):
     expert_intermediate_size: int
     shared_expert_intermediate_size: int = 0
     dense_layers: int = 0
+    # MLP width of the dense layers when it differs from the experts' (Llama 4's
+    # `intermediate_size_mlp`); None: the model's `intermediate_size`.
+    dense_intermediate_size: int | None = None
+
+
+class HybridFacts(BaseModel):
+    """Hybrid models (Mamba, Gated DeltaNet, linear attention) whose state layers keep a
+    fixed-size recurrent state per sequence instead of a KV cache. vLLM keeps one such state per
+    running sequence in a block of the KV-cache pool, so the pool bounds the running sequences."""
+
+    model_config = ConfigDict(frozen=True)
+
+    attention_layers: int
+    state_layers: int
+    # Conv + SSM (or recurrent) state elements of one state layer, all heads (sharded by TP);
+    # None when the config's state dimensions are of a kind not read here.
+    state_elements_per_layer: int | None = None
 
 
 class MLAFacts(BaseModel):

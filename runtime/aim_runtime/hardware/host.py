@@ -16,7 +16,16 @@ def read_host(sys_root: Path, proc_root: Path) -> HostInfo:
         cpu_cores=_usable_cores(sys_root),
         ram_bytes=_mem_total_bytes(proc_root),
         memory_limit_bytes=_cgroup_memory_limit(sys_root),
+        numa_balancing=_numa_balancing(proc_root),
     )
+
+
+def _numa_balancing(proc_root: Path) -> bool | None:
+    """Automatic NUMA balancing of the host kernel (a host setting a pod can read, not change)."""
+    try:
+        return (proc_root / "sys/kernel/numa_balancing").read_text().strip() not in ("", "0")
+    except OSError:
+        return None
 
 
 def _cpu_model(proc_root: Path) -> str:

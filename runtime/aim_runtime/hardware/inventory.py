@@ -38,6 +38,8 @@ class HostInfo(BaseModel):
     cpu_cores: int
     ram_bytes: int
     memory_limit_bytes: int | None = None
+    # /proc/sys/kernel/numa_balancing (the host's, not namespaced): None when unreadable.
+    numa_balancing: bool | None = None
 
     @property
     def usable_memory_bytes(self) -> int:

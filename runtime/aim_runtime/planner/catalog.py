@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from aim_runtime.errors import RecipeError
 from aim_runtime.hardware.products import PRODUCTS
+from aim_runtime.planner.rocm import RULE_IDS
 from aim_runtime.settings import CPU_PRODUCT, KvCacheDtype, Objective, Precision
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
@@ -93,6 +94,7 @@ class RecipeVariant(_Strict):
     trust_remote_code: bool = False
     engine_args: dict[str, ArgValue] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
+    skip_rules: tuple[str, ...] = ()  # ids of ROCm rules (planner/rocm.py) this recipe opts out of
     performance: ExpectedPerformance | None = None
     notes: str = ""
 
@@ -105,6 +107,7 @@ class RecipeFile(_Strict):
     notes: str = ""
     engine_args: dict[str, ArgValue] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
+    skip_rules: tuple[str, ...] = ()
     recipes: tuple[RecipeVariant, ...] = Field(min_length=1)
 
     @field_validator("gpu_products")
@@ -200,6 +203,7 @@ def _resolve(file: Path, parsed: RecipeFile, variant: RecipeVariant) -> Recipe:
         **variant.model_dump(),
         "engine_args": engine_args,
         "env": {**parsed.env, **variant.env},
+        "skip_rules": tuple(dict.fromkeys((*parsed.skip_rules, *variant.skip_rules))),
         "notes": "\n".join(n for n in (parsed.notes, variant.notes) if n),
         "file": str(file), "model": parsed.model, "gpu_products": parsed.gpu_products,
         "source": parsed.source,
@@ -223,6 +227,11 @@ def _semantic_problems(parsed: RecipeFile) -> list[str]:
             elif name in FORBIDDEN_ENV:
                 problems.append(f"{prefix}env.{name}: device visibility is set by the device "
                                 "plugin, not by recipes")
+    skips = [("", parsed.skip_rules)] + [
+        (f"recipes[{i}].", v.skip_rules) for i, v in enumerate(parsed.recipes)]
+    for prefix, skip in skips:
+        problems.extend(f"{prefix}skip_rules: no ROCm rule {rule!r}; rules: {', '.join(RULE_IDS)}"
+                        for rule in skip if rule not in RULE_IDS)
     cpu_only = set(parsed.gpu_products) == {CPU_PRODUCT}
     if CPU_PRODUCT in parsed.gpu_products and not cpu_only:
         problems.append("gpu_products: CPU cannot share a recipe file with GPU products")

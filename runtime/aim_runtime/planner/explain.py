@@ -9,6 +9,8 @@ from aim_runtime.errors import TriedCandidate
 from aim_runtime.hardware import Inventory
 from aim_runtime.planner.catalog import engine_args_to_argv
 from aim_runtime.planner.plan import Plan
+from aim_runtime.planner.rocm import AppliedRule
+from aim_runtime.planner.roofline import describe as describe_roofline
 from aim_runtime.settings import CPU_PRODUCT, GIB
 
 
@@ -76,11 +78,26 @@ def explain_plan(plan: Plan) -> str:
         summarize_plan(plan),
         f"engine args: {argv}",
         f"environment: {env}",
-        "candidates, in the order tried:",
-        format_reasons(plan.reasons),
     ]
+    if plan.rocm_rules:
+        parts.append("ROCm rules applied (README \"ROCm rules\"; a recipe's own settings win):")
+        parts.extend(format_rule(rule) for rule in plan.rocm_rules)
+    if plan.roofline is not None:
+        parts.extend(describe_roofline(plan.roofline))
+    elif plan.product != CPU_PRODUCT:
+        parts.append(f"roofline: the product table has no bandwidth/peak figures for "
+                     f"{plan.product}")
+    parts += ["candidates, in the order tried:", format_reasons(plan.reasons)]
     parts.extend(f"note: {note}" for note in plan.notes)
     return "\n".join(parts)
+
+
+def format_rule(rule: AppliedRule) -> str:
+    """One applied rule: what it set (and what the recipe or user set instead), why, source."""
+    sets = ", ".join(f"{k}={v}" for k, v in rule.sets.items()) or "(note)"
+    instead = ", ".join(f"{k}={v}" for k, v in rule.overridden.items())
+    kept = f"; kept instead: {instead}" if instead else ""
+    return f"  {rule.id}: {sets}{kept}\n          {rule.why} [{rule.source}]"
 
 
 def format_reasons(reasons: Iterable[TriedCandidate]) -> str:

@@ -10,6 +10,7 @@ when the context was pinned by the user or the recipe. Every candidate tried is 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from aim_runtime.checkpoint.facts import ModelFacts
 from aim_runtime.errors import NoFitError, OverrideError, PlanError
 from aim_runtime.hardware import Inventory
-from aim_runtime.hardware.products import mxfp4_path
+from aim_runtime.hardware.products import PRODUCTS, mxfp4_path
 from aim_runtime.planner.candidates import (
     Candidate,
     Reason,
@@ -32,11 +33,22 @@ from aim_runtime.planner.candidates import (
 )
 from aim_runtime.planner.catalog import Catalog, Recipe
 from aim_runtime.planner.memory import (
+    BatchShape,
     Layout,
     MemoryEstimate,
     estimate,
 )
 from aim_runtime.planner.overrides import Overrides
+from aim_runtime.planner.rocm import (
+    AppliedRule,
+    BlockBudget,
+    RocmSettings,
+    RuleInput,
+    block_budget,
+    derive,
+    model_kinds,
+)
+from aim_runtime.planner.roofline import Roofline, compute_roofline
 from aim_runtime.planner.setting import PlanSetting
 from aim_runtime.planner.suggestions import no_fit_message
 from aim_runtime.settings import CPU_PRODUCT, GIB
@@ -90,6 +102,8 @@ class Plan(BaseModel):
     env: dict[str, str]
     reasons: list[Reason]
     notes: list[str]
+    rocm_rules: list[AppliedRule] = []  # the ROCm rules that set env/engine args (planner/rocm.py)
+    roofline: Roofline | None = None  # hardware ceilings (None: CPU, or no product figures)
 
 
 def make_plan(inventory: Inventory, facts: ModelFacts, catalog: Catalog,
@@ -112,11 +126,12 @@ def make_plan(inventory: Inventory, facts: ModelFacts, catalog: Catalog,
     _check_overrides(setting, catalog)
     reasons: list[Reason] = []
     for candidate in _candidates(setting, catalog, reasons):
-        memory, refusal = _evaluate(setting, candidate)
+        evaluation = _evaluate(setting, candidate)
+        memory, refusal = evaluation.memory, evaluation.refusal
         if refusal is None:
             reasons.append(Reason(candidate=candidate.label(), outcome="taken",
                                   detail=_fit_summary(memory)))
-            return _build(setting, candidate, memory, reasons)
+            return _build(setting, candidate, evaluation, reasons)
         reasons.append(Reason(candidate=candidate.label(), outcome="refused", detail=refusal))
     if not _derived_layouts(setting):
         raise NoFitError(_no_layout_message(setting), "give it fewer GPUs (or nodes)",
@@ -318,46 +333,76 @@ def _pin_conflict(setting: PlanSetting, recipe: Recipe) -> str | None:
 # --- memory check ------------------------------------------------------------------------------
 
 
-def _evaluate(setting: PlanSetting, candidate: Candidate) -> tuple[MemoryEstimate, str | None]:
+@dataclass(frozen=True)
+class Evaluation:
+    """One candidate checked against memory: the estimate at the batch the engine will run
+    (max_num_seqs within the block budget), and why it was refused (None: it fits)."""
+
+    memory: MemoryEstimate
+    batch: BatchShape
+    wanted_batch: BatchShape  # before the block budget
+    budget: BlockBudget | None  # of the estimate the budget rule judged (GPU only)
+    refusal: str | None
+
+
+def _evaluate(setting: PlanSetting, candidate: Candidate) -> Evaluation:
     facts = setting.facts
     dtype = compute_dtype(facts, candidate.precision, setting.on_gpu)
     refusal = setting.precision_refusal(candidate.precision)
     needed = 1 if candidate.context_pinned else setting.min_concurrency
-    memory = estimate(
-        facts, precision=candidate.precision, dtype=dtype,
-        kv_cache_dtype=candidate.kv_cache_dtype, layout=candidate.layout,
-        device_memory_bytes=setting.device_memory_bytes,
-        usable_fraction=setting.usable_fraction(candidate.recipe),
-        max_model_len=candidate.max_model_len, batch=setting.batch(candidate.recipe),
-        block_size=_block_size(setting, candidate),
-        on_gpu=setting.on_gpu, kv_cache_memory_bytes=setting.cpu_kv_bytes(candidate.recipe),
-        needed_tokens=needed * candidate.max_model_len,
-    )
-    if refusal:
-        return memory, refusal
+    wanted = batch = setting.batch(candidate.recipe)
+
+    def memory_at(shape: BatchShape) -> MemoryEstimate:
+        return estimate(
+            facts, precision=candidate.precision, dtype=dtype,
+            kv_cache_dtype=candidate.kv_cache_dtype, layout=candidate.layout,
+            device_memory_bytes=setting.device_memory_bytes,
+            usable_fraction=setting.usable_fraction(candidate.recipe),
+            max_model_len=candidate.max_model_len, batch=shape,
+            block_size=_block_size(setting, candidate),
+            on_gpu=setting.on_gpu, kv_cache_memory_bytes=setting.cpu_kv_bytes(candidate.recipe),
+            needed_tokens=needed * candidate.max_model_len,
+        )
+
+    memory = memory_at(batch)
+    budget = None
+    if setting.on_gpu:
+        budget = block_budget(facts, memory, candidate.layout, dtype)
+        capped = _rocm(setting, candidate, batch, budget).engine_args.get("max_num_seqs")
+        if isinstance(capped, int) and capped < batch.max_num_seqs:
+            batch = BatchShape(batch.max_num_batched_tokens, capped)
+            memory = memory_at(batch)  # fewer sampler logits: the budget only grows
+    return Evaluation(memory, batch, wanted, budget,
+                      refusal or _memory_refusal(setting, candidate, memory, needed))
+
+
+def _memory_refusal(setting: PlanSetting, candidate: Candidate, memory: MemoryEstimate,
+                    needed: int) -> str | None:
+    facts = setting.facts
     if candidate.max_model_len > facts.max_position_embeddings:
-        return memory, (f"context {candidate.max_model_len} exceeds the model's "
-                        f"{facts.max_position_embeddings}")
+        return (f"context {candidate.max_model_len} exceeds the model's "
+                f"{facts.max_position_embeddings}")
     if candidate.kv_cache_dtype.startswith("fp8") and not setting.fp8_capable:
-        return memory, f"an FP8 KV cache needs FP8 support; {setting.product} has none"
+        return f"an FP8 KV cache needs FP8 support; {setting.product} has none"
     fixed = memory.weight_bytes_per_device + memory.overhead_bytes_per_device
     if memory.kv_capacity_tokens == 0 or fixed > memory.usable_bytes:
-        return memory, (f"weights {_gib(memory.weight_bytes_per_device)} + overhead "
-                        f"{_gib(memory.overhead_bytes_per_device)} per device leave no room for "
-                        f"a KV cache in {_gib(memory.usable_bytes)} usable")
+        return (f"weights {_gib(memory.weight_bytes_per_device)} + overhead "
+                f"{_gib(memory.overhead_bytes_per_device)} per device leave no room for "
+                f"a KV cache in {_gib(memory.usable_bytes)} usable")
     if memory.kv_capacity_tokens < needed * candidate.max_model_len:
-        return memory, (f"KV cache holds {memory.kv_capacity_tokens:,} tokens = "
-                        f"{memory.full_length_sequences} sequences of {candidate.max_model_len}; "
-                        f"needs {needed}")
-    return memory, None
+        return (f"KV cache holds {memory.kv_capacity_tokens:,} tokens = "
+                f"{memory.full_length_sequences} sequences of {candidate.max_model_len}; "
+                f"needs {needed}")
+    return None
 
 
 # --- the plan ----------------------------------------------------------------------------------
 
 
-def _build(setting: PlanSetting, candidate: Candidate, memory: MemoryEstimate,
+def _build(setting: PlanSetting, candidate: Candidate, evaluation: Evaluation,
            reasons: list[Reason]) -> Plan:
     facts, recipe, layout = setting.facts, candidate.recipe, candidate.layout
+    memory = evaluation.memory
     dtype = compute_dtype(facts, candidate.precision, setting.on_gpu)
     utilization = setting.usable_fraction(recipe) if setting.on_gpu else None
     notes = list(setting.inventory.notes) + list(facts.notes)
@@ -380,14 +425,16 @@ def _build(setting: PlanSetting, candidate: Candidate, memory: MemoryEstimate,
         engine_args["distributed_executor_backend"] = "ray"  # vLLM's executor across nodes
         notes.append(f"{setting.nodes} nodes: tensor parallel {layout.tp} inside each node, "
                      f"{layout.pp} pipeline stages across them (Ray)")
-    env = _plan_env(setting, candidate)
-    engine_args.update(recipe.engine_args if recipe else {})
-    batch = setting.batch(recipe)
+    rocm = _rocm(setting, candidate, evaluation.wanted_batch, evaluation.budget)
+    env = dict(rocm.env)
+    engine_args.update(rocm.engine_args)
+    batch = evaluation.batch
     engine_args.update(max_num_batched_tokens=batch.max_num_batched_tokens,
                        max_num_seqs=batch.max_num_seqs)
     block_size = _block_size(setting, candidate)
     if block_size is not None:
         engine_args["block_size"] = block_size
+    notes.extend(rocm.notes)
     if setting.multi_node:
         env.update(ray_carry_over_env(env))
     if candidate.context_pinned and memory.full_length_sequences < setting.min_concurrency:
@@ -429,7 +476,19 @@ def _build(setting: PlanSetting, candidate: Candidate, memory: MemoryEstimate,
         env=env,
         reasons=reasons,
         notes=notes,
+        rocm_rules=list(rocm.applied),
+        roofline=_roofline(setting, candidate, memory, batch, dtype),
     )
+
+
+def _roofline(setting: PlanSetting, candidate: Candidate, memory: MemoryEstimate,
+              batch: BatchShape, dtype: str) -> Roofline | None:
+    product = PRODUCTS.get(setting.product)
+    if not setting.on_gpu or product is None:
+        return None
+    return compute_roofline(setting.facts, product, candidate.precision, dtype, candidate.layout,
+                            memory, candidate.max_model_len, batch.max_num_seqs,
+                            batch.max_num_batched_tokens)
 
 
 def _mxfp4_note(setting: PlanSetting, memory: MemoryEstimate) -> str:
@@ -441,24 +500,42 @@ def _mxfp4_note(setting: PlanSetting, memory: MemoryEstimate) -> str:
             "Triton/AITER kernels dequantize them and compute in bf16 (W4A16)")
 
 
-def _plan_env(setting: PlanSetting, candidate: Candidate) -> dict[str, str]:
-    """The platform's ROCm environment, overlaid by the recipe's."""
-    layout, recipe = candidate.layout, candidate.recipe
-    return {**platform_env(setting.isa, layout.tp * layout.pp), **(recipe.env if recipe else {})}
+def _rocm(setting: PlanSetting, candidate: Candidate, batch: BatchShape | None = None,
+          budget: BlockBudget | None = None) -> RocmSettings:
+    """The rule table's ROCm settings for this candidate, the recipe's own merged in."""
+    facts, recipe, layout, overrides = setting.facts, candidate.recipe, candidate.layout, \
+        setting.overrides
+    user_args = {name: getattr(overrides, name) for name in
+                 ("block_size", "max_num_seqs", "max_num_batched_tokens")
+                 if getattr(overrides, name) is not None}
+    recipe_block = recipe.engine_args.get("block_size") if recipe else None
+    inventory = setting.inventory
+    return derive(RuleInput(
+        isa=setting.isa if setting.on_gpu else None, kinds=model_kinds(facts),
+        precision=candidate.precision,
+        quantization=candidate.quantization or (
+            facts.quantization.method if facts.quantization else None),
+        kv_cache_dtype=candidate.kv_cache_dtype, tensor_parallel_size=layout.tp,
+        devices_per_replica=layout.tp * layout.pp, objective=setting.objective,
+        head_dim=facts.head_dim,
+        block_size=overrides.block_size or (recipe_block if isinstance(recipe_block, int)
+                                            else None),
+        max_num_seqs=batch.max_num_seqs if batch else None,
+        max_num_seqs_pinned=overrides.max_num_seqs is not None, budget=budget,
+        host_numa_balancing=None if inventory.is_simulated else inventory.host.numa_balancing,
+        recipe_env=recipe.env if recipe else {},
+        recipe_engine_args=recipe.engine_args if recipe else {}, user_engine_args=user_args,
+        skip=frozenset(recipe.skip_rules) if recipe else frozenset(),
+    ))
 
 
 def _block_size(setting: PlanSetting, candidate: Candidate) -> int | None:
-    """KV-cache block size when something sets it: the user's flag, the recipe, or AITER's MLA
-    kernels, which need 1 (AMD's vLLM guide); None leaves vLLM's default."""
+    """KV-cache block size when something sets it: the user's flag, the recipe, or a ROCm rule
+    (AITER's MLA kernels: 1, AMD's vLLM guide); None leaves vLLM's default."""
     if setting.overrides.block_size is not None:
         return setting.overrides.block_size
-    from_recipe = candidate.recipe.engine_args.get("block_size") if candidate.recipe else None
-    if isinstance(from_recipe, int):
-        return from_recipe
-    if setting.facts.mla is not None and \
-            _plan_env(setting, candidate).get("VLLM_ROCM_USE_AITER") == "1":
-        return 1
-    return None
+    block = _rocm(setting, candidate).engine_args.get("block_size")
+    return block if isinstance(block, int) else None
 
 
 def _trust_remote_code(setting: PlanSetting, recipe: Recipe | None, notes: list[str]) -> bool:
@@ -471,17 +548,6 @@ def _trust_remote_code(setting: PlanSetting, recipe: Recipe | None, notes: list[
         notes.append("the model ships custom code (auto_map); it is not executed "
                      "(trust_remote_code off); vLLM's own implementation is used")
     return operator and allowed_by_recipe
-
-
-def platform_env(isa: str | None, devices_per_replica: int) -> dict[str, str]:
-    """ROCm environment every plan on this ISA gets (AMD's vLLM V1 optimization guide);
-    recipes add or override. AITER is left to curated recipes, which say so explicitly."""
-    env: dict[str, str] = {}
-    if isa in ("gfx942", "gfx950"):
-        env["TORCH_BLAS_PREFER_HIPBLASLT"] = "1"
-    if isa == "gfx942" and devices_per_replica > 1:
-        env["NCCL_MIN_NCHANNELS"] = "112"
-    return env
 
 
 def _fit_summary(memory: MemoryEstimate) -> str:

@@ -1,13 +1,18 @@
-"""Engine: vLLM's AsyncLLM built from the plan, with vLLM's own OpenAI serving objects.
+"""The one door to vLLM: its engine, its OpenAI application, its argument parser, its errors, and
+the window of vLLM releases the runtime supports.
 
 vLLM's `vllm serve` argument parser is the single source of truth for engine settings: the plan's
 engine args become `vllm serve` flags, the user's own vLLM flags follow them (so they win), and the
-result is parsed by vLLM itself into the Namespace that `AsyncEngineArgs.from_cli_args` and
-`init_app_state` take, exactly as `vllm serve` does. The serving objects (completions, chat, models)
-are vLLM's, so request handling and response shapes match `vllm serve`.
+result is parsed by vLLM itself into the Namespace that `AsyncEngineArgs.from_cli_args`,
+`build_app` and `init_app_state` take, exactly as `vllm serve` does. The OpenAI surface
+(completions, chat, responses, Anthropic messages, tokenize, models, pooling routes for pooling
+models) is vLLM's own FastAPI application, built from that Namespace, so requests and responses
+are `vllm serve`'s by construction; the KServe server mounts it (serving/server.py). KServe's own
+OpenAI layer, which imports vLLM internals and breaks with every vLLM release, is not used.
 
-Everything that imports vLLM lives here, behind a version check: KServe 0.21's OpenAI layer imports
-vLLM internals that moved in vLLM 0.29.
+vLLM moves its entrypoints between releases; where a name lives is found by trying the known
+locations newest first (`_entry`), never by comparing version numbers, and the supported window is
+one table (SUPPORTED_VLLM).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import io
 import logging
 import os
@@ -26,10 +32,13 @@ from aim_runtime import settings
 from aim_runtime.errors import AimError
 from aim_runtime.planner.catalog import Recipe, engine_args_to_argv
 from aim_runtime.planner.plan import Plan
+from aim_runtime.planner.rocm import EXTERNAL_ENV
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_VLLM = ((0, 28), (0, 29))  # [lowest, first unsupported) major.minor
+# The newest vLLM release and the two minors before it: [lowest, first unsupported) major.minor.
+# Moving the window: README "Keeping pace with vLLM".
+SUPPORTED_VLLM = ((0, 31), (0, 34))
 SUPPORTED_KSERVE = ((0, 21), (0, 22))
 
 
@@ -55,6 +64,14 @@ def installed_versions() -> dict[str, str]:
     return versions
 
 
+def _window(bounds: tuple[tuple[int, int], tuple[int, int]]) -> str:
+    (low_major, low_minor), (high_major, high_minor) = bounds
+    last_minor = high_minor - 1 if high_major == low_major else low_minor
+    if (low_major, low_minor) == (high_major, last_minor):
+        return f"{low_major}.{low_minor}.x"
+    return f"{low_major}.{low_minor}.x to {high_major}.{last_minor}.x"
+
+
 def check_versions(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Refuse to serve with a vLLM or KServe outside the tested range (override:
     AIM_SKIP_VERSION_CHECK=1)."""
@@ -63,7 +80,7 @@ def check_versions(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     for name, (low, high) in (("vllm", SUPPORTED_VLLM), ("kserve", SUPPORTED_KSERVE)):
         found = versions[name]
         if found == "missing" or not low <= _major_minor(found) < high:
-            problems.append(f"{name} {found} (supported: {low[0]}.{low[1]}.x)")
+            problems.append(f"{name} {found} (supported: {_window((low, high))})")
     if problems and not settings.SKIP_VERSION_CHECK.read(environ):
         raise AimError(
             "unsupported versions: " + ", ".join(problems),
@@ -75,25 +92,31 @@ def check_versions(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def supported_pair() -> str:
     """The supported versions, as people write them (from the one table above)."""
-    (vllm_low, _), (kserve_low, _) = SUPPORTED_VLLM, SUPPORTED_KSERVE
-    return (f"vllm {vllm_low[0]}.{vllm_low[1]}.x with kserve "
-            f"{kserve_low[0]}.{kserve_low[1]}.x")
+    return f"vllm {_window(SUPPORTED_VLLM)} with kserve {_window(SUPPORTED_KSERVE)}"
 
 
-def check_kserve_openai_layer() -> None:
-    """KServe registers its OpenAI routes only if its OpenAI layer imports (it imports vLLM
-    internals); when it does not, KServe logs one line and serves without them. Fail instead."""
-    import importlib
+# Where vLLM keeps what the runtime uses, newest layout first (0.31 moved the launchers).
+MAKE_ARG_PARSER = (("vllm.entrypoints.launchers.cli_args", "make_arg_parser"),
+                   ("vllm.entrypoints.openai.cli_args", "make_arg_parser"))
+BUILD_APP = (("vllm.entrypoints.launchers.app", "build_app"),
+             ("vllm.entrypoints.openai.api_server", "build_app"))
+INIT_APP_STATE = (("vllm.entrypoints.launchers.api_server.app_state", "init_app_state"),
+                  ("vllm.entrypoints.openai.api_server", "init_app_state"))
 
-    try:
-        importlib.import_module("kserve.protocol.rest.openai.endpoints")
-    except ImportError as exc:
-        versions = installed_versions()
-        raise AimError(
-            f"KServe's OpenAI layer does not import ({exc}): kserve {versions['kserve']} does "
-            f"not work with vllm {versions['vllm']}, so the OpenAI routes would be missing",
-            f"install the supported pair: {supported_pair()}",
-        ) from exc
+
+def _entry(locations: tuple[tuple[str, str], ...]) -> Any:
+    """The first of `locations` (module, name) that the installed vLLM has."""
+    for module_name, name in locations:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise AimError(
+        f"the installed vLLM ({installed_versions()['vllm']}) has no {locations[0][1]} in any "
+        f"known place ({', '.join(m for m, _ in locations)})",
+        f"install a supported pair: {supported_pair()}")
 
 
 # --- vLLM's request and error types, for the KServe routes ----------------------------------------
@@ -127,9 +150,9 @@ def error_response(exc: Exception) -> tuple[int, dict[str, Any]]:
 
 def vllm_serve_parser() -> Any:
     """vLLM's own `vllm serve` parser (raises instead of exiting on errors)."""
-    from vllm.entrypoints.openai.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
+    make_arg_parser = _entry(MAKE_ARG_PARSER)
     return make_arg_parser(FlexibleArgumentParser(prog="aim-runtime serve", add_help=False,
                                                   exit_on_error=False))
 
@@ -195,18 +218,62 @@ def check_recipe_args(recipes: Iterable[Recipe]) -> list[str] | None:
         parser = vllm_serve_parser()
     except Exception:  # vLLM absent or broken: the caller reports "not checked"
         return None
-    known = {action.dest for action in parser._actions}
     problems = []
     for recipe in recipes:
-        for name, value in recipe.engine_args.items():
-            where = f"{recipe.file}: {recipe.id}: engine_args.{name}"
-            if name not in known:
-                problems.append(f"{where}: vLLM has no such argument")
-                continue
-            message = _parse_error(parser, engine_args_to_argv({name: value}))
-            if message:
-                problems.append(f"{where}: vLLM rejects the value {value!r}: {message}")
+        where = f"{recipe.file}: {recipe.id}"
+        problems += [f"{where}: {p}" for p in check_settings(recipe.env, recipe.engine_args,
+                                                             parser)]
     return problems
+
+
+def check_settings(env: Mapping[str, str], engine_args: Mapping[str, Any],
+                   parser: Any = None) -> list[str]:
+    """Problems with environment variables and engine args against the installed vLLM: a
+    `VLLM_*` name its environment registry (`vllm.envs`) lacks, a non-`VLLM_` name the ROCm rule
+    table does not list as another library's (`EXTERNAL_ENV`), an engine arg its `vllm serve`
+    parser rejects, and names the parser takes as free text but vLLM resolves later (attention
+    backend, tool and reasoning parsers)."""
+    import vllm.envs
+
+    parser = parser or vllm_serve_parser()
+    problems = []
+    for name in env:
+        if name.startswith("VLLM_") and name not in vllm.envs.environment_variables:
+            problems.append(f"env.{name}: not in the installed vLLM's environment registry "
+                            "(vllm.envs)")
+        elif not name.startswith("VLLM_") and name not in EXTERNAL_ENV and \
+                not name.startswith(("NCCL_", "RCCL_", "HIP_", "HSA_", "TORCH_", "PYTORCH_")):
+            problems.append(f"env.{name}: neither vLLM's nor a ROCm/PyTorch library's variable")
+    known = {action.dest for action in parser._actions}
+    for name, value in engine_args.items():
+        if name not in known:
+            problems.append(f"engine_args.{name}: vLLM has no such argument")
+            continue
+        message = _parse_error(parser, engine_args_to_argv({name: value})) or \
+            _resolve_error(name, value)
+        if message:
+            problems.append(f"engine_args.{name}: vLLM rejects the value {value!r}: {message}")
+    return problems
+
+
+def _resolve_error(name: str, value: Any) -> str | None:
+    """Values vLLM's parser accepts as any string and resolves only when the engine starts."""
+    if name == "attention_backend":
+        from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+        return None if str(value) in AttentionBackendEnum.__members__ else \
+            "no such attention backend"
+    if name == "tool_call_parser":
+        from vllm.tool_parsers import ToolParserManager
+
+        names = {*ToolParserManager.lazy_parsers, *ToolParserManager.tool_parsers}
+        return None if value in names else "no such tool call parser"
+    if name == "reasoning_parser":
+        from vllm.reasoning import ReasoningParserManager
+
+        names = {*ReasoningParserManager.lazy_parsers, *ReasoningParserManager.reasoning_parsers}
+        return None if value in names else "no such reasoning parser"
+    return None
 
 
 def _parse_error(parser: Any, argv: list[str]) -> str | None:
@@ -227,13 +294,18 @@ def _parse_error(parser: Any, argv: list[str]) -> str | None:
 
 @dataclass
 class Engine:
-    """A running AsyncLLM and vLLM's serving objects for it."""
+    """A running AsyncLLM and vLLM's OpenAI application for it (routes, serving objects)."""
 
     llm: Any
-    state: Any
+    app: Any  # vLLM's FastAPI application, state initialised
     args: argparse.Namespace
     dead_reason: str | None = None
     monitor: asyncio.Task | None = field(default=None, repr=False)
+    stats: asyncio.Task | None = field(default=None, repr=False)
+
+    @property
+    def state(self) -> Any:
+        return self.app.state
 
     @property
     def completions(self) -> Any:
@@ -288,20 +360,33 @@ class Engine:
             return False
         return not self.llm.errored
 
+    def log_stats_periodically(self) -> None:
+        """What `vllm serve`'s application lifespan does (a mounted application gets no
+        lifespan): the engine's stats in the log every VLLM_LOG_STATS_INTERVAL seconds."""
+        if self.args.disable_log_stats:
+            return
+        from vllm import envs
+
+        async def log_stats() -> None:
+            while True:
+                await asyncio.sleep(envs.VLLM_LOG_STATS_INTERVAL)
+                await self.llm.do_log_stats()
+
+        self.stats = asyncio.create_task(log_stats())
+
     def shutdown(self) -> None:
-        if self.monitor is not None:
-            self.monitor.cancel()
+        for task in (self.monitor, self.stats):
+            if task is not None:
+                task.cancel()
         with contextlib.suppress(Exception):
             self.llm.shutdown()
 
 
 async def start_engine(argv: list[str], env: dict[str, str]) -> Engine:
     """Build the AsyncLLM (in a worker thread, so the server keeps answering probes while the
-    weights load) and vLLM's serving state."""
+    weights load), then vLLM's OpenAI application with its state, as `vllm serve` does."""
     os.environ.update(env)
-    from starlette.datastructures import State
     from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.entrypoints.openai.api_server import init_app_state
     from vllm.usage.usage_lib import UsageContext
     from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -318,9 +403,14 @@ async def start_engine(argv: list[str], env: dict[str, str]) -> Engine:
 
     llm = await asyncio.to_thread(build)
     try:
-        state = State()
-        await init_app_state(llm, state, args, await llm.get_supported_tasks())
+        tasks = tuple(await llm.get_supported_tasks())
+        # API keys are the gate's, for every listener alike; vLLM's own check would be a second.
+        app_args = argparse.Namespace(**{**vars(args), "api_key": None})
+        app = _entry(BUILD_APP)(app_args, tasks, llm.vllm_config.model_config)
+        await _entry(INIT_APP_STATE)(llm, app.state, app_args, tasks)
     except BaseException:
         llm.shutdown()
         raise
-    return Engine(llm=llm, state=state, args=args)
+    engine = Engine(llm=llm, app=app, args=args)
+    engine.log_stats_periodically()
+    return engine
