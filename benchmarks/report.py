@@ -107,7 +107,55 @@ def render_markdown(results: dict[str, Any]) -> str:
     ]
     for name, (met, figure) in targets(results).items():
         lines.append(f"| {target_text(name)} | {'yes' if met else '**no**'} | {figure} |")
+    lines += ["", *efficiency_lines(results)]
     return "\n".join(lines) + "\n"
+
+
+def efficiencies(results: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Per concurrency: the plan's decode roofline (all replicas) with each sequence holding the
+    prompt plus half the output, and each server's output tokens/s over it (medians). None
+    without a roofline (no GPU)."""
+    from aim_runtime.planner.roofline import Roofline
+
+    data = results.get("roofline")
+    if not data:
+        return None
+    roofline = Roofline.model_validate(data)
+    settings = results["settings"]
+    context = settings["input_len"] + settings["output_len"] // 2
+    rows = []
+    for entry in results["serving"]["summary"]:
+        concurrency = entry["concurrency"]
+        per_replica = max(1, round(concurrency / roofline.replicas))
+        ceiling = roofline.replicas * roofline.decode_tokens_per_s(per_replica, context)
+        row: dict[str, Any] = {"concurrency": concurrency, "ceiling": ceiling}
+        for label in ("bare", "ours"):
+            achieved = entry.get("output_throughput", {}).get(label, {}).get("median")
+            row[label] = achieved / ceiling if achieved is not None else None
+        rows.append(row)
+    return rows
+
+
+def efficiency_lines(results: dict[str, Any]) -> list[str]:
+    rows = efficiencies(results)
+    if rows is None:
+        return ["Efficiency against the hardware roofline: not applicable (no GPU: the roofline "
+                "is of GPU HBM bandwidth and matrix throughput)."]
+    roofline = results["roofline"]
+    lines = [
+        f"Efficiency: output tok/s over the plan's decode roofline ({roofline['product']}, "
+        f"{roofline['hbm_bytes_per_s'] / 1e12:.1f} TB/s per GPU; each sequence holding "
+        f"{results['settings']['input_len']} + {results['settings']['output_len'] // 2} "
+        "tokens of context).",
+        "",
+        "| concurrency | decode ceiling tok/s | bare | ours |",
+        "|---|---|---|---|",
+    ]
+    for row in rows:
+        cells = [f"{row[label]:.1%}" if row[label] is not None else "n/a"
+                 for label in ("bare", "ours")]
+        lines.append(f"| {row['concurrency']} | {row['ceiling']:,.0f} | {cells[0]} | {cells[1]} |")
+    return lines
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -17,7 +17,9 @@ measures the serving layer itself and barely moves when the machine is noisy.
 Start-up comes from the same pairs (process start -> ready), with our phase breakdown from
 /metrics, and the planner is timed on a catalog of 500 recipes. Results go to `results/` as JSON
 (raw), Markdown and a PNG plot. On a GPU node pass a real model directory and engine args; the
-plan decides the rest.
+plan decides the rest, and the report adds each server's efficiency: its output tokens/s over the
+plan's decode roofline at that concurrency (planner/roofline.py). Without a GPU there is no
+roofline and the report says so.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="aim-bench-"))
     try:
         model = settings.model if settings.model.name != "default" else _default_model(work)
-        engine_argv, env = plan_engine_args(model, settings.engine_args)
+        engine_argv, env, roofline = plan_engine_args(model, settings.engine_args)
         results: dict[str, Any] = {
             "machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "settings": {"model": str(model), "pairs": settings.pairs,
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                          "engine_args": engine_argv,
                          "bare_frontend_args": list(BARE_FRONTEND_ARGS)},
         }
+        results["roofline"] = roofline
         results["planner"] = time_planner(settings.planner_recipes, work)
         results["startup"], results["serving"] = measure_pairs(settings, model, engine_argv,
                                                                env, work)
@@ -121,13 +124,16 @@ def _default_model(work: Path) -> Path:
     return ensure_default_model(work / "aim-tiny-random")
 
 
-def plan_engine_args(model: Path, extra: list[str]) -> tuple[list[str], dict[str, str]]:
-    """The engine args and environment our server will use, for the bare server too."""
+def plan_engine_args(model: Path, extra: list[str]
+                     ) -> tuple[list[str], dict[str, str], dict[str, Any] | None]:
+    """The engine args and environment our server will use, for the bare server too, and the
+    plan's roofline (None without a GPU)."""
     from aim_runtime import pipeline
     from aim_runtime.planner.catalog import engine_args_to_argv
 
     plan = pipeline.run(pipeline.PlanRequest(model=model, environ=os.environ)).plan
-    return engine_args_to_argv(plan.engine_args) + extra, dict(plan.env)
+    roofline = plan.roofline.model_dump() if plan.roofline is not None else None
+    return engine_args_to_argv(plan.engine_args) + extra, dict(plan.env), roofline
 
 
 # --- the planner ---------------------------------------------------------------------------------

@@ -37,6 +37,10 @@ ModelKind = Literal["mla", "moe", "sliding_window", "hybrid", "attention_sinks",
                     "multimodal_prefix"]
 MODEL_KINDS: tuple[ModelKind, ...] = ("mla", "moe", "sliding_window", "hybrid",
                                       "attention_sinks", "multimodal_prefix")
+KIND_NAMES: dict[ModelKind, str] = {
+    "mla": "MLA", "moe": "MoE", "sliding_window": "sliding window",
+    "hybrid": "hybrid (Mamba / linear attention)", "attention_sinks": "attention sinks",
+    "multimodal_prefix": "multimodal prefix attention"}
 AITER_ISAS = ("gfx942", "gfx950")  # AITER is built for MI300 and MI350 series only
 GPU_ISAS = ("gfx90a", "gfx942", "gfx950")
 # Head sizes vLLM 0.28's ROCM_AITER_FA backend supports (`get_supported_head_sizes`).
@@ -108,8 +112,10 @@ class Rule:
     def condition(self) -> str:
         """The condition, as the README table shows it."""
         parts = [" or ".join(self.isas)]
-        parts += [f"model is {k.replace('_', ' ')}" for k in self.kinds]
-        parts += [f"model is not {k.replace('_', ' ')}" for k in self.not_kinds]
+        if self.kinds:
+            parts.append(" and ".join(KIND_NAMES[k] for k in self.kinds))
+        if self.not_kinds:
+            parts.append("not " + ", ".join(KIND_NAMES[k] for k in self.not_kinds))
         if self.precisions:
             parts.append(f"weights {' or '.join(self.precisions)}")
         if self.quantization:
@@ -129,7 +135,7 @@ class Rule:
         if self.block_sizes:
             shown = ["default" if b is None else str(b) for b in self.block_sizes]
             parts.append(f"block size {' or '.join(shown)}")
-        return ", ".join(parts)
+        return "; ".join(parts)
 
     def settings(self) -> str:
         """What it sets, as the README table shows it."""

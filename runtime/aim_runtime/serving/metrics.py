@@ -3,13 +3,25 @@
 `aim_plan_info` carries what was selected; the start-up phases say where start-up time went; the
 fallback gauges say which compromises the planner made; the two KV capacities (planned, and what
 vLLM actually allocated) show how far the planner's memory estimate is from the engine's.
+
+The roofline gauges carry the plan's ceilings (planner/roofline.py); `DecodeEfficiency` computes,
+at each scrape, the decode rate vLLM achieved since the previous scrape (from its own
+`vllm:generation_tokens_total`) and that rate over the ceiling at the engine's current load
+(`vllm:num_requests_running` sequences holding `vllm:kv_cache_usage_perc` of the KV cache).
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Info
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Info
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from aim_runtime.planner.plan import Plan
+from aim_runtime.planner.roofline import Roofline
 
 PLAN = Info("aim_plan", "The recipe the planner chose, and on what")
 ENGINE_CONFIG = Info("aim_engine_config",
@@ -24,6 +36,17 @@ KV_CAPACITY_TOKENS = Gauge("aim_kv_cache_capacity_tokens",
 ENGINE_ALIVE = Gauge("aim_engine_alive", "1 while the vLLM engine is loaded and healthy")
 IN_FLIGHT = Gauge("aim_requests_in_flight", "Inference requests admitted and not finished")
 REJECTED = Counter("aim_requests_rejected", "Requests refused by the gate", ["reason"])
+ROOFLINE_DECODE = Gauge(
+    "aim_roofline_decode_tokens_per_second",
+    "Decode ceiling of the plan (HBM bandwidth over the bytes each step reads), all replicas: "
+    "point=single (one sequence, short context), per_sequence and aggregate (the planned "
+    "full-length sequences)", ["point"])
+ROOFLINE_PREFILL = Gauge(
+    "aim_roofline_prefill_tokens_per_second",
+    "Prefill ceiling of the plan (FLOPs over the peak of its compute precision), all replicas")
+ROOFLINE_HBM = Gauge("aim_roofline_hbm_bytes_per_second", "Peak HBM bandwidth of one GPU")
+ROOFLINE_PEAK = Gauge("aim_roofline_peak_flops",
+                      "Peak dense FLOP/s of one GPU in the plan's compute precision", ["precision"])
 
 FALLBACK_KINDS = ("precision", "kv_cache_dtype", "context", "devices")
 
@@ -56,6 +79,122 @@ def record_plan(plan: Plan, checkpoint_precision: str | None) -> None:
     for kind in FALLBACK_KINDS:
         FALLBACK.labels(kind=kind).set(1 if taken[kind] else 0)
     KV_CAPACITY_TOKENS.labels(source="plan").set(plan.memory.kv_capacity_tokens)
+    if plan.roofline is not None:
+        record_roofline(plan.roofline)
+        track_efficiency(plan.roofline, plan.memory.kv_capacity_tokens)
+
+
+def record_roofline(roofline: Roofline) -> None:
+    replicas = roofline.replicas
+    ROOFLINE_DECODE.labels(point="single").set(roofline.decode_single_tokens_per_s)
+    ROOFLINE_DECODE.labels(point="per_sequence").set(roofline.decode_per_sequence_tokens_per_s)
+    ROOFLINE_DECODE.labels(point="aggregate").set(
+        roofline.decode_aggregate_tokens_per_s * replicas)
+    ROOFLINE_PREFILL.set(roofline.prefill_tokens_per_s * replicas)
+    ROOFLINE_HBM.set(roofline.hbm_bytes_per_s)
+    ROOFLINE_PEAK.labels(precision=roofline.compute_precision).set(roofline.peak_flops)
+
+
+class DecodeEfficiency(Collector):
+    """`aim_decode_tokens_per_second` (what vLLM generated per second since the previous scrape),
+    `aim_decode_ceiling_tokens_per_second` (the roofline at the engine's load now) and
+    `aim_decode_efficiency` (the first over the second), computed when scraped.
+
+    The load is vLLM's own gauges: running sequences (summed over engines, spread over the
+    data-parallel replicas) holding `kv_cache_usage_perc` of `kv_capacity_tokens` each replica
+    has. Nothing is exported before two scrapes, nor efficiency while nothing runs."""
+
+    GENERATED = "vllm:generation_tokens"
+    RUNNING = "vllm:num_requests_running"
+    KV_USAGE = "vllm:kv_cache_usage_perc"
+    MIN_INTERVAL_S = 1.0  # closer scrapes reuse the previous rate
+
+    def __init__(self, roofline: Roofline, kv_capacity_tokens: int,
+                 registry: CollectorRegistry = REGISTRY,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.roofline = roofline
+        self.kv_capacity_tokens = kv_capacity_tokens
+        self.registry = registry
+        self.clock = clock
+        self._local = threading.local()
+        self._last: tuple[float, float] | None = None  # (time, tokens generated)
+        self._rate: float | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # registering must not take a first reading (names are computed per scrape)
+
+    def collect(self) -> Iterable[Metric]:
+        if getattr(self._local, "busy", False):
+            return []  # reading vLLM's metrics collects the registry, this collector included
+        self._local.busy = True
+        try:
+            values = self._read_vllm()
+        finally:
+            self._local.busy = False
+        return self._families(values)
+
+    def _read_vllm(self) -> dict[str, list[float]]:
+        wanted = {self.GENERATED: f"{self.GENERATED}_total", self.RUNNING: self.RUNNING,
+                  self.KV_USAGE: self.KV_USAGE}
+        values: dict[str, list[float]] = {name: [] for name in wanted}
+        for family in self.registry.collect():
+            sample_name = wanted.get(family.name)
+            if sample_name is None:
+                continue
+            values[family.name] += [s.value for s in family.samples if s.name == sample_name]
+        return values
+
+    def _families(self, values: dict[str, list[float]]) -> list[Metric]:
+        if not values[self.GENERATED]:
+            return []
+        now, generated = self.clock(), sum(values[self.GENERATED])
+        if self._last is not None and now - self._last[0] >= self.MIN_INTERVAL_S:
+            self._rate = max(0.0, generated - self._last[1]) / (now - self._last[0])
+            self._last = (now, generated)
+        elif self._last is None:
+            self._last = (now, generated)
+        if self._rate is None:
+            return []
+        families: list[Metric] = [GaugeMetricFamily(
+            "aim_decode_tokens_per_second",
+            "Tokens vLLM generated per second between the last two scrapes",
+            value=self._rate)]
+        ceiling = self.ceiling(sum(values[self.RUNNING]), values[self.KV_USAGE])
+        if ceiling:
+            families += [
+                GaugeMetricFamily("aim_decode_ceiling_tokens_per_second",
+                                  "Decode roofline at the engine's current load (all replicas)",
+                                  value=ceiling),
+                GaugeMetricFamily("aim_decode_efficiency",
+                                  "Achieved decode tokens/s over the roofline at that load",
+                                  value=self._rate / ceiling)]
+        return families
+
+    def ceiling(self, running: float, kv_usage: list[float]) -> float | None:
+        """The decode roofline of all replicas with `running` sequences in the KV use given."""
+        replicas = self.roofline.replicas
+        per_replica = running / replicas
+        if per_replica < 1:
+            return None
+        usage = sum(kv_usage) / len(kv_usage) if kv_usage else 0.0
+        context = int(usage * self.kv_capacity_tokens / per_replica)
+        return replicas * self.roofline.decode_tokens_per_s(round(per_replica), context)
+
+
+_TRACKERS: list[DecodeEfficiency] = []
+
+
+def track_efficiency(roofline: Roofline, kv_capacity_tokens: int,
+                     registry: CollectorRegistry = REGISTRY,
+                     clock: Callable[[], float] = time.monotonic) -> DecodeEfficiency:
+    """Register the efficiency collector; a new plan's replaces the previous one."""
+    for old in [t for t in _TRACKERS if t.registry is registry]:
+        registry.unregister(old)
+        _TRACKERS.remove(old)
+    tracker = DecodeEfficiency(roofline, kv_capacity_tokens, registry, clock)
+    registry.register(tracker)
+    _TRACKERS.append(tracker)
+    return tracker
 
 
 def record_phase(phase: str, seconds: float) -> None:
