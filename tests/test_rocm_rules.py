@@ -103,6 +103,9 @@ def test_derived_plans_get_the_rules_of_their_family(models, derived_plans, mode
     fp8_note = isa == "gfx942" and plan.precision == "fp8"
     assert ("fp8-fnuz" in applied) == fp8_note
     assert ("fp8-ocp" in applied) == (isa == "gfx950" and plan.precision == "fp8")
+    kv_fp8 = plan.kv_cache_dtype.startswith("fp8")
+    assert ("fp8-fnuz-kv" in applied) == (isa == "gfx942" and kv_fp8)
+    assert ("fp8-ocp-kv" in applied) == (isa == "gfx950" and kv_fp8)
     # max_num_seqs within the blocks the estimate leaves (one per running sequence)
     assert args["max_num_seqs"] <= plan.memory.kv_capacity_tokens // plan.memory.block_size
     # every applied rule is in the table, says what it set, and that is what the plan has

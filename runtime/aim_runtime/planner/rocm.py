@@ -211,6 +211,8 @@ RULES: tuple[Rule, ...] = (
          ("gfx942",), kv_fp8=True),
     Rule("fp8-ocp", "FP8 on gfx950 is OCP e4m3fn, as checkpoints store it: no conversion",
          SOURCES["vllm-fp8"], ("gfx950",), precisions=("fp8",)),
+    Rule("fp8-ocp-kv", "an FP8 KV cache on gfx950 is stored as OCP e4m3fn", SOURCES["vllm-fp8"],
+         ("gfx950",), kv_fp8=True),
     Rule("block-budget", "every running sequence holds at least one KV-cache block, and a "
          "hybrid model one block of its state pool: max_num_seqs within the blocks the memory "
          "estimate leaves", SOURCES["vllm-mamba-budget"], GPU_ISAS, compute="block_budget"),
