@@ -18,7 +18,11 @@ Every `VLLM_*` name a rule or recipe sets exists in the installed vLLM's environ
 (`vllm.envs`) and every engine argument parses with vLLM's `vllm serve` parser (tests, and
 `aim-runtime recipes validate`). Variables that other libraries read are listed in `EXTERNAL_ENV`
 with their owner. The table targets vLLM 0.28 (the supported version): backend names and the
-attention-backend priorities it works around are that release's.
+attention-backend priorities it works around are that release's. In 0.28 the attention backend is
+the `--attention-backend` engine argument (`VLLM_ATTENTION_BACKEND` is not in its registry), and
+two variables AMD's guide still names, `VLLM_V1_USE_PREFILL_DECODE_ATTENTION` and
+`VLLM_ROCM_CUSTOM_PAGED_ATTN`, are gone from it (prefill-decode attention is now
+`--attention-config`'s `use_prefill_decode_attention`); no rule sets them.
 """
 
 from __future__ import annotations
