@@ -197,7 +197,8 @@ RULES: tuple[Rule, ...] = (
          f"{SOURCES['amd-guide-moe']}; {SOURCES['vllm-moe-oracle']}", AITER_ISAS,
          kinds=("moe",), precisions=("bf16", "fp16", "fp8"), needs_aiter=True,
          engine_args={"moe_backend": "aiter"}),
-    Rule("moe-aiter-mxfp4", "AITER MXFP4 MoE (native MX on gfx950)", SOURCES["vllm-moe-oracle"],
+    Rule("moe-aiter-mxfp4", "AITER's MXFP4 MoE (gfx950 only; its default kernel, W4A16, keeps "
+         "the weights in MXFP4 and multiplies in bf16)", SOURCES["vllm-moe-oracle"],
          ("gfx950",), kinds=("moe",), precisions=("mxfp4",), needs_aiter=True,
          engine_args={"moe_backend": "aiter"}),
     Rule("moe-mxfp4-gfx942", "MXFP4 experts on gfx942: AITER's MXFP4 MoE is gfx950-only, vLLM "
