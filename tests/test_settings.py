@@ -10,7 +10,7 @@ import pytest
 
 from aim_runtime import settings
 from aim_runtime.errors import SettingError
-from testkit import run_cli
+from testkit import REPO, run_cli
 
 # Variables whose value is free text: any string is a valid value.
 FREE_TEXT = {"AIM_MODEL_ID", "AIM_RECIPES_DIR", "AIM_CACHE_DIR", "AIM_GPU_PRODUCT", "AIM_HOST",
@@ -73,3 +73,18 @@ def test_the_package_has_no_import_cycle():
               for imported in graph.find_modules_directly_imported_by(module)
               if graph.find_shortest_chain(importer=imported, imported=module)]
     assert cycles == []
+
+
+def test_no_module_imports_kserves_openai_layer():
+    """It imports vLLM internals that move with every vLLM release (the runtime serves vLLM's
+    own OpenAI application instead); a static check, next to the start-up test without it."""
+    import ast
+
+    offenders = []
+    for path in sorted((REPO / "runtime" / "aim_runtime").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if any(n.startswith("kserve.protocol.rest.openai") for n in names):
+                offenders.append(str(path))
+    assert offenders == []

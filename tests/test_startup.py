@@ -82,21 +82,21 @@ def installed(monkeypatch, vllm: str, kserve: str) -> None:
 
 
 @pytest.mark.parametrize(("vllm", "kserve"), [
-    ("0.28.0", "0.21.0"), ("0.28.2", "0.21.3"), ("0.28.1+cpu", "0.21.1"),
-    ("0.28.0rc1", "0.21.0")])
+    ("0.31.0", "0.21.0"), ("0.32.2", "0.21.3"), ("0.33.1+cpu", "0.21.1"),
+    ("0.33.0rc1", "0.21.0")])
 def test_versions_inside_the_window_pass(monkeypatch, vllm, kserve):
     installed(monkeypatch, vllm, kserve)
     assert engine.check_versions({}) == {"vllm": vllm, "kserve": kserve}
 
 
 @pytest.mark.parametrize(("vllm", "kserve", "refused"), [
-    ("0.29.0", "0.21.0", ["vllm 0.29.0 (supported: 0.28.x)"]),
-    ("0.27.9", "0.21.0", ["vllm 0.27.9 (supported: 0.28.x)"]),
-    ("1.28.0", "0.21.0", ["vllm 1.28.0 (supported: 0.28.x)"]),
-    ("0.28.0", "0.22.0", ["kserve 0.22.0 (supported: 0.21.x)"]),
-    ("0.28.0", "0.20.5", ["kserve 0.20.5 (supported: 0.21.x)"]),
-    ("missing", "0.21.0", ["vllm missing (supported: 0.28.x)"]),
-    ("garbage", "missing", ["vllm garbage (supported: 0.28.x)",
+    ("0.34.0", "0.21.0", ["vllm 0.34.0 (supported: 0.31.x to 0.33.x)"]),
+    ("0.30.9", "0.21.0", ["vllm 0.30.9 (supported: 0.31.x to 0.33.x)"]),
+    ("1.32.0", "0.21.0", ["vllm 1.32.0 (supported: 0.31.x to 0.33.x)"]),
+    ("0.32.0", "0.22.0", ["kserve 0.22.0 (supported: 0.21.x)"]),
+    ("0.32.0", "0.20.5", ["kserve 0.20.5 (supported: 0.21.x)"]),
+    ("missing", "0.21.0", ["vllm missing (supported: 0.31.x to 0.33.x)"]),
+    ("garbage", "missing", ["vllm garbage (supported: 0.31.x to 0.33.x)",
                             "kserve missing (supported: 0.21.x)"]),
 ])
 def test_versions_outside_the_window_are_refused_naming_it(monkeypatch, vllm, kserve, refused):
@@ -112,41 +112,22 @@ def test_versions_outside_the_window_are_refused_naming_it(monkeypatch, vllm, ks
 
 
 def test_version_check_reads_the_process_environment_by_default(monkeypatch):
-    installed(monkeypatch, "0.31.0", "0.21.0")
+    installed(monkeypatch, "0.30.0", "0.21.0")
     monkeypatch.delenv("AIM_SKIP_VERSION_CHECK", raising=False)
-    with pytest.raises(AimError, match=r"vllm 0\.31\.0"):
+    with pytest.raises(AimError, match=r"vllm 0\.30\.0"):
         engine.check_versions()
     monkeypatch.setenv("AIM_SKIP_VERSION_CHECK", "1")
-    assert engine.check_versions()["vllm"] == "0.31.0"
+    assert engine.check_versions()["vllm"] == "0.30.0"
 
 
-def test_missing_openai_layer_fails_before_the_engine_loads(clean_env, tiny_model, monkeypatch):
-    monkeypatch.setitem(sys.modules, "kserve.protocol.rest.openai.endpoints", None)
-    with pytest.raises(AimError, match="OpenAI routes would be missing") as error:
-        prepare(tiny_model)
-    assert "vllm 0.28" in str(error.value) and "kserve 0.21" in str(error.value)
-
-
-def test_openai_routes_missing_after_registration_stops_the_server(monkeypatch, tiny_model):
-    """Belt and braces: if KServe swallows an ImportError while registering, start-up fails."""
-    from fastapi import FastAPI
-    from kserve.protocol.rest.openai import config
-
-    from aim_runtime.serving.gate import GateSettings
-    from aim_runtime.serving.model import AimModel
-    from aim_runtime.serving.server import AimRESTServer
-
-    def broken(app, registry):
-        raise ImportError("cannot import name 'something' from vllm")
-
-    monkeypatch.setattr(config, "maybe_register_openai_endpoints", broken)
-    model = AimModel("tiny", [], {})
-    prepared = startup.prepare(["--model_dir", str(tiny_model), "--enable_grpc", "false"])
-    rest = AimRESTServer("kserve.model_server:app", prepared.server.dataplane,
-                         prepared.server.model_repository_extension, 0, host="127.0.0.1",
-                         recipe_id="r", model=model, gate=GateSettings())
-    with pytest.raises(RuntimeError, match="did not register the OpenAI routes"):
-        rest._register_endpoints(FastAPI())
+def test_start_up_needs_no_kserve_openai_layer(clean_env, tiny_model, monkeypatch):
+    """KServe's OpenAI layer imports vLLM internals that move with every release; the runtime
+    serves vLLM's own OpenAI application instead, so start-up works without that layer."""
+    for name in ("kserve.protocol.rest.openai", "kserve.protocol.rest.openai.endpoints",
+                 "kserve.protocol.rest.openai.config"):
+        monkeypatch.setitem(sys.modules, name, None)
+    prepared = prepare(tiny_model)
+    assert prepared.model.openai_app is None  # vLLM's application comes with the engine
 
 
 def test_the_middleware_stack_is_ours_without_kserve_timing(tiny_model):

@@ -266,6 +266,10 @@ MAX_N: Variable[int] = _register(Variable(
 API_KEY: Variable[tuple[str, ...]] = _register(Variable(
     "AIM_API_KEY", comma_list, (), "API keys inference routes require (comma-separated)",
     "key[,key...]", secret=True))
+OPENAI_ROOT_ROUTES: Variable[bool] = _register(Variable(
+    "AIM_OPENAI_ROOT_ROUTES", boolean, False,
+    "also serve the OpenAI routes where `vllm serve` does (/v1/...), not only under /openai",
+    "true|false"))
 LOG_LEVEL: Variable[str | None] = _register(Variable(
     "AIM_LOG_LEVEL", log_level, None,
     "log level (default INFO for serve and worker, WARNING for the other commands)",

@@ -23,8 +23,21 @@ from typing import Any
 
 from aim_runtime.serving import metrics
 
-OPEN_PATHS = re.compile(r"^/(?:metrics|v2/health/(?:live|ready)|v2/models/[^/]+/ready)?$")
+# Probes and Prometheus: KServe's health routes, vLLM's /health (the LLMInferenceService probes),
+# the metrics.
+OPEN_PATHS = re.compile(
+    r"^/(?:metrics|health|v2/health/(?:live|ready)|v2/models/[^/]+/ready)?$")
+OPENAI_PREFIX = "/openai"  # KServe's prefix for OpenAI routes
+# KServe's own routes; with root routes every other path is vLLM's.
+KSERVE_PATHS = re.compile(r"^/(?:v2(?:/.*)?|v1/models/[^/]+:(?:predict|explain)|metrics)?$")
 RETRY_AFTER_SECONDS = 1
+
+
+def openai_shaped(path: str, root_routes: bool) -> bool:
+    """Whether errors on this path take OpenAI's shape (vLLM's routes) or KServe's."""
+    if path.startswith(OPENAI_PREFIX + "/"):
+        return True
+    return root_routes and not KSERVE_PATHS.match(path)
 
 
 @dataclass
@@ -44,18 +57,18 @@ class GateState:
 
 class RequestGate:
     def __init__(self, app: Any, settings: GateSettings, state: GateState,
-                 openai_prefix: str) -> None:
+                 root_routes: bool = False) -> None:
         self.app = app
         self.settings = settings
         self.state = state
-        self.openai_prefix = openai_prefix + "/"
+        self.root_routes = root_routes  # vLLM's routes at the root too (not KServe's paths)
         self.keys = [key.encode() for key in settings.api_keys if key]
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or OPEN_PATHS.match(scope["path"]):
             await self.app(scope, receive, send)
             return
-        openai = scope["path"].startswith(self.openai_prefix)
+        openai = openai_shaped(scope["path"], self.root_routes)
         if self.keys and not self._authorized(scope):
             metrics.REJECTED.labels(reason="unauthorized").inc()
             await _reject(send, openai, 401, "AuthenticationError",

@@ -1,10 +1,11 @@
-"""The one model object: a KServe `Model` (v2 inference) and an `OpenAIGenerativeModel`.
+"""The one model object: a KServe `Model` for the v1/v2 protocols, owning the vLLM engine.
 
 KServe registers it before the engine exists (so the HTTP server, its probes and /metrics are up
-while the weights load); `start_engine` builds the vLLM engine next to the server, and readiness
-(`healthy`) is true only while that engine is loaded and healthy. OpenAI requests go to vLLM's own
-serving objects; v2 `infer` and `generate` requests are turned into vLLM completion requests, so
-all three protocols share one validation and one sampling path.
+while the weights load); `start_engine` builds the vLLM engine and vLLM's OpenAI application next
+to the server, and readiness (`healthy`) is true only while that engine is loaded and healthy.
+OpenAI requests go to vLLM's application (mounted by serving/server.py); v2 `infer` and `generate`
+requests are turned into vLLM completion requests served by the same serving objects, so every
+protocol shares one validation and one sampling path.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any
 from kserve import Model
 from kserve.errors import InvalidInput, ModelNotReady
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
-from kserve.protocol.rest.openai import OpenAIGenerativeModel
 
 from aim_runtime.serving import metrics
 from aim_runtime.serving.cluster import ClusterSpec, form_cluster, stop_ray
@@ -51,8 +51,8 @@ class EngineErrorResponse(Exception):
         return int(self.response.error.code)
 
 
-class AimModel(Model, OpenAIGenerativeModel):
-    """Serves one vLLM engine over KServe v2 and the OpenAI API."""
+class AimModel(Model):
+    """Serves one vLLM engine over KServe v1/v2; its OpenAI application is `openai_app`."""
 
     def __init__(self, name: str, engine_argv: list[str], env: dict[str, str],
                  on_engine_death: Callable[[str], None] | None = None,
@@ -130,16 +130,13 @@ class AimModel(Model, OpenAIGenerativeModel):
 
     # --- OpenAI ----------------------------------------------------------------------------
 
-    async def create_completion(self, request: Any, raw_request: Any = None,
-                                context: dict | None = None) -> Any:
-        return _checked(await self._engine().completions.create_completion(request, raw_request))
-
-    async def create_chat_completion(self, request: Any, raw_request: Any = None,
-                                     context: dict | None = None) -> Any:
-        return _checked(await self._engine().chat.create_chat_completion(request, raw_request))
-
-    async def list_models(self) -> Any:
-        return await self._engine().state.openai_serving_models.show_available_models()
+    @property
+    def openai_app(self) -> Any | None:
+        """vLLM's OpenAI application, once the engine is loaded and alive (else None)."""
+        engine = self.vllm_engine
+        if engine is None or engine.dead_reason is not None:
+            return None
+        return engine.app
 
     # --- KServe v2 -------------------------------------------------------------------------
 

@@ -8,11 +8,15 @@
   client mistake.
 - The v2 generate extension (`/generate`, `/generate_stream`) is added.
 - Every response names the recipe in `x-aim-recipe`, so canary versions can be told apart.
-- Start-up fails if the OpenAI routes did not register (KServe only logs that).
+- The OpenAI surface is vLLM's own application (serving/vllm_adapter.py), mounted under
+  `/openai` (KServe's prefix: `/openai/v1/chat/completions`...) and, with `--openai-root-routes`,
+  at the root exactly where `vllm serve` serves it (`/v1/...`, `/tokenize`, `/health`...). Until
+  the engine is loaded those paths answer 503 in OpenAI's shape.
 
-OpenAI routes are served under KServe's `/openai/v1/...` only, not under plain `/v1/...`: there
-KServe's own v1 protocol owns `GET /v1/models` with a different shape, and half an OpenAI API
-would break SDK clients in confusing ways.
+`GET /v1/models` belongs to two protocols: KServe's v1 (a list of model names) and OpenAI's (the
+models with their metadata). Without root routes it is KServe's; with them it is OpenAI's, which is
+what `vllm serve` clients call, and KServe's v1 predict routes (`/v1/models/{name}:predict`) keep
+working next to it.
 """
 
 from __future__ import annotations
@@ -41,19 +45,19 @@ from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.server import RESTServer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from aim_runtime.serving.gate import GateSettings, GateState, RequestGate
+from aim_runtime.serving.gate import (
+    OPENAI_PREFIX,
+    GateSettings,
+    GateState,
+    RequestGate,
+    openai_shaped,
+)
 from aim_runtime.serving.model import AimModel, EngineErrorResponse
-from aim_runtime.serving.vllm_adapter import error_response, installed_versions, vllm_error_type
+from aim_runtime.serving.vllm_adapter import error_response, vllm_error_type
 
 log = logging.getLogger(__name__)
 
 RECIPE_HEADER = "x-aim-recipe"
-
-
-def openai_prefix() -> str:
-    from kserve.protocol.rest.openai.endpoints import OPENAI_ROUTE_PREFIX
-
-    return OPENAI_ROUTE_PREFIX
 
 
 class AimDataPlane(DataPlane):
@@ -76,13 +80,15 @@ class AimRESTServer(RESTServer):
     finish for up to the grace period, then KServe stops the model."""
 
     def __init__(self, *args: Any, host: str, recipe_id: str, model: AimModel,
-                 gate: GateSettings, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.config.host = host
+                 gate: GateSettings, openai_root_routes: bool = False, **kwargs: Any) -> None:
+        # Set before KServe's constructor builds the application with the methods below.
         self.recipe_id = recipe_id
         self.aim_model = model
         self.gate_settings = gate
         self.gate_state = GateState(engine_capacity=model.engine_capacity)
+        self.openai_root_routes = openai_root_routes
+        super().__init__(*args, **kwargs)
+        self.config.host = host
 
     def stop_serving(self) -> None:
         """Ask uvicorn to shut down gracefully (as on SIGTERM)."""
@@ -90,20 +96,18 @@ class AimRESTServer(RESTServer):
 
     def _register_endpoints(self, app: FastAPI) -> None:
         add_generate_routes(app, self.aim_model)
-        add_openai_models_route(app, self.aim_model, openai_prefix())
         super()._register_endpoints(app)
-        prefix = openai_prefix()
-        paths = {getattr(route, "path", "") for route in app.routes}
-        if f"{prefix}/v1/completions" not in paths:
-            versions = installed_versions()
-            raise RuntimeError(
-                f"KServe did not register the OpenAI routes ({prefix}/v1/...): kserve "
-                f"{versions['kserve']} cannot import from vllm {versions['vllm']}; install a "
-                "supported pair")
+        openai = OpenAIApplication(self.aim_model)
+        app.mount(OPENAI_PREFIX, openai)
+        if self.openai_root_routes:
+            # `vllm serve`'s paths at the root; OpenAI's GET /v1/models wins over KServe's v1.
+            app.router.routes = [r for r in app.router.routes
+                                 if getattr(r, "path", None) != "/v1/models"]
+            app.mount("", openai)
 
     def _add_exception_handlers(self, app: FastAPI) -> None:
         super()._add_exception_handlers(app)
-        install_error_handlers(app, openai_prefix())
+        install_error_handlers(app, self.openai_root_routes)
 
     def _add_middlewares(self, app: FastAPI) -> None:
         """Our gate and header, and the access log when `--access_log_format` asks for one
@@ -114,7 +118,7 @@ class AimRESTServer(RESTServer):
         section). Request latencies are in vLLM's Prometheus histograms
         (`vllm:e2e_request_latency_seconds`, `vllm:time_to_first_token_seconds`)."""
         app.add_middleware(RequestGate, settings=self.gate_settings, state=self.gate_state,
-                           openai_prefix=openai_prefix())
+                           root_routes=self.openai_root_routes)
         app.add_middleware(RecipeHeaderMiddleware, recipe_id=self.recipe_id)
         if self.access_log_format:
             add_access_log(app, self.access_log_format)
@@ -127,8 +131,10 @@ class AimModelServer(ModelServer):
     restarts the pod (liveness has already turned 503)."""
 
     def __init__(self, model: AimModel, recipe_id: str, host: str,
-                 gate: GateSettings | None = None, **kwargs: Any) -> None:
+                 gate: GateSettings | None = None, openai_root_routes: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.openai_root_routes = openai_root_routes
         self.dataplane = AimDataPlane(self.registered_models, model)
         self.aim_model = model
         self.recipe_id = recipe_id
@@ -151,7 +157,7 @@ class AimModelServer(ModelServer):
             grace_period=self.grace_period, event_loop=self.event_loop,
             timeout_keep_alive=self.timeout_keep_alive, ssl_certfile=self.ssl_certfile,
             ssl_keyfile=self.ssl_keyfile, host=self.host, recipe_id=self.recipe_id,
-            model=self.aim_model, gate=self.gate,
+            model=self.aim_model, gate=self.gate, openai_root_routes=self.openai_root_routes,
         )
         self.servers.append(self._rest_server.start())
         if self.enable_grpc:
@@ -229,26 +235,36 @@ def add_generate_routes(app: FastAPI, model: AimModel) -> None:
                       methods=["POST"], tags=["V2"])
 
 
-def add_openai_models_route(app: FastAPI, model: AimModel, prefix: str) -> None:
-    """GET {prefix}/v1/models answered by vLLM's own model registry (as `vllm serve` does:
-    with max_model_len and LoRA adapters); registered before KServe's, so it takes precedence."""
+class OpenAIApplication:
+    """vLLM's OpenAI application once the engine is loaded; until then (and after the engine
+    died) an OpenAI-shaped 503. Pure ASGI: a mounted application sees the path below its mount
+    and `request.app` is vLLM's own, whose state holds its serving objects."""
 
-    async def list_models() -> JSONResponse:
-        models = await model.list_models()
-        return JSONResponse(models.model_dump())
+    def __init__(self, model: AimModel) -> None:
+        self.model = model
 
-    app.add_api_route(f"{prefix}/v1/models", list_models, methods=["GET"], tags=["OpenAI"])
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        app = self.model.openai_app
+        if app is not None:
+            await app(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        response = _openai_error(f"The model `{self.model.name}` is not ready yet.",
+                                 "ServiceUnavailableError", HTTPStatus.SERVICE_UNAVAILABLE)
+        await response(scope, receive, send)
 
 
 # --- errors in the protocol's own shape -----------------------------------------------------------
 
 
-def install_error_handlers(app: FastAPI, prefix: str) -> None:
-    """For each exception: an OpenAI-shaped answer under the OpenAI prefix (as `vllm serve`
-    gives it), a KServe-shaped one elsewhere."""
+def install_error_handlers(app: FastAPI, openai_root_routes: bool = False) -> None:
+    """For each exception: an OpenAI-shaped answer on vLLM's paths (as `vllm serve` gives it),
+    a KServe-shaped one elsewhere. (Errors inside vLLM's mounted application get vLLM's own
+    handlers; these cover what happens before a request reaches it.)"""
     def dispatch(for_openai: Any, for_kserve: Any) -> Any:
         async def handle(request: Request, exc: Exception) -> JSONResponse:
-            if request.url.path.startswith(prefix + "/"):
+            if openai_shaped(request.url.path, openai_root_routes):
                 return for_openai(exc)
             return for_kserve(exc)
         return handle

@@ -56,6 +56,12 @@ def serve_parser() -> argparse.ArgumentParser:
                        help="Hugging Face id: used to match curated recipes (and AIM_MODEL_ID)")
     parser.add_argument("--host", default=settings.HOST.read(),
                         help="bind address of the HTTP server (default 0.0.0.0; AIM_HOST)")
+    parser.add_argument(
+        "--openai-root-routes", action=argparse.BooleanOptionalAction,
+        default=settings.OPENAI_ROOT_ROUTES.read(),
+        help="also serve vLLM's OpenAI routes where `vllm serve` serves them (/v1/..., "
+             "/tokenize, /health...), not only under /openai; GET /v1/models is then OpenAI's "
+             "(AIM_OPENAI_ROOT_ROUTES)")
     operations = parser.add_argument_group("operations")
     operations.add_argument(
         "--graceful-shutdown-seconds", type=int,
@@ -128,14 +134,12 @@ def prepare(argv: list[str]) -> Prepared:
                        "scale with replicas (or data parallelism) instead")
     with phase("import"):
         from aim_runtime.serving.vllm_adapter import (
-            check_kserve_openai_layer,
             check_versions,
             engine_argv,
             parse_vllm_args,
         )
 
         versions = check_versions()
-        check_kserve_openai_layer()
         vllm_args, explicit = parse_vllm_args(rest)
     log.info("vllm %s, kserve %s", versions["vllm"], versions["kserve"])
     model_dir, model_source = _model_location(args)
@@ -198,6 +202,7 @@ def _build_server(args: argparse.Namespace, plan: Plan, names: list[str],
                         max_queued=args.max_queued_requests)
     server = AimModelServer(
         model, recipe_id=plan.recipe_id, host=args.host, gate=gate,
+        openai_root_routes=args.openai_root_routes,
         grace_period=args.graceful_shutdown_seconds, http_port=args.http_port,
         grpc_port=args.grpc_port, workers=1, max_threads=args.max_threads,
         max_asyncio_workers=args.max_asyncio_workers, enable_grpc=args.enable_grpc,
