@@ -111,13 +111,17 @@ def auth(key: str = API_KEY) -> dict:
 
 def test_overload_is_refused_fast_with_retry_after(guarded):
     """Two requests run (max_num_seqs 2), one waits (queue bound 1): the next is refused at once,
-    while the three are still being served."""
+    while the three are still being served. Each event carries 20 logprobs, which keeps the
+    streams busy long enough to be seen however fast the engine is."""
     results = []
 
     def stream_to_the_end():
-        with httpx.stream("POST", guarded.url + "/openai/v1/completions", json=STREAM,
+        body = {**STREAM, "logprobs": 20, "stream_options": {"include_usage": True}}
+        with httpx.stream("POST", guarded.url + "/openai/v1/completions", json=body,
                           headers=auth(), timeout=300) as stream:
-            results.append(sum(1 for line in stream.iter_lines() if line.startswith("data:")))
+            events = [line for line in stream.iter_lines() if line.startswith("data:")]
+        usage = json.loads(events[-2].removeprefix("data: "))["usage"]
+        results.append((usage["completion_tokens"], events[-1]))
 
     holders = [threading.Thread(target=stream_to_the_end) for _ in range(3)]
     for thread in holders:
@@ -134,7 +138,8 @@ def test_overload_is_refused_fast_with_retry_after(guarded):
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert refused.json()["error"]["type"] == "ServiceUnavailableError"
     assert v2_refused.status_code == 503 and "server busy" in v2_refused.json()["error"]
-    assert results == [1501] * 3  # 1500 tokens + [DONE]: the admitted ones were not disturbed
+    # The admitted ones were not disturbed: every token, then the end of the stream.
+    assert results == [(1500, "data: [DONE]")] * 3
     assert metric(guarded.url, "aim_requests_rejected_total", reason="overload") >= 2
     after = httpx.post(guarded.url + "/openai/v1/completions", headers=auth(),
                        json={"model": "tiny", "prompt": "x", "max_tokens": 2}, timeout=60)
@@ -289,7 +294,7 @@ def test_startup_failures_are_one_clear_line_and_non_zero(tmp_path):
         ([f"--model_dir={broken}"], "", 2, "is not valid JSON"),
         ([f"--model_dir={big}"],
          "import aim_runtime.serving.vllm_adapter as e; e.installed_versions = lambda: "
-         "{'vllm': '0.31.0', 'kserve': '0.21.0'}", 2, "unsupported versions: vllm 0.31.0"),
+         "{'vllm': '0.34.0', 'kserve': '0.21.0'}", 2, "unsupported versions: vllm 0.34.0"),
     ]
     for args, prelude, code, message in cases:
         result = serve(args, tmp_path, prelude)

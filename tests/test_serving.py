@@ -13,8 +13,9 @@ pytestmark = pytest.mark.serving
 
 PROMPT = "The quick brown fox"
 MESSAGES = [{"role": "user", "content": "Say something."}]
+# strict: the arguments follow the schema (OpenAI's semantics; vLLM constrains decoding to it).
 WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "Weather in a city",
+    "name": "get_weather", "description": "Weather in a city", "strict": True,
     "parameters": {"type": "object", "required": ["city"],
                    "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo"]}}}}}
 

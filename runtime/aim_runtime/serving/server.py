@@ -179,8 +179,21 @@ def add_access_log(app: FastAPI, log_format: str) -> None:
     from asgi_logger import AccessLoggerMiddleware
 
     logging.getLogger("uvicorn.access").handlers = []
+    app.add_middleware(PrivateScope)
     app.add_middleware(AccessLoggerMiddleware, format=log_format)
     logging.getLogger("access").propagate = False
+
+
+class PrivateScope:
+    """Hands the application below a copy of the request's scope. Starlette's routing updates
+    the scope in place when it enters a mount (`root_path` grows by `/openai`), which would make
+    the access log above it write the mounted prefix twice."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        await self.app(dict(scope), receive, send)
 
 
 class RecipeHeaderMiddleware:
