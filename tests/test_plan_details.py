@@ -36,7 +36,8 @@ def test_gpt_oss_parameter_count_matches_the_published_figure(model, published):
 def test_mxfp4_is_native_on_gfx950():
     plan = plan_for("gpt-oss-120b", "MI355X:1")
     assert plan.precision == "mxfp4"
-    assert any("computed natively in MX (gfx950)" in note for note in plan.notes)
+    assert any("on gfx950, which has MX matrix cores" in note
+               and "--moe-backend aiter_mxfp4_mxfp4" in note for note in plan.notes)
 
 
 def test_mxfp4_runs_weight_only_on_gfx942_with_the_same_weight_memory():

@@ -93,10 +93,12 @@ PARTITION_BY_XCC_SHARE = {2: "DPX", 3: "TPX", 4: "QPX"}
 # Matrix-core FP8 exists from MI300 (gfx942; FNUZ encoding) on; MX formats from MI350 (gfx950).
 FP8_ISAS = ("gfx942", "gfx950")
 
-# How vLLM runs MXFP4 weights (gpt-oss and other OCP-MX checkpoints), by ISA. gfx950 computes in
-# MX formats natively; gfx942 has no MX matrix cores, so vLLM keeps the weights in MXFP4 and
-# dequantizes them inside its Triton/AITER kernels (W4A16: the weights' memory is MXFP4's, the
-# arithmetic bf16); gfx90a and the CPU backend have no MXFP4 kernel in vLLM.
+# How vLLM runs MXFP4 weights (gpt-oss and other OCP-MX checkpoints), by ISA (vLLM's MXFP4 MoE
+# oracle, model_executor/layers/fused_moe/oracle/mxfp4.py). gfx950 has MX matrix cores ("native"):
+# vLLM's default there is still W4A16 (AITER's CK kernel: MXFP4 weights, bf16 arithmetic), and
+# native W4A4 is `--moe-backend aiter_mxfp4_mxfp4`; gfx942 has no MX matrix cores
+# ("weight-only"): AITER's Triton W4A16 kernel. Either way the weights take MXFP4's memory.
+# gfx90a has only vLLM's software emulation, which the planner does not offer.
 Mxfp4Path = Literal["native", "weight-only"]
 MXFP4_PATHS: dict[str, Mxfp4Path] = {"gfx950": "native", "gfx942": "weight-only"}
 

@@ -495,7 +495,9 @@ def _mxfp4_note(setting: PlanSetting, memory: MemoryEstimate) -> str:
     """Which of vLLM's MXFP4 paths the plan takes on this ISA."""
     weights = _gib(memory.weight_bytes_per_device)
     if mxfp4_path(setting.isa) == "native":
-        return f"MXFP4 weights ({weights} per device) computed natively in MX ({setting.isa})"
+        return (f"MXFP4 weights ({weights} per device) on {setting.isa}, which has MX matrix "
+                "cores: vLLM runs them W4A16 by default (AITER CK kernel, bf16 arithmetic); "
+                "--moe-backend aiter_mxfp4_mxfp4 computes natively in MX (W4A4)")
     return (f"MXFP4 weights ({weights} per device) run weight-only on {setting.isa}: vLLM's "
             "Triton/AITER kernels dequantize them and compute in bf16 (W4A16)")
 
