@@ -86,6 +86,34 @@ def call(base: str, path: str, body) -> tuple[int, object]:
         return response.status_code, [shape(events[0]), shape(events[1]), shape(events[-1])]
 
 
+# Every other route both serve: (path under our /openai, same path on `vllm serve`, body).
+ROUTE_CASES = {
+    "responses": ("/v1/responses", {"model": "tiny", "input": "Hello", "max_output_tokens": 8}),
+    "responses stream": ("/v1/responses", {"model": "tiny", "input": "Hello",
+                                           "max_output_tokens": 8, "stream": True}),
+    "responses without input": ("/v1/responses", {"model": "tiny"}),
+    "anthropic messages": ("/v1/messages", {"model": "tiny", "max_tokens": 8,
+                                            "messages": MESSAGES}),
+    "anthropic messages stream": ("/v1/messages", {"model": "tiny", "max_tokens": 8,
+                                                   "messages": MESSAGES, "stream": True}),
+    "anthropic messages without max_tokens": ("/v1/messages", {"model": "tiny",
+                                                               "messages": MESSAGES}),
+    "tokenize": ("/tokenize", {"model": "tiny", "prompt": "Hello there"}),
+    "tokenize chat": ("/tokenize", {"model": "tiny", "messages": MESSAGES}),
+    "detokenize": ("/detokenize", {"model": "tiny", "tokens": [5, 6, 7]}),
+    "detokenize bad tokens": ("/detokenize", {"model": "tiny", "tokens": "five"}),
+}
+
+
+@pytest.mark.parametrize("case", list(ROUTE_CASES))
+def test_every_route_both_serve_answers_alike(server, bare_vllm, case):
+    path, body = ROUTE_CASES[case]
+    our_status, ours = call(server.url + "/openai", path, body)
+    their_status, theirs = call(bare_vllm.url, path, body)
+    assert our_status == their_status
+    assert differences(ours, theirs) == []
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_same_status_and_shape_as_vllm_serve(server, bare_vllm, case):
     body = CASES[case]

@@ -137,7 +137,7 @@ def test_the_middleware_stack_is_ours_without_kserve_timing(tiny_model):
 
     from aim_runtime.serving.gate import GateSettings, RequestGate
     from aim_runtime.serving.model import AimModel
-    from aim_runtime.serving.server import AimRESTServer, RecipeHeaderMiddleware
+    from aim_runtime.serving.server import AimRESTServer, RecipeHeaderMiddleware, WholeBodyIsJson
 
     prepared = startup.prepare(["--model_dir", str(tiny_model), "--enable_grpc", "false"])
     rest = AimRESTServer("kserve.model_server:app", prepared.server.dataplane,
@@ -146,7 +146,8 @@ def test_the_middleware_stack_is_ours_without_kserve_timing(tiny_model):
     app = FastAPI()
     rest._add_middlewares(app)
     names = [entry.cls.__name__ for entry in app.user_middleware]
-    assert names == [RecipeHeaderMiddleware.__name__, RequestGate.__name__]
+    assert names == [RecipeHeaderMiddleware.__name__, RequestGate.__name__,
+                     WholeBodyIsJson.__name__]
 
 
 def test_model_id_without_hub_access_is_a_clear_error(tmp_path):

@@ -20,7 +20,12 @@ from typing import Any
 
 from kserve import Model
 from kserve.errors import InvalidInput, ModelNotReady
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.infer_type import (
+    InferOutput,
+    InferRequest,
+    InferResponse,
+    to_http_parameters,
+)
 
 from aim_runtime.serving import metrics
 from aim_runtime.serving.cluster import ClusterSpec, form_cluster, stop_ray
@@ -36,6 +41,9 @@ SAMPLING_PARAMETERS = {
     "stop_token_ids", "presence_penalty", "frequency_penalty", "repetition_penalty",
     "ignore_eos", "skip_special_tokens", "include_stop_str_in_output", "logprobs",
 }
+# Parameters of the protocol itself (the binary tensor data extension), not of sampling: KServe's
+# encoder reads them to shape the response.
+PROTOCOL_PARAMETERS = {"binary_data_output"}
 HEALTH_CHECK_INTERVAL_SECONDS = 2.0
 
 
@@ -158,11 +166,15 @@ class AimModel(Model):
         if not isinstance(payload, InferRequest):
             raise InvalidInput("expected a v2 inference request with a 'text_input' tensor")
         prompts = _text_input(payload)
-        texts = await self._complete(prompts, payload.parameters or {})
+        texts = await self._complete(prompts, _sampling_parameters(payload))
         output = InferOutput(name=TEXT_OUTPUT, shape=[len(texts)], datatype="BYTES",
                              data=texts)
+        # Binary outputs when the request asks (REST: binary_data_output or an output's
+        # binary_data; gRPC: raw input contents in, raw output contents out).
         return InferResponse(model_name=self.name, infer_outputs=[output],
-                             response_id=payload.id or uuid.uuid4().hex)
+                             response_id=payload.id or uuid.uuid4().hex,
+                             use_binary_outputs=payload.use_binary_outputs,
+                             requested_outputs=payload.request_outputs)
 
     async def _complete(self, prompts: list[str], parameters: dict[str, Any]) -> list[str]:
         request = self._completion_request(prompts, parameters, stream=False)
@@ -232,6 +244,15 @@ def _checked(result: Any) -> Any:
     return result
 
 
+def _sampling_parameters(payload: InferRequest) -> dict[str, Any]:
+    """The request's parameters as plain values (gRPC sends typed InferParameters), without the
+    protocol's own."""
+    parameters = payload.parameters or {}
+    if payload.from_grpc:
+        parameters = to_http_parameters(parameters)
+    return {k: v for k, v in dict(parameters).items() if k not in PROTOCOL_PARAMETERS}
+
+
 def _text_input(payload: InferRequest) -> list[str]:
     tensors = {tensor.name: tensor for tensor in payload.inputs}
     if TEXT_INPUT not in tensors:
@@ -240,9 +261,14 @@ def _text_input(payload: InferRequest) -> list[str]:
     tensor = tensors[TEXT_INPUT]
     if tensor.datatype != "BYTES":
         raise InvalidInput(f"input '{TEXT_INPUT}' must have datatype BYTES, not {tensor.datatype}")
-    data = tensor.data
-    items = list(data.flatten()) if hasattr(data, "flatten") else list(data)
-    prompts = [item.decode() if isinstance(item, bytes) else item for item in items]
+    try:  # JSON data, binary tensor data (REST), contents or raw_input_contents (gRPC)
+        items = list(tensor.as_numpy().flatten())
+    except Exception as exc:  # malformed binary data: KServe raises several kinds
+        raise InvalidInput(f"input '{TEXT_INPUT}' cannot be read as BYTES: {exc}") from exc
+    try:
+        prompts = [item.decode() if isinstance(item, bytes) else item for item in items]
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"input '{TEXT_INPUT}' must hold UTF-8 text: {exc}") from exc
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise InvalidInput(f"input '{TEXT_INPUT}' must hold one or more strings")
     return prompts

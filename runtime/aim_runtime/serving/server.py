@@ -22,12 +22,14 @@ working next to it.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import re
 from http import HTTPStatus
 from typing import Any
 
+import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -97,6 +99,10 @@ class AimRESTServer(RESTServer):
     def _register_endpoints(self, app: FastAPI) -> None:
         add_generate_routes(app, self.aim_model)
         super()._register_endpoints(app)
+        # One model per server, chosen at start-up: KServe's repository (load/unload) is not
+        # served, on HTTP as on gRPC.
+        app.router.routes = [r for r in app.router.routes
+                             if not getattr(r, "path", "").startswith("/v2/repository")]
         openai = OpenAIApplication(self.aim_model)
         app.mount(OPENAI_PREFIX, openai)
         if self.openai_root_routes:
@@ -117,6 +123,7 @@ class AimRESTServer(RESTServer):
         of the front end's CPU under streaming load (py-spy, see the README's Performance
         section). Request latencies are in vLLM's Prometheus histograms
         (`vllm:e2e_request_latency_seconds`, `vllm:time_to_first_token_seconds`)."""
+        app.add_middleware(WholeBodyIsJson)
         app.add_middleware(RequestGate, settings=self.gate_settings, state=self.gate_state,
                            root_routes=self.openai_root_routes)
         app.add_middleware(RecipeHeaderMiddleware, recipe_id=self.recipe_id)
@@ -163,13 +170,90 @@ class AimModelServer(ModelServer):
         if self.enable_grpc:
             from kserve.model_server import args as kserve_args
 
-            self._grpc_server = GRPCServer(self.grpc_port, self.dataplane,
-                                           self.model_repository_extension,
-                                           kwargs=vars(kserve_args), grace_period=self.grace_period)
+            self._grpc_server = AimGRPCServer(
+                self.grpc_port, self.dataplane, self.model_repository_extension,
+                kwargs=vars(kserve_args), grace_period=self.grace_period,
+                api_keys=self.gate.api_keys)
             self.servers.append(self._grpc_server.start(self.max_threads))
         self.setup_event_loop()
         self.register_signal_handler()
         asyncio.run(self._serve())
+
+
+# --- gRPC ----------------------------------------------------------------------------------------
+
+GRPC_SERVICE = "/inference.GRPCInferenceService/"
+# Probes need no key, as on HTTP; the model repository (load/unload) is never served.
+GRPC_OPEN_METHODS = {"ServerLive", "ServerReady", "ModelReady"}
+GRPC_REPOSITORY_METHODS = {"RepositoryModelLoad", "RepositoryModelUnload"}
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """The gate's API keys on the gRPC listener: `authorization: Bearer <key>` metadata, compared
+    in constant time; keyless calls end with UNAUTHENTICATED, as HTTP answers 401."""
+
+    def __init__(self, api_keys: tuple[str, ...]) -> None:
+        self.keys = [key.encode() for key in api_keys if key]
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        method = details.method.removeprefix(GRPC_SERVICE)
+        if method in GRPC_REPOSITORY_METHODS:
+            return _grpc_refusal(grpc.StatusCode.PERMISSION_DENIED,
+                                 "the model repository is not served: one model per server")
+        if self.keys and method not in GRPC_OPEN_METHODS and not self._authorized(details):
+            return _grpc_refusal(grpc.StatusCode.UNAUTHENTICATED,
+                                 "missing or invalid API key (authorization: Bearer <key>)")
+        return await continuation(details)
+
+    def _authorized(self, details: Any) -> bool:
+        metadata = {key.lower(): value for key, value in details.invocation_metadata or ()}
+        header = metadata.get("authorization", "")
+        header = header.encode() if isinstance(header, str) else header
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not token:
+            return False
+        return any([hmac.compare_digest(token.strip(), key) for key in self.keys])
+
+
+def _grpc_refusal(code: grpc.StatusCode, message: str) -> Any:
+    async def refuse(request: Any, context: Any) -> None:
+        await context.abort(code, message)
+
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+class AimGRPCServer(GRPCServer):
+    """KServe's gRPC v2 server with the API-key interceptor in front of KServe's own."""
+
+    def __init__(self, *args: Any, api_keys: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.api_keys = api_keys
+
+    async def start(self, max_workers: int) -> None:
+        from concurrent import futures
+
+        from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+        from kserve.protocol.grpc.interceptors import (
+            ExceptionToStatusInterceptor,
+            LoggingInterceptor,
+        )
+        from kserve.protocol.grpc.servicer import InferenceServicer
+
+        servicer = InferenceServicer(self._data_plane, self._model_repository_extension)
+        self._server = grpc.aio.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers),
+            interceptors=(AuthInterceptor(self.api_keys), LoggingInterceptor(),
+                          ExceptionToStatusInterceptor()),
+            options=[(f"grpc.{name}", self._kwargs.get(f"grpc_{name}")) for name in (
+                "max_send_message_length", "max_receive_message_length")],
+        )
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            servicer, self._server)
+        self._server.add_insecure_port(f"[::]:{self._port}")
+        log.info("gRPC v2 on port %d (API keys %s)", self._port,
+                 "required" if self.api_keys else "not configured")
+        await self._server.start()
+        await self._server.wait_for_termination()
 
 
 def add_access_log(app: FastAPI, log_format: str) -> None:
@@ -194,6 +278,29 @@ class PrivateScope:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         await self.app(dict(scope), receive, send)
+
+
+V2_INFER_PATH = re.compile(r"^/v2/models/[^/]+(?:/versions/[^/]+)?/infer$")
+JSON_LENGTH_HEADER = b"inference-header-content-length"
+
+
+class WholeBodyIsJson:
+    """The binary tensor data extension: a v2 infer request without
+    `Inference-Header-Content-Length` is all JSON. KServe decodes a body FastAPI did not parse as
+    JSON (the reference client sends no JSON content type) as binary and refuses it for the
+    missing header; naming the whole body's length as the JSON part says what the protocol says."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and \
+                V2_INFER_PATH.match(scope["path"]):
+            headers = dict(scope["headers"])
+            if JSON_LENGTH_HEADER not in headers and b"content-length" in headers:
+                scope = {**scope, "headers": [*scope["headers"],
+                                              (JSON_LENGTH_HEADER, headers[b"content-length"])]}
+        await self.app(scope, receive, send)
 
 
 class RecipeHeaderMiddleware:

@@ -1,0 +1,177 @@
+"""Every protocol with the clients people use, in their default modes, against a real server with
+an API key: the KServe v2 protocol's reference client (Triton's `tritonclient`) over HTTP (binary
+tensor data in and out, as it sends by default, and JSON) and gRPC (raw input contents), the
+`openai` SDK (Responses API) and the `anthropic` SDK (Messages); auth on both listeners; and
+vLLM's own paths at the root with `--openai-root-routes`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import anthropic
+import httpx
+import numpy as np
+import openai
+import pytest
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from servers import REPO, aim_server, free_port
+
+pytestmark = pytest.mark.serving
+
+KEY = "protocol-key"
+
+
+def auth() -> dict[str, str]:
+    """A fresh header dict each call: tritonclient adds its own headers to the one it is given."""
+    return {"authorization": f"Bearer {KEY}"}
+
+PROMPTS = np.array([b"Hello there", b"Once upon a time"], dtype=np.object_)
+
+
+@pytest.fixture(scope="module")
+def keyed(work_dir, tiny_model):
+    """Our server with gRPC on, an API key, and vLLM's routes at the root too."""
+    grpc_port = free_port()
+    process = aim_server(work_dir, tiny_model, "--enable_grpc", "true", "--grpc_port",
+                         str(grpc_port), "--openai-root-routes", env={"AIM_API_KEY": KEY},
+                         name="tiny").start()
+    process.grpc_port = grpc_port
+    try:
+        yield process.wait_ready()
+    finally:
+        process.stop()
+
+
+def http_client(server) -> httpclient.InferenceServerClient:
+    return httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+
+
+def v2_inputs(binary: bool = True) -> list:
+    text = httpclient.InferInput("text_input", [len(PROMPTS)], "BYTES")
+    text.set_data_from_numpy(PROMPTS, binary_data=binary)
+    return [text]
+
+
+# --- KServe v2 over HTTP: tritonclient's defaults ---------------------------------------------
+
+
+@pytest.mark.parametrize("binary_inputs", [True, False], ids=["binary-in", "json-in"])
+def test_v2_http_reference_client_infers_with_binary_outputs(keyed, binary_inputs):
+    client = http_client(keyed)
+    outputs = [httpclient.InferRequestedOutput("text_output")]  # binary_data=True: the default
+    result = client.infer("tiny", v2_inputs(binary_inputs), outputs=outputs,
+                          parameters={"max_tokens": 4, "temperature": 0}, headers=auth())
+    texts = result.as_numpy("text_output")
+    assert texts.shape == (2,) and all(isinstance(t, bytes) and t for t in texts)
+    assert result.get_output("text_output")["parameters"]["binary_data_size"] > 0
+
+
+def test_v2_http_reference_client_with_json_outputs(keyed):
+    client = http_client(keyed)
+    outputs = [httpclient.InferRequestedOutput("text_output", binary_data=False)]
+    result = client.infer("tiny", v2_inputs(binary=False), outputs=outputs,
+                          parameters={"max_tokens": 3}, headers=auth())
+    assert len(result.get_output("text_output")["data"]) == 2
+
+
+def test_v2_http_metadata_readiness_and_auth(keyed):
+    client = http_client(keyed)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("tiny")
+    metadata = client.get_model_metadata("tiny", headers=auth())
+    assert metadata["inputs"][0]["name"] == "text_input"
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("tiny", v2_inputs(), parameters={"max_tokens": 2})
+    assert refused.value.status() == "401"
+    with pytest.raises(InferenceServerException) as unknown:
+        client.infer("tiny", v2_inputs(), parameters={"beam_width": 2},
+                     headers=auth())
+    assert unknown.value.status() == "400" and "beam_width" in unknown.value.message()
+
+
+def test_v2_http_model_repository_is_not_served(keyed):
+    response = httpx.post(keyed.url + "/v2/repository/models/tiny/unload", headers=auth())
+    assert response.status_code == 404
+
+
+# --- KServe v2 over gRPC (the client runs in its own process: tests/v2_grpc_client.py) ------
+
+
+@pytest.fixture(scope="module")
+def grpc_outcomes(keyed) -> dict:
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "v2_grpc_client.py"),
+                             f"127.0.0.1:{keyed.grpc_port}", KEY], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_v2_grpc_reference_client_infers_with_raw_contents(grpc_outcomes):
+    texts = grpc_outcomes["infer"]["value"]
+    assert len(texts) == 2 and all(isinstance(t, str) and t for t in texts)
+
+
+def test_v2_grpc_refuses_keyless_calls_but_answers_probes(grpc_outcomes):
+    for probe in ("live", "ready", "model_ready"):
+        assert grpc_outcomes[probe] == {"value": True}, probe
+    for call in ("infer_keyless", "infer_wrong_key", "metadata_keyless",
+                 "server_metadata_keyless"):
+        assert grpc_outcomes[call]["status"] == "StatusCode.UNAUTHENTICATED", call
+    assert grpc_outcomes["metadata"] == {"value": "text_input"}
+
+
+def test_v2_grpc_errors_have_status_codes_and_the_repository_is_closed(grpc_outcomes):
+    assert grpc_outcomes["invalid"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert grpc_outcomes["absent"]["status"] == "StatusCode.NOT_FOUND"
+    assert grpc_outcomes["unload"]["status"] == "StatusCode.PERMISSION_DENIED"
+    assert grpc_outcomes["ready_after"] == {"value": True}  # and it keeps serving
+
+
+# --- OpenAI and Anthropic SDKs ---------------------------------------------------------------
+
+
+def test_openai_responses_api(keyed):
+    client = openai.OpenAI(base_url=keyed.url + "/openai/v1", api_key=KEY, max_retries=0)
+    response = client.responses.create(model="tiny", input="Hello", max_output_tokens=8)
+    assert response.object == "response" and response.output
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=keyed.url + "/openai/v1", api_key="wrong",
+                      max_retries=0).responses.create(model="tiny", input="x")
+
+
+def test_anthropic_messages(keyed):
+    client = anthropic.Anthropic(base_url=keyed.url + "/openai", api_key=KEY, max_retries=0,
+                                 default_headers=auth())
+    message = client.messages.create(model="tiny", max_tokens=8,
+                                      messages=[{"role": "user", "content": "Hello"}])
+    assert message.role == "assistant" and message.content
+    with client.messages.stream(model="tiny", max_tokens=8,
+                                messages=[{"role": "user", "content": "Hello"}]) as stream:
+        text = "".join(stream.text_stream)
+    assert stream.get_final_message().usage.output_tokens > 0 and isinstance(text, str)
+
+
+# --- vllm serve's paths at the root ------------------------------------------------------------
+
+
+def test_root_routes_serve_clients_written_for_vllm_serve(keyed):
+    client = openai.OpenAI(base_url=keyed.url + "/v1", api_key=KEY, max_retries=0)
+    completion = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    assert completion.choices[0].message.role == "assistant"
+    models = httpx.get(keyed.url + "/v1/models", headers=auth()).json()
+    assert models["object"] == "list" and models["data"][0]["id"] == "tiny"  # OpenAI's shape
+    tokens = httpx.post(keyed.url + "/tokenize", headers=auth(),
+                        json={"model": "tiny", "prompt": "Hello"}).json()
+    assert tokens["count"] > 0
+    assert httpx.get(keyed.url + "/health").status_code == 200  # open, for probes
+    # KServe's v1 predict route is still there, next to OpenAI's /v1/models.
+    predict = httpx.post(keyed.url + "/v1/models/tiny:predict", headers=auth(),
+                         json={"instances": ["Hello"], "parameters": {"max_tokens": 2}})
+    assert predict.status_code == 200 and len(predict.json()["predictions"]) == 1
+    refused = httpx.post(keyed.url + "/v1/chat/completions", json={"model": "tiny"})
+    assert refused.status_code == 401 and refused.json()["error"]["type"] == "AuthenticationError"
