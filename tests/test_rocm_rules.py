@@ -67,9 +67,19 @@ def derived_plans(models):
 def expected_attention(facts, isa: str) -> str | None:
     if isa == "gfx90a" or facts.mla is not None:
         return None  # no AITER on MI200; MLA: vLLM picks ROCM_AITER_MLA itself
-    if facts.attention_sinks or facts.hybrid or facts.multimodal_prefix:
+    if facts.multimodal_prefix:
+        return None  # vLLM 0.32: no AITER backend has it; vLLM picks one that does
+    if facts.attention_sinks or facts.hybrid:
         return "ROCM_AITER_UNIFIED_ATTN"
     return "ROCM_AITER_FA" if facts.head_dim in (64, 128, 256) else "ROCM_AITER_UNIFIED_ATTN"
+
+
+def expected_block_size(facts, isa: str) -> int | None:
+    if facts.mla is not None and isa != "gfx90a":
+        return 1  # AMD's guide for AITER MLA
+    if expected_attention(facts, isa) == "ROCM_AITER_UNIFIED_ATTN":
+        return 64  # vLLM's own block size for that backend, stated
+    return None
 
 
 def expected_moe_backend(facts, isa: str, precision: str) -> str | None:
@@ -100,13 +110,14 @@ def test_derived_plans_get_the_rules_of_their_family(models, derived_plans, mode
             assert env["NCCL_MIN_NCHANNELS"] == "112"
     assert args.get("attention_backend") == expected_attention(facts, isa)
     assert args.get("moe_backend") == expected_moe_backend(facts, isa, plan.precision)
-    if facts.attention_sinks and isa != "gfx90a":  # AMD's guide for gpt-oss
+    if facts.attention_sinks and not facts.multimodal_prefix and isa != "gfx90a":  # gpt-oss
         assert env["VLLM_ROCM_USE_AITER_MHA"] == "0"
         assert env["VLLM_ROCM_USE_AITER_UNIFIED_ATTENTION"] == "1"
-    if facts.mla is not None and isa != "gfx90a":
-        assert args["block_size"] == 1 == plan.memory.block_size
+    block_size = expected_block_size(facts, isa)
+    if block_size is not None:
+        assert args["block_size"] == block_size == plan.memory.block_size
     else:
-        assert "block_size" not in args
+        assert "block_size" not in args and plan.memory.block_size == 16
     quick_reduce = isa != "gfx90a" and objective == "throughput" and \
         plan.tensor_parallel_size in (4, 8)
     assert (env.get("VLLM_ROCM_QUICK_REDUCE_QUANTIZATION") == "INT8") == quick_reduce
@@ -172,7 +183,13 @@ def test_curated_recipes_use_the_same_rules(catalog, models):
     oss = make_plan(detect(simulate="MI355X:1", environ={}), models["gpt-oss-120b"], catalog)
     assert oss.recipe_id == "gpt-oss-120b-mi355x-mxfp4-tp1-latency"
     assert oss.engine_args["attention_backend"] == "ROCM_AITER_UNIFIED_ATTN"
+    assert oss.engine_args["block_size"] == 64 == oss.memory.block_size
     assert oss.engine_args["moe_backend"] == "aiter"
+    gemma = make_plan(detect(simulate="MI300X:1", environ={}), models["gemma-3-27b-it"],
+                      catalog)
+    assert gemma.recipe_id and gemma.recipe_id.startswith("gemma-3-27b-mi300x")
+    assert "attention_backend" not in gemma.engine_args  # vLLM picks one with image prefix
+    assert "attention-multimodal-prefix" in {r.id for r in gemma.rocm_rules}
     assert oss.engine_args["tool_call_parser"] == "openai"
 
 
@@ -254,14 +271,67 @@ def test_every_rule_and_plan_setting_parses_with_vllm(catalog, derived_plans):
 
 
 def test_variables_older_guides_name_are_not_in_this_vllm_and_no_rule_sets_them():
-    """vLLM 0.28 chooses the attention backend with --attention-backend; AMD's guide still names
-    two variables this vLLM no longer reads. If a vLLM upgrade brings them back, revisit."""
+    """vLLM 0.31-0.32 choose the attention backend with --attention-backend; AMD's guide still
+    names two variables these releases no longer read, and --attention-config has no field in
+    their place. If a vLLM upgrade brings them back, revisit."""
+    from dataclasses import fields
+
     import vllm.envs
+    from vllm.config.attention import AttentionConfig
 
     gone = {"VLLM_ATTENTION_BACKEND", "VLLM_V1_USE_PREFILL_DECODE_ATTENTION",
             "VLLM_ROCM_CUSTOM_PAGED_ATTN"}
     assert gone.isdisjoint(vllm.envs.environment_variables)
     assert gone.isdisjoint(name for rule in rocm.RULES for name in rule.env)
+    assert "use_prefill_decode_attention" not in {f.name for f in fields(AttentionConfig)}
+
+
+def test_attention_rules_agree_with_the_installed_vllms_backends():
+    """What the attention rows assume of each backend, asked of the installed vLLM's classes:
+    head sizes, block sizes, attention sinks, and multimodal prefix attention (which vLLM 0.32
+    took from ROCM_ATTN and ROCM_AITER_UNIFIED_ATTN: a row that selected one of them for
+    Gemma 3 would stop vLLM at start-up)."""
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    def backend(name: str):
+        return AttentionBackendEnum[name].get_class()
+
+    fa, unified = backend("ROCM_AITER_FA"), backend("ROCM_AITER_UNIFIED_ATTN")
+    assert tuple(fa.get_supported_head_sizes()) == rocm.AITER_FA_HEAD_DIMS
+    assert all(fa.supports_block_size(b) for b in (16, 32, 48, 64, 1024))
+    assert not fa.supports_block_size(rocm.AITER_FA_BLOCK_MULTIPLE // 2)
+    assert unified.supports_head_size(rocm.AITER_UNIFIED_MIN_HEAD_DIM)
+    assert not unified.supports_head_size(rocm.AITER_UNIFIED_MIN_HEAD_DIM - 1)
+    assert unified.get_preferred_block_size(16) == rocm.AITER_UNIFIED_BLOCK_SIZE
+    for rule in rocm.RULES:
+        name = rule.engine_args.get("attention_backend")
+        if name is None:
+            continue
+        cls = backend(name)
+        if "attention_sinks" in rule.kinds:
+            assert cls.supports_sink(), rule.id
+        assert "multimodal_prefix" in rule.not_kinds or cls.supports_mm_prefix(), rule.id
+        if "block_size" in rule.engine_args:
+            assert rule.engine_args["block_size"] == cls.get_preferred_block_size(16), rule.id
+    multimodal = [name for name in ("ROCM_ATTN", "ROCM_AITER_FA", "ROCM_AITER_UNIFIED_ATTN",
+                                    "TRITON_ATTN") if backend(name).supports_mm_prefix()]
+    assert multimodal, "no ROCm attention backend left with multimodal prefix attention"
+
+
+def test_aiter_fa_takes_any_block_size_vllm_splits_into_its_kernels():
+    given = rocm.RuleInput(isa="gfx942", kinds=frozenset(), precision="bf16", quantization=None,
+                           kv_cache_dtype="auto", tensor_parallel_size=1, devices_per_replica=1,
+                           objective="latency", head_dim=128,
+                           recipe_env={"VLLM_ROCM_USE_AITER": "1"})
+
+    def backend_with(block_size: int | None) -> str | None:
+        return rocm.derive(replace(given, block_size=block_size)).engine_args.get(
+            "attention_backend")
+
+    assert [backend_with(b) for b in (None, 16, 32, 64, 128)] == ["ROCM_AITER_FA"] * 5
+    assert backend_with(8) is None and backend_with(24) is None
+    small = rocm.derive(replace(given, head_dim=16)).engine_args  # no ROCm AITER backend for it
+    assert "attention_backend" not in small
 
 
 def test_the_vllm_check_catches_names_vllm_lacks():
@@ -281,7 +351,7 @@ def test_the_vllm_check_catches_names_vllm_lacks():
 def test_hybrid_max_num_seqs_stays_within_the_mamba_block_budget(models):
     """Qwen3-Next (36 Gated DeltaNet + 12 attention layers) on one MI300X with little memory:
     vLLM's 1024 default would exceed the state blocks, so the plan lowers max_num_seqs, and the
-    figure matches vLLM's layout worked out by hand."""
+    figure matches vLLM 0.31-0.32's layout worked out by hand."""
     facts = models["qwen3-next-80b-a3b-instruct"]
     plan = make_plan(detect(simulate="MI300X:1", environ={}), facts, EMPTY,
                      collect_overrides({"gpu_memory_utilization": 0.45}, {}))
@@ -291,9 +361,13 @@ def test_hybrid_max_num_seqs_stays_within_the_mamba_block_budget(models):
     # state of one GDN layer: conv (2 x 16 x 128 + 32 x 128) x (4 - 1) + SSM 32 x 128 x 128
     state = ((2 * 16 * 128 + 32 * 128) * 3 + 32 * 128 * 128) * 2  # bf16 = 1,097,728 bytes
     attention_token = 2 * 2 * 256 * 1  # K and V, 2 KV heads x 256, FP8: per layer per token
-    page = math.ceil(state / (16 * attention_token)) * 16 * attention_token
-    assert page == 1_097_728
-    group = min(36, 12)  # layers per KV-cache group
+    # ROCM_AITER_UNIFIED_ATTN starts from 64-token blocks, and vLLM grows the attention block
+    # in steps of that until its page holds a layer's state (`_align_hybrid_block_size`)
+    assert plan.engine_args["attention_backend"] == "ROCM_AITER_UNIFIED_ATTN"
+    assert plan.engine_args["block_size"] == 64
+    page = math.ceil(state / (64 * attention_token)) * 64 * attention_token
+    assert page == 17 * 64 * 1024 == 1_114_112  # 1088 tokens per attention block
+    group = 12  # layers per KV-cache group: the fewer kind, as 36 >= 1.5 x 12
     # the cap was judged on the estimate with vLLM's 1024 sequences of sampler logits
     logits = (1024 - cap) * 151936 * 4
     assert cap == (plan.memory.kv_budget_bytes_per_device - logits) // (page * group)

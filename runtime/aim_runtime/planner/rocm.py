@@ -17,12 +17,20 @@ memory automatically.
 Every `VLLM_*` name a rule or recipe sets exists in the installed vLLM's environment registry
 (`vllm.envs`) and every engine argument parses with vLLM's `vllm serve` parser (tests, and
 `aim-runtime recipes validate`). Variables that other libraries read are listed in `EXTERNAL_ENV`
-with their owner. The table targets vLLM 0.28 (the supported version): backend names and the
-attention-backend priorities it works around are that release's. In 0.28 the attention backend is
-the `--attention-backend` engine argument (`VLLM_ATTENTION_BACKEND` is not in its registry), and
-two variables AMD's guide still names, `VLLM_V1_USE_PREFILL_DECODE_ATTENTION` and
-`VLLM_ROCM_CUSTOM_PAGED_ATTN`, are gone from it (prefill-decode attention is now
-`--attention-config`'s `use_prefill_decode_attention`); no rule sets them.
+with their owner.
+
+The table targets the supported window, vLLM 0.31-0.33. Every vLLM fact it relies on was read in
+the source of 0.32 (the CPU build installed for development) and of 0.31 (the oldest CPU build);
+0.33 runs only in the ROCm image and was not read, and the sources say "vLLM 0.31-0.32" or name
+the one release a fact holds in. In both releases the attention backend is the
+`--attention-backend` engine argument (`VLLM_ATTENTION_BACKEND` is not in the registry), and two
+variables AMD's guide still names, `VLLM_V1_USE_PREFILL_DECODE_ATTENTION` and
+`VLLM_ROCM_CUSTOM_PAGED_ATTN`, are gone from it, with no `--attention-config` field in their place;
+no rule sets them. Rows that select ROCM_AITER_UNIFIED_ATTN also state `--block-size 64`, the
+block size vLLM gives that backend when none is set (`get_preferred_block_size`), so that the
+plan's KV-cache blocks and a hybrid model's state page are the ones vLLM will use. 0.32 took
+multimodal prefix attention away from ROCM_ATTN and ROCM_AITER_UNIFIED_ATTN (0.31 had it), so no
+row picks an attention backend for such models: vLLM picks one that has it.
 """
 
 from __future__ import annotations
@@ -45,12 +53,19 @@ KIND_NAMES: dict[ModelKind, str] = {
     "mla": "MLA", "moe": "MoE", "sliding_window": "sliding window",
     "hybrid": "hybrid (Mamba / linear attention)", "attention_sinks": "attention sinks",
     "multimodal_prefix": "multimodal prefix attention"}
-AITER_ISAS = ("gfx942", "gfx950")  # AITER is built for MI300 and MI350 series only
+# AITER is built for MI300 and MI350 series only (vLLM 0.31-0.32 `is_aiter_found_and_supported`:
+# CDNA 3 or later).
+AITER_ISAS = ("gfx942", "gfx950")
 GPU_ISAS = ("gfx90a", "gfx942", "gfx950")
-# Head sizes vLLM 0.28's ROCM_AITER_FA backend supports (`get_supported_head_sizes`).
+# Head sizes vLLM 0.31-0.32's ROCM_AITER_FA backend supports (`get_supported_head_sizes`).
 AITER_FA_HEAD_DIMS = (64, 128, 256)
-# Block sizes its kernels take (`get_supported_kernel_block_sizes`); None = vLLM's default, 16.
-AITER_FA_BLOCK_SIZES = (None, 16, 32)
+# Its kernels take 16- and 32-token blocks (`get_supported_kernel_block_sizes`); vLLM splits any
+# cache block that is a multiple of 16 into them (`supports_block_size`).
+AITER_FA_BLOCK_MULTIPLE = 16
+# ROCM_AITER_UNIFIED_ATTN: head sizes from 32 (`supports_head_size`), and the block size vLLM
+# 0.31-0.32 gives it when none is set (`get_preferred_block_size`).
+AITER_UNIFIED_MIN_HEAD_DIM = 32
+AITER_UNIFIED_BLOCK_SIZE = 64
 
 AMD_GUIDE = ("AMD, 'vLLM V1 performance optimization' (ROCm docs, how-to/rocm-for-ai/"
              "inference-optimization/vllm-optimization)")
@@ -69,16 +84,39 @@ SOURCES = {
                    "1.7x (short prompts) to 3.7x (12k) decode speed left unused on "
                    "MI300X/MI325X/MI355X"),
     "vllm-46596": ("vllm-project/vllm#46596: vLLM picks ROCM_ATTN over ROCM_AITER_FA even with "
-                   "AITER on; >80% geomean on MI355X from ROCM_AITER_FA "
-                   "(vllm/platforms/rocm.py `_get_backend_priorities` in 0.28)"),
-    "vllm-moe-oracle": ("vLLM 0.28 fused-MoE oracles (model_executor/layers/fused_moe/oracle): "
-                        "AITER serves unquantized, FP8 and, on gfx950 only, MXFP4 experts"),
-    "vllm-fp8": ("vLLM 0.28 vllm/platforms/rocm.py: `is_fp8_fnuz()` on gfx94x "
-                 "(float8_e4m3fnuz), OCP float8_e4m3fn on gfx95x; ROCm precision-support page"),
+                   "AITER on; >80% geomean on MI355X from ROCM_AITER_FA; the order is the same "
+                   "in vLLM 0.31-0.32 (vllm/platforms/rocm.py `_get_backend_priorities`: "
+                   "ROCM_ATTN, ROCM_AITER_FA, ROCM_AITER_UNIFIED_ATTN, TRITON_ATTN)"),
+    "vllm-attention": ("vLLM 0.31-0.32 vllm/v1/attention/backends: ROCM_AITER_FA head sizes "
+                       "64/128/256, 16- and 32-token kernel blocks; ROCM_AITER_UNIFIED_ATTN head "
+                       "size >= 32, attention sinks, 64-token blocks unless set "
+                       "(`get_preferred_block_size`)"),
+    "vllm-mm-prefix": ("vLLM 0.32 vllm/v1/attention/backends `supports_mm_prefix`: False for "
+                       "ROCM_ATTN, ROCM_AITER_FA and ROCM_AITER_UNIFIED_ATTN, True for "
+                       "TRITON_ATTN; vLLM 0.31: True for ROCM_ATTN, ROCM_AITER_UNIFIED_ATTN and "
+                       "TRITON_ATTN; an --attention-backend without it fails at start-up"),
+    "vllm-aiter-mla": ("vLLM 0.31-0.32 rocm_aiter_mla.py: any block size (kernel blocks "
+                       "`MultipleOf(1)`; the decode kernel pages by one token); "
+                       "vllm/platforms/rocm.py lists ROCM_AITER_MLA first when AITER MLA is on"),
+    "vllm-moe-oracle": ("vLLM 0.31-0.32 fused-MoE oracles (model_executor/layers/fused_moe/"
+                        "oracle): `--moe-backend aiter` is AITER's fused MoE for unquantized and "
+                        "FP8 experts; for MXFP4 (mxfp4.py) it and the default try AITER's CK "
+                        "W4A16 kernel (AITER_MXFP4_BF16, gfx950 only), then AITER's Triton W4A16 "
+                        "kernel (AITER_TRITON_MXFP4_BF16, gfx942/gfx950, no expert or data "
+                        "parallelism); the default then falls back to vLLM's Triton kernels"),
+    "vllm-fp8": ("vLLM 0.31-0.32 vllm/platforms/rocm.py: `is_fp8_fnuz()` on gfx94x "
+                 "(float8_e4m3fnuz), OCP float8_e4m3fn on gfx95x; "
+                 "`normalize_e4m3fn_to_e4m3fnuz` doubles the scales; ROCm precision-support page"),
+    "vllm-quick-reduce": ("vLLM 0.31-0.32 quick_all_reduce.py: gfx94x/gfx95x, TP 2/4/8, "
+                          "`VLLM_ROCM_QUICK_REDUCE_QUANTIZATION` FP, INT8, INT6, INT4, INT3 or "
+                          "NONE"),
+    "vllm-awq": ("vLLM 0.31-0.32 `RocmPlatform.verify_quantization` sets VLLM_USE_TRITON_AWQ=1 "
+                 "for AWQ itself; the rule makes that visible in the plan"),
     "vllm-mamba-budget": ("vllm-project/vllm#49064 and #55148: the engine refuses to start when "
                           "max_num_seqs exceeds the Mamba cache blocks (one per decode "
-                          "sequence); #56945 on a 192 GB card; vllm/v1/core/kv_cache_utils.py "
-                          "`get_kv_cache_config_from_groups`"),
+                          "sequence); #56945 on a 192 GB card; vLLM 0.31-0.32 "
+                          "vllm/v1/core/kv_cache_utils.py `get_kv_cache_config_from_groups` and "
+                          "vllm/platforms/interface.py `_align_hybrid_block_size`"),
     "amd-numa": ("AMD Instinct MI300X system optimization (ROCm docs): disable NUMA "
                  "auto-balancing (kernel.numa_balancing=0)"),
 }
@@ -107,7 +145,9 @@ class Rule:
     objective: str | None = None
     head_dims: tuple[int, ...] = ()  # head dimension is one of these
     not_head_dims: tuple[int, ...] = ()  # head dimension is none of these
+    min_head_dim: int = 0  # head dimension is at least this
     block_sizes: tuple[int | None, ...] = ()  # the block size set by user/recipe is one of these
+    block_multiple: int | None = None  # that block size is unset or a multiple of this
     needs_aiter: bool = False  # dropped when the final environment turns AITER off
     env: Mapping[str, str] = field(default_factory=dict)
     engine_args: Mapping[str, Any] = field(default_factory=dict)
@@ -136,9 +176,13 @@ class Rule:
             parts.append(f"head dim {' or '.join(map(str, self.head_dims))}")
         if self.not_head_dims:
             parts.append(f"head dim not {' or '.join(map(str, self.not_head_dims))}")
+        if self.min_head_dim:
+            parts.append(f"head dim >= {self.min_head_dim}")
         if self.block_sizes:
             shown = ["default" if b is None else str(b) for b in self.block_sizes]
             parts.append(f"block size {' or '.join(shown)}")
+        if self.block_multiple:
+            parts.append(f"block size default or a multiple of {self.block_multiple}")
         return "; ".join(parts)
 
     def settings(self) -> str:
@@ -163,53 +207,69 @@ RULES: tuple[Rule, ...] = (
          AITER_ISAS, env={"VLLM_ROCM_USE_AITER": "1"}),
     Rule("no-aiter", "no AITER build for MI200 (gfx90a): keep it off whatever the image sets",
          SOURCES["amd-docker-gfx90a"], ("gfx90a",), env={"VLLM_ROCM_USE_AITER": "0"}),
-    Rule("attention-aiter-fa", "AITER flash attention for MHA/GQA models; vLLM 0.28 would pick "
-         "ROCM_ATTN first", f"{SOURCES['vllm-46596']}; {SOURCES['amd-guide-attention']}",
+    Rule("attention-aiter-fa", "AITER flash attention for MHA/GQA models; vLLM 0.31-0.32 would "
+         "pick ROCM_ATTN first", f"{SOURCES['vllm-46596']}; {SOURCES['vllm-attention']}; "
+         f"{SOURCES['amd-guide-attention']}",
          AITER_ISAS, not_kinds=("mla", "hybrid", "attention_sinks", "multimodal_prefix"),
-         head_dims=AITER_FA_HEAD_DIMS, block_sizes=AITER_FA_BLOCK_SIZES, needs_aiter=True,
+         head_dims=AITER_FA_HEAD_DIMS, block_multiple=AITER_FA_BLOCK_MULTIPLE, needs_aiter=True,
          engine_args={"attention_backend": "ROCM_AITER_FA"}),
-    Rule("attention-aiter-unified-sinks", "attention sinks (gpt-oss): AITER unified attention, "
-         "AITER MHA off, as AMD's guide prescribes", SOURCES["amd-guide-attention"], AITER_ISAS,
-         kinds=("attention_sinks",), needs_aiter=True,
+    Rule("attention-aiter-unified-sinks", "attention sinks (gpt-oss): AITER unified attention "
+         "as AMD's guide prescribes, with the guide's two variables (in vLLM 0.31-0.32 the "
+         "engine argument alone selects the backend: VLLM_ROCM_USE_AITER_MHA=0 only keeps "
+         "ROCM_AITER_FA out of vLLM's own choice, and no selection reads "
+         "VLLM_ROCM_USE_AITER_UNIFIED_ATTENTION); its 64-token blocks stated",
+         f"{SOURCES['amd-guide-attention']}; {SOURCES['vllm-attention']}", AITER_ISAS,
+         kinds=("attention_sinks",), not_kinds=("multimodal_prefix",), needs_aiter=True,
          env={"VLLM_ROCM_USE_AITER_MHA": "0", "VLLM_ROCM_USE_AITER_UNIFIED_ATTENTION": "1"},
-         engine_args={"attention_backend": "ROCM_AITER_UNIFIED_ATTN"}),
+         engine_args={"attention_backend": "ROCM_AITER_UNIFIED_ATTN",
+                      "block_size": AITER_UNIFIED_BLOCK_SIZE}),
     Rule("attention-aiter-unified-hybrid", "hybrid Mamba/linear-attention models: AITER unified "
-         "attention for the attention layers", SOURCES["vllm-56945"], AITER_ISAS,
-         kinds=("hybrid",), not_kinds=("attention_sinks",), needs_aiter=True,
-         engine_args={"attention_backend": "ROCM_AITER_UNIFIED_ATTN"}),
-    Rule("attention-aiter-unified-multimodal", "bidirectional attention over image tokens "
-         "(Gemma 3): ROCM_AITER_FA lacks it, AITER unified attention has it",
-         "vLLM 0.28 rocm_aiter_unified_attn.py `supports_mm_prefix`; "
-         f"{SOURCES['vllm-46596']}", AITER_ISAS, kinds=("multimodal_prefix",),
-         not_kinds=("attention_sinks", "hybrid", "mla"), needs_aiter=True,
-         engine_args={"attention_backend": "ROCM_AITER_UNIFIED_ATTN"}),
+         "attention for the attention layers; its 64-token blocks stated (vLLM grows the "
+         "attention block in steps of them until a page holds a layer's state)",
+         f"{SOURCES['vllm-56945']}; {SOURCES['vllm-attention']}", AITER_ISAS,
+         kinds=("hybrid",), not_kinds=("attention_sinks", "multimodal_prefix"),
+         needs_aiter=True,
+         engine_args={"attention_backend": "ROCM_AITER_UNIFIED_ATTN",
+                      "block_size": AITER_UNIFIED_BLOCK_SIZE}),
+    Rule("attention-multimodal-prefix", "bidirectional attention over image tokens (Gemma 3): "
+         "no AITER attention backend has it in vLLM 0.32 (ROCM_AITER_FA never had it; "
+         "ROCM_AITER_UNIFIED_ATTN and ROCM_ATTN had it in 0.31), so the attention backend is "
+         "left to vLLM, which picks the first that has it (TRITON_ATTN in 0.32, ROCM_ATTN in "
+         "0.31)", f"{SOURCES['vllm-mm-prefix']}; {SOURCES['vllm-46596']}", AITER_ISAS,
+         kinds=("multimodal_prefix",), not_kinds=("mla",), needs_aiter=True),
     Rule("attention-aiter-unified-head-dim", "head sizes ROCM_AITER_FA lacks: AITER unified "
-         "attention (head size >= 32)", "vLLM 0.28 rocm_aiter_fa.py / rocm_aiter_unified_attn.py"
-         " supported head sizes", AITER_ISAS,
-         not_kinds=("mla", "hybrid", "attention_sinks", "multimodal_prefix"),
-         not_head_dims=AITER_FA_HEAD_DIMS, needs_aiter=True,
-         engine_args={"attention_backend": "ROCM_AITER_UNIFIED_ATTN"}),
+         "attention (head size >= 32); its 64-token blocks stated", SOURCES["vllm-attention"],
+         AITER_ISAS, not_kinds=("mla", "hybrid", "attention_sinks", "multimodal_prefix"),
+         not_head_dims=AITER_FA_HEAD_DIMS, min_head_dim=AITER_UNIFIED_MIN_HEAD_DIM,
+         needs_aiter=True, engine_args={"attention_backend": "ROCM_AITER_UNIFIED_ATTN",
+                                        "block_size": AITER_UNIFIED_BLOCK_SIZE}),
     Rule("mla-block-size", "AITER MLA (vLLM picks ROCM_AITER_MLA first when AITER is on) with "
-         "--block-size 1 as AMD's guide requires; vLLM 0.28's AITER MLA also takes larger blocks",
-         SOURCES["amd-guide-mla"], AITER_ISAS, kinds=("mla",), block_sizes=(None,),
-         needs_aiter=True, engine_args={"block_size": 1}),
+         "--block-size 1 as AMD's guide requires; vLLM 0.31-0.32's AITER MLA also takes larger "
+         "blocks (its decode kernel pages by one token either way)",
+         f"{SOURCES['amd-guide-mla']}; {SOURCES['vllm-aiter-mla']}", AITER_ISAS,
+         kinds=("mla",), block_sizes=(None,), needs_aiter=True, engine_args={"block_size": 1}),
     Rule("moe-aiter", "AITER fused MoE for 16-bit and FP8 experts",
          f"{SOURCES['amd-guide-moe']}; {SOURCES['vllm-moe-oracle']}", AITER_ISAS,
          kinds=("moe",), precisions=("bf16", "fp16", "fp8"), needs_aiter=True,
          engine_args={"moe_backend": "aiter"}),
-    Rule("moe-aiter-mxfp4", "AITER's MXFP4 MoE (gfx950 only; its default kernel, W4A16, keeps "
-         "the weights in MXFP4 and multiplies in bf16)", SOURCES["vllm-moe-oracle"],
-         ("gfx950",), kinds=("moe",), precisions=("mxfp4",), needs_aiter=True,
+    Rule("moe-aiter-mxfp4", "AITER's MXFP4 MoE on gfx950: its CK W4A16 kernel keeps the "
+         "weights in MXFP4 and multiplies in bf16 (vLLM's default there too; the argument "
+         "keeps it to AITER's kernels where the default may fall back to vLLM's Triton ones)",
+         SOURCES["vllm-moe-oracle"], ("gfx950",), kinds=("moe",), precisions=("mxfp4",),
+         needs_aiter=True,
          engine_args={"moe_backend": "aiter"}),
-    Rule("moe-mxfp4-gfx942", "MXFP4 experts on gfx942: AITER's MXFP4 MoE is gfx950-only, vLLM "
-         "picks its Triton kernels (moe backend left to vLLM)", SOURCES["vllm-moe-oracle"],
-         ("gfx942",), kinds=("moe",), precisions=("mxfp4",)),
+    Rule("moe-mxfp4-gfx942", "MXFP4 experts on gfx942: AITER's CK MXFP4 kernel is gfx950-only; "
+         "with AITER on, vLLM's default is AITER's Triton W4A16 kernel (moe_gemm_a16w4), and "
+         "its own Triton kernels under expert or data parallelism, so the moe backend is left "
+         "to vLLM", SOURCES["vllm-moe-oracle"], ("gfx942",), kinds=("moe",),
+         precisions=("mxfp4",)),
     Rule("quick-reduce", "Quick Reduce with INT8 quantization for the large all-reduces of TP "
          "4/8 under load (INT8 is the least lossy quantized level; validate quality)",
-         SOURCES["amd-guide-quick-reduce"], AITER_ISAS, tp=(4, 8), objective="throughput",
-         env={"VLLM_ROCM_QUICK_REDUCE_QUANTIZATION": "INT8"}),
-    Rule("awq-triton", "AWQ on ROCm runs on vLLM's Triton AWQ kernels", SOURCES["amd-guide-awq"],
-         GPU_ISAS, quantization=("awq", "awq_marlin"), env={"VLLM_USE_TRITON_AWQ": "1"}),
+         f"{SOURCES['amd-guide-quick-reduce']}; {SOURCES['vllm-quick-reduce']}", AITER_ISAS,
+         tp=(4, 8), objective="throughput", env={"VLLM_ROCM_QUICK_REDUCE_QUANTIZATION": "INT8"}),
+    Rule("awq-triton", "AWQ on ROCm runs on vLLM's Triton AWQ kernels",
+         f"{SOURCES['amd-guide-awq']}; {SOURCES['vllm-awq']}", GPU_ISAS,
+         quantization=("awq", "awq_marlin"), env={"VLLM_USE_TRITON_AWQ": "1"}),
     Rule("fp8-fnuz", "FP8 weights on gfx942 are e4m3fnuz: vLLM converts OCP e4m3fn checkpoints "
          "on load (scales doubled)", SOURCES["vllm-fp8"], ("gfx942",), precisions=("fp8",)),
     Rule("fp8-fnuz-kv", "an FP8 KV cache on gfx942 is stored as e4m3fnuz", SOURCES["vllm-fp8"],
@@ -319,7 +379,10 @@ def matches(rule: Rule, given: RuleInput) -> bool:
         rule.objective is None or given.objective == rule.objective,
         not rule.head_dims or given.head_dim in rule.head_dims,
         given.head_dim not in rule.not_head_dims,
+        given.head_dim >= rule.min_head_dim,
         not rule.block_sizes or given.block_size in rule.block_sizes,
+        not rule.block_multiple or given.block_size is None
+        or given.block_size % rule.block_multiple == 0,
     )
     return all(checks)
 
@@ -393,16 +456,23 @@ def _block_budget(given: RuleInput) -> tuple[dict[str, Any], str | None]:
 
 # --- the block budget, from the planner's memory estimate ----------------------------------------
 
-STATE_BLOCK_ALIGNMENT = 16  # vLLM raises the attention block size in multiples of 16 tokens
+# The smallest kernel block of the ROCm attention backends (ROCM_ATTN, ROCM_AITER_FA,
+# ROCM_AITER_UNIFIED_ATTN, TRITON_ATTN): 16 tokens; MLA: vLLM aligns hybrid models to 128.
+STATE_BLOCK_ALIGNMENT = 16
+MLA_STATE_BLOCK_ALIGNMENT = 128
 
 
 def block_budget(facts: ModelFacts, memory: MemoryEstimate, layout: Layout,
                  dtype: str) -> BlockBudget:
     """KV-cache blocks per device, and for hybrid models the blocks of the pool that holds their
-    per-sequence state, the way vLLM 0.28 lays that pool out: one page size for every layer
-    (the attention block grows in steps of 16 tokens until its page holds a layer's state),
-    layers grouped by kind, `blocks = budget // (page x layers per group)` (vllm/v1/core/
-    kv_cache_utils.py `get_kv_cache_config_from_groups`). Each running sequence needs one."""
+    per-sequence state, the way vLLM 0.31-0.32 lays that pool out (vllm/platforms/interface.py
+    `_align_hybrid_block_size`, vllm/v1/core/kv_cache_utils.py
+    `get_kv_cache_config_from_groups`): one page size for every layer, the attention block grown
+    in steps of the block size the attention backend starts from (at least its smallest kernel
+    block, 16 tokens; 64 for ROCM_AITER_UNIFIED_ATTN, which the rules state as `--block-size`;
+    128 for MLA) until its page holds a layer's state, layers grouped by kind (as many per group
+    as the smaller kind has, or as the larger when that is under 1.5 times the smaller),
+    `blocks = budget // (page x layers per group)`. Each running sequence needs one."""
     kv_blocks = memory.kv_capacity_tokens // memory.block_size
     hybrid = facts.hybrid
     if hybrid is None or hybrid.state_elements_per_layer is None:
@@ -411,11 +481,15 @@ def block_budget(facts: ModelFacts, memory: MemoryEstimate, layout: Layout,
         compute_dtype_bytes(dtype)
     attention_token_bytes = memory.kv_bytes_per_token // max(1, math.ceil(
         facts.num_layers / layout.pp))
-    step = attention_token_bytes * STATE_BLOCK_ALIGNMENT
+    alignment = MLA_STATE_BLOCK_ALIGNMENT if facts.mla is not None else STATE_BLOCK_ALIGNMENT
+    step = attention_token_bytes * max(alignment, memory.block_size)
     page = max(state_bytes, math.ceil(state_bytes / step) * step) if step else state_bytes
     state_layers = math.ceil(hybrid.state_layers / layout.pp)
     attention_layers = math.ceil(hybrid.attention_layers / layout.pp)
-    group = min(state_layers, attention_layers) if attention_layers else state_layers
+    group = state_layers
+    if attention_layers:
+        fewer, more = sorted((state_layers, attention_layers))
+        group = more if more < fewer * 1.5 else fewer
     blocks = memory.kv_budget_bytes_per_device // (page * max(1, group))
     return BlockBudget(kv_blocks=kv_blocks, state_blocks=blocks,
                        state_bytes_per_sequence=state_bytes * state_layers)
