@@ -36,8 +36,8 @@ def test_gpt_oss_parameter_count_matches_the_published_figure(model, published):
 def test_mxfp4_is_native_on_gfx950():
     plan = plan_for("gpt-oss-120b", "MI355X:1")
     assert plan.precision == "mxfp4"
-    assert any("on gfx950, which has MX matrix cores" in note
-               and "--moe-backend aiter_mxfp4_mxfp4" in note for note in plan.notes)
+    assert any("on gfx950, which has MX matrix cores" in note and "W4A16 by default" in note
+               for note in plan.notes)
 
 
 def test_mxfp4_runs_weight_only_on_gfx942_with_the_same_weight_memory():
@@ -52,9 +52,10 @@ def test_mxfp4_runs_weight_only_on_gfx942_with_the_same_weight_memory():
 
 
 @pytest.mark.parametrize("simulate", ["MI250:8", "MI210:4"])
-def test_mxfp4_is_refused_where_vllm_has_no_kernel(simulate):
-    with pytest.raises(NoFitError, match="vLLM has no MXFP4 kernel for MI2"):
-        plan_for("gpt-oss-20b", simulate)
+def test_mxfp4_runs_weight_only_on_mi200_through_vllms_triton_kernels(simulate):
+    plan = plan_for("gpt-oss-20b", simulate)
+    assert plan.precision == "mxfp4"
+    assert any("weight-only on gfx90a" in note for note in plan.notes)
 
 
 def test_mxfp4_is_refused_on_the_cpu_backend(tmp_path):

@@ -22,8 +22,8 @@ from testkit import MODELS
 GIB = 1024**3
 VRAM_GIB = {"MI210": 64, "MI250": 64, "MI300X": 192, "MI325X": 256, "MI355X": 288}
 FP8_PRODUCTS = {"MI300X", "MI325X", "MI355X"}
-# vLLM's MXFP4 kernels: native MX on gfx950, weight-only (Triton/AITER) on gfx942, none on gfx90a.
-MXFP4_PRODUCTS = {"MI300X", "MI325X", "MI355X"}
+# vLLM's MXFP4 kernels: MX cores on gfx950, weight-only Triton kernels on gfx942 and gfx90a.
+MXFP4_PRODUCTS = {"MI210", "MI250", "MI300X", "MI325X", "MI355X"}
 EMPTY = Catalog(recipes=(), directories=())
 
 

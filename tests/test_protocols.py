@@ -175,3 +175,37 @@ def test_root_routes_serve_clients_written_for_vllm_serve(keyed):
     assert predict.status_code == 200 and len(predict.json()["predictions"]) == 1
     refused = httpx.post(keyed.url + "/v1/chat/completions", json={"model": "tiny"})
     assert refused.status_code == 401 and refused.json()["error"]["type"] == "AuthenticationError"
+
+
+# --- a pooling model: vLLM's pooling routes -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pooled(work_dir, tiny_model):
+    """The tiny model served as an embedding model (vLLM's --runner pooling --convert embed)."""
+    process = aim_server(work_dir, tiny_model, "--runner", "pooling", "--convert", "embed",
+                         name="tiny").start()
+    try:
+        yield process.wait_ready()
+    finally:
+        process.stop()
+
+
+def test_pooling_models_serve_embeddings_score_and_pooling(pooled):
+    client = openai.OpenAI(base_url=pooled.url + "/openai/v1", api_key="unused", max_retries=0)
+    embedded = client.embeddings.create(model="tiny", input=["Hello", "there"])
+    assert len(embedded.data) == 2 and len(embedded.data[0].embedding) == 64
+    score = httpx.post(pooled.url + "/openai/v1/score",
+                       json={"model": "tiny", "text_1": "a cat", "text_2": "a dog"}).json()
+    assert isinstance(score["data"][0]["score"], float)
+    pooling = httpx.post(pooled.url + "/openai/pooling", json={"model": "tiny", "input": "x"})
+    assert pooling.status_code == 200 and pooling.json()["data"][0]["object"] == "pooling"
+
+
+def test_pooling_models_refuse_text_generation_clearly(pooled):
+    completion = httpx.post(pooled.url + "/openai/v1/completions",
+                            json={"model": "tiny", "prompt": "x"})
+    assert completion.status_code == 404  # as `vllm serve` answers: no such route
+    generate = httpx.post(pooled.url + "/v2/models/tiny/generate", json={"text_input": "hi"})
+    assert generate.status_code == 400
+    assert "pooling model" in generate.json()["error"]

@@ -93,14 +93,16 @@ PARTITION_BY_XCC_SHARE = {2: "DPX", 3: "TPX", 4: "QPX"}
 # Matrix-core FP8 exists from MI300 (gfx942; FNUZ encoding) on; MX formats from MI350 (gfx950).
 FP8_ISAS = ("gfx942", "gfx950")
 
-# How vLLM runs MXFP4 weights (gpt-oss and other OCP-MX checkpoints), by ISA (vLLM's MXFP4 MoE
-# oracle, model_executor/layers/fused_moe/oracle/mxfp4.py). gfx950 has MX matrix cores ("native"):
-# vLLM's default there is still W4A16 (AITER's CK kernel: MXFP4 weights, bf16 arithmetic), and
-# native W4A4 is `--moe-backend aiter_mxfp4_mxfp4`; gfx942 has no MX matrix cores
-# ("weight-only"): AITER's Triton W4A16 kernel. Either way the weights take MXFP4's memory.
-# gfx90a has only vLLM's software emulation, which the planner does not offer.
+# How vLLM 0.31-0.32 runs MXFP4 weights (gpt-oss and other OCP-MX checkpoints), by ISA (its MXFP4
+# MoE oracle, model_executor/layers/fused_moe/oracle/mxfp4.py, and the OpenAI Triton MoE kernels'
+# device gate, fused_moe/experts/gpt_oss_triton_kernels_moe.py). gfx950 has MX matrix cores
+# ("native"); vLLM's default there is still W4A16 (AITER's CK kernel: MXFP4 weights, bf16
+# arithmetic), its native W4A4 kernel only when MXFP4 activations are requested. gfx942 and gfx90a
+# have none ("weight-only"): W4A16 through AITER's Triton kernel (gfx942) or the OpenAI Triton MoE
+# kernels (gfx90a, verified there by vLLM). Either way the weights take MXFP4's memory.
 Mxfp4Path = Literal["native", "weight-only"]
-MXFP4_PATHS: dict[str, Mxfp4Path] = {"gfx950": "native", "gfx942": "weight-only"}
+MXFP4_PATHS: dict[str, Mxfp4Path] = {"gfx950": "native", "gfx942": "weight-only",
+                                     "gfx90a": "weight-only"}
 
 
 def isa_supports_fp8(isa: str | None) -> bool:

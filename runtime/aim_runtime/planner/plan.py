@@ -497,9 +497,10 @@ def _mxfp4_note(setting: PlanSetting, memory: MemoryEstimate) -> str:
     if mxfp4_path(setting.isa) == "native":
         return (f"MXFP4 weights ({weights} per device) on {setting.isa}, which has MX matrix "
                 "cores: vLLM runs them W4A16 by default (AITER CK kernel, bf16 arithmetic); "
-                "--moe-backend aiter_mxfp4_mxfp4 computes natively in MX (W4A4)")
-    return (f"MXFP4 weights ({weights} per device) run weight-only on {setting.isa}: vLLM's "
-            "Triton/AITER kernels dequantize them and compute in bf16 (W4A16)")
+                "its native W4A4 kernel only when MXFP4 activations are requested")
+    return (f"MXFP4 weights ({weights} per device) run weight-only on {setting.isa}, which has "
+            "no MX matrix cores: vLLM's Triton kernels dequantize them and compute in bf16 "
+            "(W4A16)")
 
 
 def _rocm(setting: PlanSetting, candidate: Candidate, batch: BatchShape | None = None,

@@ -131,6 +131,15 @@ class AimModel(Model):
             stop_ray()
         self.ready = False
 
+    def _completions(self) -> Any:
+        """The engine's completion serving object; a pooling model has none (400, not 500)."""
+        completions = self._engine().completions
+        if completions is None:
+            raise InvalidInput("this model is served as a pooling model: v2 text generation is "
+                               "not available; use /openai/v1/embeddings, /openai/pooling, "
+                               "/openai/score or /openai/rerank")
+        return completions
+
     def _engine(self) -> Engine:
         if self.vllm_engine is None or self.vllm_engine.dead_reason is not None:
             raise ModelNotReady(self.name)
@@ -178,7 +187,7 @@ class AimModel(Model):
 
     async def _complete(self, prompts: list[str], parameters: dict[str, Any]) -> list[str]:
         request = self._completion_request(prompts, parameters, stream=False)
-        response = _checked(await self._engine().completions.create_completion(request, None))
+        response = _checked(await self._completions().create_completion(request, None))
         texts = [""] * len(prompts)
         for choice in response.choices:
             texts[choice.index] = choice.text
@@ -188,7 +197,7 @@ class AimModel(Model):
         """The v2 generate extension: {"text_input": str, "parameters": {...}}."""
         prompt, parameters = _generate_body(body)
         request = self._completion_request([prompt], parameters, stream=False)
-        response = _checked(await self._engine().completions.create_completion(request, None))
+        response = _checked(await self._completions().create_completion(request, None))
         choice = response.choices[0]
         return {"model_name": self.name, "model_version": "", TEXT_OUTPUT: choice.text,
                 "finish_reason": choice.finish_reason}
@@ -198,7 +207,7 @@ class AimModel(Model):
         """The v2 generate_stream extension: one SSE event per text delta."""
         prompt, parameters = _generate_body(body)
         request = self._completion_request([prompt], parameters, stream=True)
-        stream = _checked(await self._engine().completions.create_completion(
+        stream = _checked(await self._completions().create_completion(
             request, raw_request))
         return self._generate_events(stream)
 

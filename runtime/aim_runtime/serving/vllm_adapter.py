@@ -308,8 +308,9 @@ class Engine:
         return self.app.state
 
     @property
-    def completions(self) -> Any:
-        return self.state.openai_serving_completion
+    def completions(self) -> Any | None:
+        """vLLM's completion serving object; None for a pooling model (no text generation)."""
+        return getattr(self.state, "openai_serving_completion", None)
 
     @property
     def chat(self) -> Any:
