@@ -80,10 +80,16 @@ def call(base: str, path: str, body) -> tuple[int, object]:
             response = client.post(base + path, json=body)
             return response.status_code, shape(response.json())
         with client.stream("POST", base + path, json=body) as response:
-            events = [json.loads(line[6:]) for line in response.iter_lines()
-                      if line.startswith("data: ") and line != "data: [DONE]"]
-        # first chunk, a middle one, the usage-only last one
-        return response.status_code, [shape(events[0]), shape(events[1]), shape(events[-1])]
+            lines = list(response.iter_lines())
+        events = [json.loads(line[6:]) for line in lines
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+        # The SSE framing (which fields each event has, in order, and how the stream ends), then
+        # the first event, a middle one and the last one.
+        framing = [line.split(":", 1)[0] for line in lines[:8]], lines[-1] if lines else None
+        if lines and lines[-1].startswith("data: ") and lines[-1] != "data: [DONE]":
+            framing = framing[0], "data: <json>"
+        return response.status_code, {"framing": framing, "first": shape(events[0]),
+                                      "middle": shape(events[1]), "last": shape(events[-1])}
 
 
 # Every other route both serve: (path under our /openai, same path on `vllm serve`, body).
