@@ -278,6 +278,19 @@ SKIP_VERSION_CHECK: Variable[bool] = _register(Variable(
     "AIM_SKIP_VERSION_CHECK", boolean, False,
     "try vLLM/KServe versions outside the supported window", "true|false"))
 
+WARMUP: Variable[str] = _register(Variable(
+    "AIM_WARMUP", choice("off", "basic", "full"), "full",
+    "requests the server sends itself before it reports ready (off, basic, full)",
+    "off|basic|full"))
+STALL_SECONDS: Variable[float] = _register(Variable(
+    "AIM_STALL_SECONDS", positive_float, 600.0,
+    "requests running and no token produced for this long: liveness fails (a stalled engine)",
+    "seconds"))
+TERMINATION_LOG: Variable[Path] = _register(Variable(
+    "AIM_TERMINATION_LOG", path, Path("/dev/termination-log"),
+    "where a start-up failure or engine death is written for `kubectl describe pod`",
+    "file"))
+
 # Multi-node
 ROLE: Variable[str] = _register(Variable(
     "AIM_ROLE", choice(*ROLES), "single", "single, or head of a multi-node deployment",

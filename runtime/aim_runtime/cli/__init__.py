@@ -47,7 +47,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def configure_logging(default_level: str, timestamps: bool) -> None:
-    """Log to stderr at AIM_LOG_LEVEL (else `default_level`); servers stamp their lines."""
+    """Log to stderr at AIM_LOG_LEVEL (else `default_level`); servers stamp their lines. The
+    runtime's own loggers get their own handler: KServe reconfigures the root logger when its
+    server starts, which would otherwise silence everything logged after start-up."""
     stamp = "%(asctime)s " if timestamps else ""
-    logging.basicConfig(level=settings.LOG_LEVEL.read() or default_level,
-                        format=stamp + "%(levelname)s %(name)s: %(message)s")
+    level = settings.LOG_LEVEL.read() or default_level
+    logging.basicConfig(level=level, format=stamp + "%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(stamp + "%(levelname)s %(name)s: %(message)s"))
+    ours = logging.getLogger("aim_runtime")
+    ours.handlers = [handler]
+    ours.setLevel(level)
+    ours.propagate = False

@@ -197,5 +197,20 @@ def track_efficiency(roofline: Roofline, kv_capacity_tokens: int,
     return tracker
 
 
+def engine_progress() -> tuple[float, float]:
+    """(requests running, tokens generated so far), summed from vLLM's own series in this
+    process's registry: what the stall watch compares between two looks."""
+    from prometheus_client import REGISTRY
+
+    running = generated = 0.0
+    for family in REGISTRY.collect():
+        for sample in family.samples:
+            if sample.name == "vllm:num_requests_running":
+                running += sample.value
+            elif sample.name == "vllm:generation_tokens_total":
+                generated += sample.value
+    return running, generated
+
+
 def record_phase(phase: str, seconds: float) -> None:
     STARTUP_PHASE_SECONDS.labels(phase=phase).set(round(seconds, 4))

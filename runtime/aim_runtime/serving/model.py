@@ -30,6 +30,7 @@ from kserve.protocol.infer_type import (
 from aim_runtime.serving import metrics
 from aim_runtime.serving.cluster import ClusterSpec, form_cluster, stop_ray
 from aim_runtime.serving.vllm_adapter import Engine, completion_request, start_engine
+from aim_runtime.serving.warmup import WarmupPlan, WarmupTarget, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,12 @@ class AimModel(Model):
 
     def __init__(self, name: str, engine_argv: list[str], env: dict[str, str],
                  on_engine_death: Callable[[str], None] | None = None,
-                 cluster: ClusterSpec | None = None) -> None:
+                 cluster: ClusterSpec | None = None, warmup: WarmupTarget | None = None,
+                 stall_seconds: float = 600.0) -> None:
         super().__init__(name)
+        self.warmup = warmup
+        self.warmed = warmup is None or warmup.extent == "off"
+        self.stall_seconds = stall_seconds
         self.engine_argv = engine_argv
         self.env = env
         self.cluster = cluster  # multi-node head: form the Ray cluster before the engine
@@ -94,6 +99,32 @@ class AimModel(Model):
         log.info("engine ready in %.1f s (KV cache: %s tokens)", time.monotonic() - started,
                  capacity)
         self.vllm_engine.monitor = asyncio.create_task(self._watch_engine())
+        await self._warm_up()
+
+    async def _warm_up(self) -> None:
+        """Requests through our own listener before readiness (serving/warmup.py)."""
+        engine = self.vllm_engine
+        if self.warmed or engine is None or self.warmup is None:
+            return
+        started = time.monotonic()
+        config = engine.effective_config()
+        plan = WarmupPlan(
+            extent=self.warmup.extent, url=self.warmup.url, model=self.name,
+            api_key=self.warmup.api_key,
+            max_num_batched_tokens=int(config["max_num_batched_tokens"]),
+            max_num_seqs=int(config["max_num_seqs"]), max_model_len=engine.max_model_len,
+            tools=bool(getattr(engine.args, "enable_auto_tool_choice", False)),
+            structured_outputs=engine.completions is not None)
+        try:
+            sent = await warm_up(plan) if engine.completions is not None else 0
+        except Exception as exc:  # the listener or a request failed: serve anyway
+            log.warning("warm-up incomplete: %s: %s", type(exc).__name__, exc)
+            sent = 0
+        seconds = time.monotonic() - started
+        metrics.record_phase("warmup", seconds)
+        log.info("warm-up: %d request(s) in %.1f s (%s); ready", sent, seconds,
+                 self.warmup.extent)
+        self.warmed = True
 
     async def _form_cluster(self, spec: ClusterSpec) -> None:
         started = time.monotonic()
@@ -103,10 +134,20 @@ class AimModel(Model):
         metrics.record_phase("cluster", time.monotonic() - started)
 
     async def _watch_engine(self) -> None:
-        """Poll engine health; on death, liveness turns false and the owner is told."""
+        """Poll engine health and progress; on death or a stall (requests running and no token
+        produced for `stall_seconds`), liveness turns false and the owner is told."""
         engine = self.vllm_engine
+        last_progress, last_generated = time.monotonic(), -1.0
         while engine is not None and await engine.healthy():
             await asyncio.sleep(HEALTH_CHECK_INTERVAL_SECONDS)
+            running, generated = metrics.engine_progress()
+            if running == 0 or generated != last_generated:
+                last_progress, last_generated = time.monotonic(), generated
+            elif time.monotonic() - last_progress > self.stall_seconds:
+                engine.dead_reason = (
+                    f"stalled: {running:g} request(s) running and no token produced for "
+                    f"{self.stall_seconds:g} s (AIM_STALL_SECONDS)")
+                break
         metrics.ENGINE_ALIVE.set(0)
         reason = engine.dead_reason if engine else "engine missing"
         log.error("the vLLM engine died: %s", reason)
@@ -114,7 +155,16 @@ class AimModel(Model):
             self.on_engine_death(reason or "unknown")
 
     async def healthy(self) -> bool:
-        return self.vllm_engine is not None and await self.vllm_engine.healthy()
+        return self.vllm_engine is not None and self.warmed and await self.vllm_engine.healthy()
+
+    def not_ready_reason(self) -> str:
+        """Why readiness is 503: loading, warming, stalled or dead (for the probe's body)."""
+        engine = self.vllm_engine
+        if engine is None:
+            return "loading"
+        if engine.dead_reason is not None:
+            return "stalled" if engine.dead_reason.startswith("stalled") else "dead"
+        return "warming" if not self.warmed else "unhealthy"
 
     def engine_capacity(self) -> int | None:
         """Sequences the engine runs at once (None until it is loaded)."""

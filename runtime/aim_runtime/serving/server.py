@@ -62,6 +62,14 @@ log = logging.getLogger(__name__)
 RECIPE_HEADER = "x-aim-recipe"
 
 
+class NotReady(ServerNotReady):
+    """Readiness 503 with a machine-readable reason (loading, warming, stalled, dead)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class AimDataPlane(DataPlane):
     """Liveness and readiness that follow the engine."""
 
@@ -73,7 +81,9 @@ class AimDataPlane(DataPlane):
         return {"status": "dead" if self.aim_model.engine_dead else "alive"}
 
     async def ready(self) -> bool:
-        return await self.aim_model.healthy()
+        if not await self.aim_model.healthy():
+            raise NotReady(self.aim_model.not_ready_reason())
+        return True
 
 
 class AimRESTServer(RESTServer):
@@ -390,9 +400,15 @@ def install_error_handlers(app: FastAPI, openai_root_routes: bool = False) -> No
         return handle
 
     unavailable = _kserve_error(HTTPStatus.SERVICE_UNAVAILABLE)
+
+    def not_ready(exc: Exception) -> JSONResponse:
+        reason = getattr(exc, "reason", None)
+        body = {"error": str(exc), **({"reason": reason} if reason else {})}
+        return JSONResponse(body, status_code=HTTPStatus.SERVICE_UNAVAILABLE.value)
+
     handlers = {
         # Not ready is an answer, not an incident: no traceback per probe while loading.
-        ServerNotReady: (unavailable, unavailable),
+        ServerNotReady: (not_ready, not_ready),
         ServerNotLive: (unavailable, unavailable),
         StarletteHTTPException: (_openai_http, _kserve_http),
         RequestValidationError: (_openai_validation, _kserve_validation),

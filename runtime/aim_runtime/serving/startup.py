@@ -64,6 +64,11 @@ def serve_parser() -> argparse.ArgumentParser:
              "(AIM_OPENAI_ROOT_ROUTES)")
     operations = parser.add_argument_group("operations")
     operations.add_argument(
+        "--warmup", choices=("off", "basic", "full"), default=settings.WARMUP.read(),
+        help="requests the server sends itself after the engine loads and before it reports "
+             "ready, so the first user request is as fast as the next (default full; "
+             "AIM_WARMUP)")
+    operations.add_argument(
         "--graceful-shutdown-seconds", type=int,
         default=settings.GRACEFUL_SHUTDOWN_SECONDS.read(),
         help="on SIGTERM, how long in-flight requests may run on (default 100; keep it below "
@@ -91,10 +96,14 @@ def serve_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CURRENT_PHASE = ["arguments"]  # the start-up phase running now, for the termination message
+
+
 @contextmanager
 def phase(name: str) -> Iterator[None]:
     """Time a start-up phase: logged, and exported as aim_startup_phase_seconds."""
     started = time.monotonic()
+    CURRENT_PHASE.append(name)
     yield
     seconds = time.monotonic() - started
     metrics.record_phase(name, seconds)
@@ -114,15 +123,35 @@ class Prepared:
 def serve_main(argv: Sequence[str]) -> int:
     """`aim-runtime serve`: start-up errors are AimErrors (the CLI prints them); serving ends
     with the server's exit code."""
-    prepared = prepare(list(argv))
+    try:
+        prepared = prepare(list(argv))
+    except AimError as exc:
+        write_termination_message(f"start-up failed in phase {CURRENT_PHASE[-1]}: {exc}")
+        raise
     try:
         prepared.server.start([prepared.model])
     except Exception as exc:
         log.error("serving stopped: %s: %s", type(exc).__name__, exc)
+        write_termination_message(f"serving stopped: {type(exc).__name__}: {exc}")
         prepared.model.stop()
         return 1
     prepared.model.stop()
+    engine = prepared.model.vllm_engine
+    if prepared.server.exit_code and engine is not None and engine.dead_reason:
+        write_termination_message(f"the vLLM engine died: {engine.dead_reason}")
     return prepared.server.exit_code
+
+
+def write_termination_message(text: str) -> None:
+    """What `kubectl describe pod` shows for a failed container: the kubelet reads the
+    container's termination-message file (AIM_TERMINATION_LOG, Kubernetes' default path)."""
+    target = settings.TERMINATION_LOG.read()
+    if not settings.TERMINATION_LOG.is_set() and not target.exists():
+        return  # not in a Kubernetes container (the kubelet creates the file)
+    try:
+        target.write_text(text[:4000] + "\n")
+    except OSError:
+        log.debug("no termination log at %s", target)
 
 
 def prepare(argv: list[str]) -> Prepared:
@@ -196,8 +225,13 @@ def _build_server(args: argparse.Namespace, plan: Plan, names: list[str],
     from aim_runtime.serving.gate import GateSettings
     from aim_runtime.serving.model import AimModel
     from aim_runtime.serving.server import AimModelServer
+    from aim_runtime.serving.warmup import WarmupTarget
 
-    model = AimModel(names[0], vllm_argv, plan.env, cluster=cluster)
+    listener = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    warmup = WarmupTarget(extent=args.warmup, url=f"http://{listener}:{args.http_port}",
+                          api_key=api_keys[0] if api_keys else None)
+    model = AimModel(names[0], vllm_argv, plan.env, cluster=cluster, warmup=warmup,
+                     stall_seconds=settings.STALL_SECONDS.read())
     gate = GateSettings(api_keys=api_keys, max_request_bytes=args.max_request_bytes,
                         max_queued=args.max_queued_requests)
     server = AimModelServer(

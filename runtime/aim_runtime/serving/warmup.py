@@ -1,0 +1,126 @@
+"""Warm-up before ready: real requests through the served path, so the first user request after
+readiness is as fast as the next.
+
+After the engine loads, vLLM still initialises lazily on first use: the tokenizer and detokenizer
+threads, the chat template, the sampler, structured-output grammars, the tool parser, and on GPUs
+the kernels AITER and Triton compile on first call and the graphs captured per batch size. Each is
+paid once, by whoever asks first. The runtime asks first: through its own HTTP listener (the gate,
+KServe's routing, vLLM's application, exactly as a client), before readiness turns 200.
+
+Extents (`--warmup`, `AIM_WARMUP`): `off`; `basic` (one completion, one streamed completion, one
+chat); `full` (default: basic, plus a prefill of the planned batched-token size, decode at the
+planned concurrency, and the tool-call and structured-output paths when the recipe enables them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+WARMUP_EXTENTS = ("off", "basic", "full")
+CONNECT_ATTEMPTS = 50
+CONCURRENCY_CAP = 16  # decode batch sizes beyond this are warmed by the graph capture itself
+
+
+@dataclass(frozen=True)
+class WarmupTarget:
+    """Where and how far to warm, from start-up (the rest comes from the loaded engine)."""
+
+    extent: str
+    url: str
+    api_key: str | None = None
+
+
+@dataclass(frozen=True)
+class WarmupPlan:
+    """What to warm, from the plan and the server's settings."""
+
+    extent: str
+    url: str  # the server's own HTTP listener
+    model: str
+    api_key: str | None
+    max_num_batched_tokens: int
+    max_num_seqs: int
+    max_model_len: int
+    tools: bool  # the recipe enables a tool parser
+    structured_outputs: bool = True
+
+
+def requests_for(plan: WarmupPlan) -> list[tuple[str, dict[str, Any]]]:
+    """(path under /openai/v1, body) of every warm-up request, in order."""
+    short = {"model": plan.model, "max_tokens": 2, "temperature": 0}
+    requests: list[tuple[str, dict[str, Any]]] = [
+        ("/completions", {**short, "prompt": "Hello"}),
+        ("/completions", {**short, "prompt": "Hello", "stream": True,
+                          "stream_options": {"include_usage": True}}),
+        ("/chat/completions", {**short, "messages": [{"role": "user", "content": "Hello"}]}),
+    ]
+    if plan.extent != "full":
+        return requests
+    prefill = max(1, min(plan.max_num_batched_tokens, plan.max_model_len) - 8)
+    requests.append(("/completions", {**short, "prompt": [0] * prefill, "max_tokens": 1}))
+    if plan.structured_outputs:
+        requests.append(("/chat/completions", {
+            **short, "messages": [{"role": "user", "content": "Answer yes or no."}],
+            "max_tokens": 4, "structured_outputs": {"choice": ["yes", "no"]}}))
+    if plan.tools:
+        requests.append(("/chat/completions", {
+            **short, "max_tokens": 16, "messages": [{"role": "user", "content": "Weather?"}],
+            "tools": [{"type": "function", "function": {
+                "name": "warm_up", "strict": True, "parameters": {
+                    "type": "object", "properties": {"ok": {"type": "boolean"}},
+                    "required": ["ok"]}}}],
+            "tool_choice": {"type": "function", "function": {"name": "warm_up"}}}))
+    return requests
+
+
+async def warm_up(plan: WarmupPlan) -> int:
+    """Send the warm-up requests (and a decode batch at the planned concurrency); returns how
+    many were sent. A failing warm-up request is logged, not fatal: readiness then still follows
+    the engine's health, and the user's first request pays what was not warmed."""
+    if plan.extent == "off":
+        return 0
+    headers = {"authorization": f"Bearer {plan.api_key}"} if plan.api_key else {}
+    base = plan.url + "/openai/v1"
+    async with httpx.AsyncClient(timeout=600, headers=headers) as client:
+        await _wait_for_listener(client, plan.url)
+        sent = 0
+        for path, body in requests_for(plan):
+            await _send(client, base + path, body)
+            sent += 1
+        if plan.extent == "full":
+            batch = min(plan.max_num_seqs, CONCURRENCY_CAP)
+            body = {"model": plan.model, "prompt": "Hello", "max_tokens": 4, "temperature": 0}
+            await asyncio.gather(*(_send(client, base + "/completions", body)
+                                   for _ in range(batch)))
+            sent += batch
+    return sent
+
+
+async def _wait_for_listener(client: httpx.AsyncClient, url: str) -> None:
+    for _ in range(CONNECT_ATTEMPTS):
+        try:
+            await client.get(url + "/v2/health/live")
+            return
+        except httpx.TransportError:
+            await asyncio.sleep(0.2)
+
+
+async def _send(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> None:
+    started = time.monotonic()
+    if body.get("stream"):
+        async with client.stream("POST", url, json=body) as response:
+            async for _ in response.aiter_lines():
+                pass
+    else:
+        response = await client.post(url, json=body)
+    if response.status_code != 200:
+        log.warning("warm-up request to %s answered %d", url, response.status_code)
+    log.debug("warm-up %s: %.3f s", url, time.monotonic() - started)

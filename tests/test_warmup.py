@@ -1,0 +1,116 @@
+"""Ready means fast: the server warms itself through its own listener before readiness turns
+200, readiness says why it is not ready, a stalled engine fails liveness, and start-up failures
+and engine deaths leave a termination message for `kubectl describe pod`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+import pytest
+
+from aim_runtime.serving.warmup import WarmupPlan, requests_for
+from servers import aim_server, server_environment
+from testkit import REPO
+
+
+def plan(extent: str, tools: bool = False) -> WarmupPlan:
+    return WarmupPlan(extent=extent, url="http://x", model="m", api_key=None,
+                      max_num_batched_tokens=2048, max_num_seqs=128, max_model_len=1024,
+                      tools=tools)
+
+
+def test_basic_warm_up_covers_completion_stream_and_chat():
+    paths = [(path, body.get("stream", False)) for path, body in requests_for(plan("basic"))]
+    assert paths == [("/completions", False), ("/completions", True),
+                     ("/chat/completions", False)]
+
+
+def test_full_warm_up_adds_a_planned_prefill_structured_output_and_tools_when_enabled():
+    without = requests_for(plan("full"))
+    prefill = [body for _, body in without if isinstance(body.get("prompt"), list)]
+    assert len(prefill) == 1 and len(prefill[0]["prompt"]) == 1024 - 8  # context-bound
+    assert any("structured_outputs" in body for _, body in without)
+    assert not any("tools" in body for _, body in without)
+    with_tools = requests_for(plan("full", tools=True))
+    assert any(body.get("tool_choice") for _, body in with_tools)
+
+
+def test_readiness_says_why_it_is_not_ready():
+    from kserve.model_repository import ModelRepository
+
+    from aim_runtime.serving.model import AimModel
+    from aim_runtime.serving.server import AimDataPlane, NotReady
+
+    model = AimModel("tiny", [], {})
+    with pytest.raises(NotReady) as loading:
+        asyncio.run(AimDataPlane(ModelRepository(), model).ready())
+    assert loading.value.reason == "loading"
+
+
+@pytest.mark.serving
+def test_the_server_warmed_itself_before_ready(server):
+    log = server.log_path.read_text()
+    assert "warm-up: " in log and " request(s) in " in log
+    warm = log.index("warm-up: ")
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'aim_startup_phase_seconds{phase="warmup"}' in metrics
+    # The readiness probes answered 503 until then: the first 200 came after the warm-up line.
+    assert any(status == 503 for _, path, status in server.probes if path.endswith("ready"))
+    assert warm > 0
+
+
+def test_start_up_failure_leaves_a_termination_message(tmp_path):
+    message = tmp_path / "termination-log"
+    env = server_environment(tmp_path, {"AIM_TERMINATION_LOG": str(message)})
+    result = subprocess.run([sys.executable, "-m", "aim_runtime", "serve", "--model_dir",
+                             str(tmp_path / "absent")], capture_output=True, text=True,
+                            timeout=300, env=env, cwd=REPO)
+    assert result.returncode == 2
+    text = message.read_text()
+    assert text.startswith("start-up failed in phase inspect: ") and "no config.json" in text
+
+
+@pytest.mark.serving
+def test_a_stalled_engine_fails_liveness_and_says_so(work_dir, tiny_model, tmp_path):
+    message = tmp_path / "termination-log"
+    server = aim_server(work_dir, tiny_model, "--warmup", "off", name="stall",
+                        env={"AIM_STALL_SECONDS": "4",
+                             "AIM_TERMINATION_LOG": str(message)}).start()
+    try:
+        server.wait_ready()
+        engine_core = next(p for p in psutil.Process(server.process.pid).children(recursive=True)
+                           if "EngineCore" in " ".join(p.cmdline()) or "EngineCore" in p.name())
+        body = {"model": "stall", "prompt": "x", "max_tokens": 2000, "ignore_eos": True,
+                "stream": True}
+        with httpx.stream("POST", server.url + "/openai/v1/completions", json=body,
+                          timeout=60) as stream:
+            next(line for line in stream.iter_lines() if line.startswith("data:"))
+            engine_core.send_signal(signal.SIGSTOP)  # the engine stops making progress
+            started = time.monotonic()
+            statuses = []
+            while time.monotonic() - started < 60 and server.process.poll() is None:
+                try:
+                    statuses.append(httpx.get(server.url + "/v2/health/live",
+                                              timeout=5).status_code)
+                except httpx.TransportError:
+                    statuses.append(None)  # the listener closed: the server is stopping
+                if statuses[-1] != 200:
+                    break
+                time.sleep(0.2)
+        assert statuses[0] == 200 and statuses[-1] != 200  # alive, then not
+        assert server.process.wait(timeout=120) == 1  # exits for a restart
+        assert "stalled: " in message.read_text()
+        assert "no token produced for 4 s" in server.log_path.read_text()
+    finally:
+        for child in psutil.Process(os.getpid()).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.send_signal(signal.SIGCONT)
+        server.stop()
