@@ -72,7 +72,7 @@ def requests_for(plan: WarmupPlan) -> list[tuple[str, dict[str, Any]]]:
             "max_tokens": 4, "structured_outputs": {"choice": ["yes", "no"]}}))
     if plan.tools:
         requests.append(("/chat/completions", {
-            **short, "max_tokens": 16, "messages": [{"role": "user", "content": "Weather?"}],
+            **short, "max_tokens": 64, "messages": [{"role": "user", "content": "Weather?"}],
             "tools": [{"type": "function", "function": {
                 "name": "warm_up", "strict": True, "parameters": {
                     "type": "object", "properties": {"ok": {"type": "boolean"}},
