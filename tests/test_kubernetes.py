@@ -271,7 +271,8 @@ RENDERED = [
                                  service_account="hf-models"), "llama-3.1-8b-instruct"),
     ("model-cache/inferenceservice-from-pvc.yaml", dict(
         model_id="meta-llama/Llama-3.1-8B-Instruct", name="llama-3-1-8b-cached",
-        storage_uri="pvc://aim-models/meta-llama/Llama-3.1-8B-Instruct"),
+        storage_uri="pvc://aim-models/meta-llama/Llama-3.1-8B-Instruct",
+        compile_cache_pvc="aim-compile-cache"),
      "llama-3.1-8b-instruct"),
     ("multinode/inferenceservice-405b-2x8.yaml", dict(
         model_id="meta-llama/Llama-3.1-405B-Instruct", name="llama-3-1-405b-instruct", nodes=2,

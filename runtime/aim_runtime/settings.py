@@ -286,6 +286,10 @@ STALL_SECONDS: Variable[float] = _register(Variable(
     "AIM_STALL_SECONDS", positive_float, 600.0,
     "requests running and no token produced for this long: liveness fails (a stalled engine)",
     "seconds"))
+COMPILE_CACHE_DIR: Variable[Path | None] = _register(Variable(
+    "AIM_COMPILE_CACHE_DIR", path, None,
+    "a volume for kernel and compile caches (vLLM, Triton, Inductor, AITER, MIOpen), one "
+    "directory per device, versions and plan", "directory"))
 TERMINATION_LOG: Variable[Path] = _register(Variable(
     "AIM_TERMINATION_LOG", path, Path("/dev/termination-log"),
     "where a start-up failure or engine death is written for `kubectl describe pod`",

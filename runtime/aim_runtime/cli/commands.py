@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  "yaml)")
     render_cmd.add_argument("--supplemental-groups", default="44",
                             help="pod GIDs for /dev/kfd and /dev/dri: video,render of your nodes")
+    render_cmd.add_argument("--compile-cache-pvc", metavar="CLAIM",
+                            help="mount this PersistentVolumeClaim for kernel and compile "
+                                 "caches (AIM_COMPILE_CACHE_DIR; filled by "
+                                 "manifests/model-cache/compile-cache-job.yaml)")
     render_cmd.add_argument("--service-account", metavar="NAME",
                             help="ServiceAccount whose Secret holds HF_TOKEN, for gated hf:// "
                                  "models (KServe's storage initializer reads it; see "
@@ -146,6 +150,7 @@ def run_render(args: argparse.Namespace) -> int:
         objective=args.objective, mode=args.mode, canary_of=args.canary_of,
         traffic=args.traffic, stable=args.stable, supplemental_groups=groups,
         nodes=args.nodes, service_account=args.service_account,
+        compile_cache_pvc=args.compile_cache_pvc,
     )
     document, plan = render(request, catalog_from_args(args))
     print(to_yaml(document), end="")

@@ -44,6 +44,7 @@ AUTO_COUNTS = (1, 2, 4, 8)
 TERMINATION_GRACE_SECONDS = 120
 DEFAULT_SUPPLEMENTAL_GROUPS = (44,)  # "video" on Debian/Ubuntu hosts; add the nodes' render GID
 MODES = ("standard", "knative")
+COMPILE_CACHE_MOUNT = "/compile-cache"
 # Longest request a route lets through (spec.predictor.timeout): KServe's Gateway API route cuts
 # requests at 60 s unless set; Knative's default max-revision-timeout-seconds is 600.
 REQUEST_TIMEOUT_SECONDS = {"standard": 1800, "knative": 600}
@@ -69,6 +70,7 @@ class RenderRequest:
     supplemental_groups: tuple[int, ...] = DEFAULT_SUPPLEMENTAL_GROUPS
     nodes: int = 1
     service_account: str | None = None  # holds the Secret with HF_TOKEN for gated models
+    compile_cache_pvc: str | None = None  # kernel and compile caches (AIM_COMPILE_CACHE_DIR)
 
     @property
     def multi_node(self) -> bool:
@@ -161,6 +163,11 @@ def predictor_spec(plan: Plan, request: RenderRequest) -> dict[str, Any]:
     if request.service_account:
         predictor["serviceAccountName"] = request.service_account
     predictor.update(pod_placement(plan, request, devices))
+    if request.compile_cache_pvc:
+        predictor["volumes"].append({"name": "compile-cache", "persistentVolumeClaim": {
+            "claimName": request.compile_cache_pvc}})
+        model["env"].append({"name": "AIM_COMPILE_CACHE_DIR", "value": COMPILE_CACHE_MOUNT})
+        model["volumeMounts"] = [{"name": "compile-cache", "mountPath": COMPILE_CACHE_MOUNT}]
     predictor["model"] = model
     if request.multi_node:
         predictor["workerSpec"] = {

@@ -29,6 +29,7 @@ from kserve.protocol.infer_type import (
 
 from aim_runtime.serving import metrics
 from aim_runtime.serving.cluster import ClusterSpec, form_cluster, stop_ray
+from aim_runtime.serving.compile_cache import CompileCache
 from aim_runtime.serving.vllm_adapter import Engine, completion_request, start_engine
 from aim_runtime.serving.warmup import WarmupPlan, WarmupTarget, warm_up
 
@@ -66,8 +67,11 @@ class AimModel(Model):
     def __init__(self, name: str, engine_argv: list[str], env: dict[str, str],
                  on_engine_death: Callable[[str], None] | None = None,
                  cluster: ClusterSpec | None = None, warmup: WarmupTarget | None = None,
-                 stall_seconds: float = 600.0) -> None:
+                 stall_seconds: float = 600.0, compile_cache: CompileCache | None = None,
+                 on_warmed: Callable[[], None] | None = None) -> None:
         super().__init__(name)
+        self.compile_cache = compile_cache
+        self.on_warmed = on_warmed  # told once the model is ready (the server may stop then)
         self.warmup = warmup
         self.warmed = warmup is None or warmup.extent == "off"
         self.stall_seconds = stall_seconds
@@ -100,6 +104,11 @@ class AimModel(Model):
                  capacity)
         self.vllm_engine.monitor = asyncio.create_task(self._watch_engine())
         await self._warm_up()
+        self.warmed = True
+        if self.compile_cache is not None:
+            self.compile_cache.mark_complete()
+        if self.on_warmed is not None:
+            self.on_warmed()
 
     async def _warm_up(self) -> None:
         """Requests through our own listener before readiness (serving/warmup.py)."""
@@ -124,7 +133,6 @@ class AimModel(Model):
         metrics.record_phase("warmup", seconds)
         log.info("warm-up: %d request(s) in %.1f s (%s); ready", sent, seconds,
                  self.warmup.extent)
-        self.warmed = True
 
     async def _form_cluster(self, spec: ClusterSpec) -> None:
         started = time.monotonic()

@@ -149,9 +149,11 @@ class AimModelServer(ModelServer):
 
     def __init__(self, model: AimModel, recipe_id: str, host: str,
                  gate: GateSettings | None = None, openai_root_routes: bool = False,
-                 **kwargs: Any) -> None:
+                 exit_after_warmup: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.openai_root_routes = openai_root_routes
+        if exit_after_warmup:  # fill the caches, then stop (a pre-fill Job)
+            model.on_warmed = self._warmed
         self.dataplane = AimDataPlane(self.registered_models, model)
         self.aim_model = model
         self.recipe_id = recipe_id
@@ -159,6 +161,11 @@ class AimModelServer(ModelServer):
         self.gate = gate or GateSettings()
         self.exit_code = 0
         model.on_engine_death = self._engine_died
+
+    def _warmed(self) -> None:
+        log.info("warmed up: stopping (--exit-after-warmup)")
+        if self._rest_server is not None:
+            self._rest_server.stop_serving()
 
     def _engine_died(self, reason: str) -> None:
         log.error("stopping: the engine is dead (%s); exiting non-zero for a restart", reason)

@@ -69,6 +69,10 @@ def serve_parser() -> argparse.ArgumentParser:
              "ready, so the first user request is as fast as the next (default full; "
              "AIM_WARMUP)")
     operations.add_argument(
+        "--exit-after-warmup", action="store_true",
+        help="stop once warmed up (exit 0): fills AIM_COMPILE_CACHE_DIR's caches for this "
+             "model and GPU, as a Job before an InferenceService scales")
+    operations.add_argument(
         "--graceful-shutdown-seconds", type=int,
         default=settings.GRACEFUL_SHUTDOWN_SECONDS.read(),
         help="on SIGTERM, how long in-flight requests may run on (default 100; keep it below "
@@ -222,6 +226,7 @@ def _node_count(args: argparse.Namespace) -> int:
 def _build_server(args: argparse.Namespace, plan: Plan, names: list[str],
                   vllm_argv: list[str], api_keys: tuple[str, ...],
                   cluster: ClusterSpec | None) -> tuple[AimModel, AimModelServer]:
+    from aim_runtime.serving.compile_cache import CompileCache, validity
     from aim_runtime.serving.gate import GateSettings
     from aim_runtime.serving.model import AimModel
     from aim_runtime.serving.server import AimModelServer
@@ -230,13 +235,18 @@ def _build_server(args: argparse.Namespace, plan: Plan, names: list[str],
     listener = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
     warmup = WarmupTarget(extent=args.warmup, url=f"http://{listener}:{args.http_port}",
                           api_key=api_keys[0] if api_keys else None)
-    model = AimModel(names[0], vllm_argv, plan.env, cluster=cluster, warmup=warmup,
-                     stall_seconds=settings.STALL_SECONDS.read())
+    cache_root = settings.COMPILE_CACHE_DIR.read()
+    compile_cache = CompileCache(cache_root, validity(plan)) if cache_root else None
+    if compile_cache is not None:
+        compile_cache.prepare()
+    env = {**plan.env, **(compile_cache.env() if compile_cache else {})}
+    model = AimModel(names[0], vllm_argv, env, cluster=cluster, warmup=warmup,
+                     stall_seconds=settings.STALL_SECONDS.read(), compile_cache=compile_cache)
     gate = GateSettings(api_keys=api_keys, max_request_bytes=args.max_request_bytes,
                         max_queued=args.max_queued_requests)
     server = AimModelServer(
         model, recipe_id=plan.recipe_id, host=args.host, gate=gate,
-        openai_root_routes=args.openai_root_routes,
+        openai_root_routes=args.openai_root_routes, exit_after_warmup=args.exit_after_warmup,
         grace_period=args.graceful_shutdown_seconds, http_port=args.http_port,
         grpc_port=args.grpc_port, workers=1, max_threads=args.max_threads,
         max_asyncio_workers=args.max_asyncio_workers, enable_grpc=args.enable_grpc,
