@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from aim_runtime.checkpoint.parameters import (
     CheckpointSummary,
@@ -58,28 +58,18 @@ ONE_SHARED_EXPERT_MODEL_TYPES = ("llama4_text", "llama4")
 STATE_LAYER_TYPES = ("linear_attention", "mamba", "mamba2", "mamba1", "linear", "ssm")
 
 
-class ModelFacts(BaseModel):
-    """Everything the planner needs to know about a model."""
+class ModelFacts(Dimensions):
+    """Everything the planner needs to know about a model: its dimensions (the part a parameter
+    count is computed from) and the rest."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     path: str
     hf_id: str | None = None
     architecture: str
-    model_type: str
-    num_layers: int
-    hidden_size: int
-    num_attention_heads: int
-    num_kv_heads: int
-    head_dim: int
-    intermediate_size: int | None = None
-    vocab_size: int
     max_position_embeddings: int
     sliding_window: int | None = None
-    tie_word_embeddings: bool
     dtype: str
-    moe: MoEFacts | None = None
-    mla: MLAFacts | None = None
     hybrid: HybridFacts | None = None
     quantization: QuantizationFacts | None = None
     multimodal: bool = False
