@@ -209,3 +209,31 @@ def test_pooling_models_refuse_text_generation_clearly(pooled):
     generate = httpx.post(pooled.url + "/v2/models/tiny/generate", json={"text_input": "hi"})
     assert generate.status_code == 400
     assert "pooling model" in generate.json()["error"]
+
+
+def test_v2_grpc_typed_contents_and_parameters(keyed):
+    """`contents` (typed, not raw) and typed InferParameters, as the protocol's own messages
+    (KServe's generated ones; Triton's client always sends raw contents)."""
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    request = pb.ModelInferRequest(
+        model_name="tiny", id="typed-1",
+        inputs=[pb.ModelInferRequest.InferInputTensor(
+            name="text_input", datatype="BYTES", shape=[2],
+            contents=pb.InferTensorContents(bytes_contents=[b"Hello", b"Once upon"]))],
+        parameters={"max_tokens": pb.InferParameter(int64_param=3),
+                    "seed": pb.InferParameter(int64_param=7)})
+    with grpc.insecure_channel(f"127.0.0.1:{keyed.grpc_port}") as channel:
+        stub = GRPCInferenceServiceStub(channel)
+        response = stub.ModelInfer(request, metadata=[("authorization", f"Bearer {KEY}")],
+                                   timeout=60)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(request, timeout=60)
+    assert response.id == "typed-1"
+    (output,) = response.outputs
+    assert output.name == "text_output" and output.datatype == "BYTES"
+    # Typed contents in, typed contents out (raw output contents answer raw inputs).
+    assert len(output.contents.bytes_contents) == 2 and not response.raw_output_contents
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
