@@ -50,48 +50,36 @@ def serving_precision(checkpoint: Precision, on_gpu: bool) -> Precision:
 # --- parsers: text -> value, or ValueError saying what was expected -----------------------------
 
 
+def _bounded(text: str, convert: Callable[[str], T], accept: Callable[[T], bool],
+             expected: str) -> T:
+    """`convert(text)` if it parses and `accept`s, else ValueError("expected <expected>")."""
+    try:
+        value = convert(text.strip())
+    except ValueError:
+        raise ValueError(f"expected {expected}") from None
+    if not accept(value):
+        raise ValueError(f"expected {expected}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """A whole number >= 1."""
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise ValueError("expected a positive integer") from None
-    if value < 1:
-        raise ValueError("expected a positive integer")
-    return value
+    return _bounded(text, int, lambda v: v >= 1, "a positive integer")
 
 
 def non_negative_int(text: str) -> int:
     """A whole number >= 0."""
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise ValueError("expected a whole number >= 0") from None
-    if value < 0:
-        raise ValueError("expected a whole number >= 0")
-    return value
+    return _bounded(text, int, lambda v: v >= 0, "a whole number >= 0")
 
 
 def positive_float(text: str) -> float:
     """A number > 0 (seconds)."""
-    try:
-        value = float(text.strip())
-    except ValueError:
-        raise ValueError("expected a number of seconds > 0") from None
-    if not value > 0:
-        raise ValueError("expected a number of seconds > 0")
-    return value
+    return _bounded(text, float, lambda v: v > 0, "a number of seconds > 0")
 
 
 def fraction(text: str) -> float:
     """A share of device memory in (0, 0.99]."""
-    try:
-        value = float(text.strip())
-    except ValueError:
-        raise ValueError("expected a fraction in (0, 0.99]") from None
-    if not 0.0 < value <= 0.99:
-        raise ValueError("expected a fraction in (0, 0.99]")
-    return value
+    return _bounded(text, float, lambda v: 0.0 < v <= 0.99, "a fraction in (0, 0.99]")
 
 
 def boolean(text: str) -> bool:
@@ -278,10 +266,11 @@ SKIP_VERSION_CHECK: Variable[bool] = _register(Variable(
     "AIM_SKIP_VERSION_CHECK", boolean, False,
     "try vLLM/KServe versions outside the supported window", "true|false"))
 
+WARMUP_EXTENTS = ("off", "basic", "full")
 WARMUP: Variable[str] = _register(Variable(
-    "AIM_WARMUP", choice("off", "basic", "full"), "full",
+    "AIM_WARMUP", choice(*WARMUP_EXTENTS), "full",
     "requests the server sends itself before it reports ready (off, basic, full)",
-    "off|basic|full"))
+    "|".join(WARMUP_EXTENTS)))
 STALL_SECONDS: Variable[float] = _register(Variable(
     "AIM_STALL_SECONDS", positive_float, 600.0,
     "requests running and no token produced for this long: liveness fails (a stalled engine)",

@@ -64,7 +64,7 @@ def serve_parser() -> argparse.ArgumentParser:
              "(AIM_OPENAI_ROOT_ROUTES)")
     operations = parser.add_argument_group("operations")
     operations.add_argument(
-        "--warmup", choices=("off", "basic", "full"), default=settings.WARMUP.read(),
+        "--warmup", choices=settings.WARMUP_EXTENTS, default=settings.WARMUP.read(),
         help="requests the server sends itself after the engine loads and before it reports "
              "ready, so the first user request is as fast as the next (default full; "
              "AIM_WARMUP)")

@@ -313,10 +313,6 @@ class Engine:
         return getattr(self.state, "openai_serving_completion", None)
 
     @property
-    def chat(self) -> Any:
-        return self.state.openai_serving_chat
-
-    @property
     def served_names(self) -> list[str]:
         return list(self.args.served_model_name)
 

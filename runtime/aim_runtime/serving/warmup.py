@@ -24,7 +24,6 @@ import httpx
 
 log = logging.getLogger(__name__)
 
-WARMUP_EXTENTS = ("off", "basic", "full")
 CONNECT_ATTEMPTS = 50
 CONCURRENCY_CAP = 16  # decode batch sizes beyond this are warmed by the graph capture itself
 
