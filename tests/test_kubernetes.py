@@ -238,6 +238,7 @@ def test_inference_services_request_gpus_on_matching_nodes(path, document):
         c["predictor"] for c in document["spec"].get("canary", [])]
     grace = int(next(a for a in CONTAINER["args"] if a.startswith("--graceful-shutdown-seconds"))
                 .split("=")[1])
+    grace += int(next(e["value"] for e in CONTAINER["env"] if e["name"] == "AIM_DRAIN_SECONDS"))
     knative = document["metadata"]["annotations"][
         "serving.kserve.io/deploymentMode"] == "Knative"
     for predictor in predictors:

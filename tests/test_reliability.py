@@ -215,6 +215,22 @@ def test_sigterm_drains_in_flight_streams_then_exits_zero(work_dir, tiny_model):
     assert process.process.wait(timeout=60) == 0
 
 
+def test_sigterm_with_a_drain_delay_keeps_serving_while_readiness_says_draining(work_dir,
+                                                                                 tiny_model):
+    process = aim_server(work_dir, tiny_model, env={"AIM_DRAIN_SECONDS": "4"}).start()
+    process.wait_ready()
+    process.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: not ready(process.url), timeout=3)
+    probe = httpx.get(process.url + "/v2/health/ready", timeout=5)
+    assert probe.status_code == 503 and probe.json()["reason"] == "draining"
+    assert httpx.get(process.url + "/v2/health/live", timeout=5).status_code == 200
+    served = httpx.post(process.url + "/openai/v1/completions", timeout=30,
+                        json={"model": "tiny", "prompt": "still here", "max_tokens": 2})
+    assert served.status_code == 200 and served.json()["choices"]
+    assert process.process.wait(timeout=60) == 0
+    assert "SIGTERM: draining for 4 s" in process.log_path.read_text()
+
+
 def ready(url: str) -> bool:
     try:
         return httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200

@@ -221,3 +221,46 @@ def test_a_single_node_server_refuses_a_multi_node_deployment(clean_env, tiny_mo
 def test_a_cpu_head_is_refused_before_anything_starts(clean_env, tiny_model):
     with pytest.raises(PlanError, match="multi-node serving needs GPUs"):
         prepare(tiny_model, "--role", "head", "--nodes", "2")
+
+
+# --- `vllm serve`'s listener flags and KServe's preset templates -------------------------------
+
+
+def test_vllm_listener_flags_configure_our_listener(clean_env, tiny_model, tmp_path):
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    prepared = prepare(tiny_model, "--http_port", "8000", "--ssl-certfile", str(cert),
+                       "--ssl-keyfile", str(key), "--enable-ssl-refresh",
+                       "--shutdown-timeout", "15", "--disable-uvicorn-access-log")
+    server = prepared.server
+    assert (server.ssl_certfile, server.ssl_keyfile) == (str(cert), str(key))
+    assert server.http_port == 8000 and server.grace_period == 15
+    assert prepared.model.warmup.url.startswith("https://127.0.0.1:8000")
+    vllm_args, _ = engine.parse_vllm_args(prepared.model.engine_argv)
+    assert vllm_args.shutdown_timeout == 15  # the engine drains for as long
+
+
+def test_graceful_shutdown_seconds_wins_over_shutdown_timeout(clean_env, tiny_model):
+    prepared = prepare(tiny_model, "--shutdown-timeout", "15", "--graceful-shutdown-seconds", "40")
+    assert prepared.server.grace_period == 40
+    assert prepare(tiny_model).server.grace_period == 100  # neither: our default
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--ssl-certfile", "/a.crt"], "TLS needs both a certificate and its key"),
+    (["--ssl_certfile", "/a.crt", "--ssl-certfile", "/b.crt", "--ssl-keyfile", "/k"],
+     "--ssl_certfile=/a.crt (KServe's) and --ssl-certfile=/b.crt (vllm serve's) disagree"),
+    (["--uds", "/tmp/s.sock"], "--uds: `vllm serve`'s option is not supported"),
+    (["--api-server-count", "2"], "--api-server-count: `vllm serve`'s option is not supported"),
+    (["--tensor-parallel-size=1", "--tensor-parallel-size", "2"],
+     "--tensor-parallel-size is given twice: 1, then 2"),
+])
+def test_listener_and_pinned_flag_conflicts_are_errors(clean_env, tiny_model, args, message):
+    with pytest.raises(AimError) as error:
+        prepare(tiny_model, *args)
+    assert message in str(error.value)
+
+
+def test_empty_arguments_from_preset_templates_are_dropped(clean_env, tiny_model):
+    prepared = prepare(tiny_model, "", "--tensor-parallel-size=1", "  ", "--tensor_parallel_size",
+                       "1", "--model_name", "m")
+    assert prepared.model.name == "m" and prepared.plan.engine_args["tensor_parallel_size"] == 1

@@ -77,6 +77,11 @@ def positive_float(text: str) -> float:
     return _bounded(text, float, lambda v: v > 0, "a number of seconds > 0")
 
 
+def non_negative_float(text: str) -> float:
+    """A number >= 0 (seconds)."""
+    return _bounded(text, float, lambda v: v >= 0, "a number of seconds >= 0")
+
+
 def fraction(text: str) -> float:
     """A share of device memory in (0, 0.99]."""
     return _bounded(text, float, lambda v: 0.0 < v <= 0.99, "a fraction in (0, 0.99]")
@@ -241,6 +246,10 @@ HOST: Variable[str] = _register(Variable(
 GRACEFUL_SHUTDOWN_SECONDS: Variable[int] = _register(Variable(
     "AIM_GRACEFUL_SHUTDOWN_SECONDS", non_negative_int, 100,
     "on SIGTERM, how long in-flight requests may run on", "seconds"))
+DRAIN_SECONDS: Variable[float] = _register(Variable(
+    "AIM_DRAIN_SECONDS", non_negative_float, 0.0,
+    "on SIGTERM, how long to keep accepting requests with readiness 503 `draining` before the "
+    "graceful shutdown (time for load balancers to stop sending; 0: none)", "seconds"))
 MAX_QUEUED_REQUESTS: Variable[int | None] = _register(Variable(
     "AIM_MAX_QUEUED_REQUESTS", non_negative_int, None,
     "requests admitted beyond max_num_seqs before 503 (default: max_num_seqs)",

@@ -74,6 +74,7 @@ class AimModel(Model):
         self.on_warmed = on_warmed  # told once the model is ready (the server may stop then)
         self.warmup = warmup
         self.warmed = warmup is None or warmup.extent == "off"
+        self.draining = False  # SIGTERM received: still serving, no longer ready
         self.stall_seconds = stall_seconds
         self.engine_argv = engine_argv
         self.env = env
@@ -163,15 +164,19 @@ class AimModel(Model):
             self.on_engine_death(reason or "unknown")
 
     async def healthy(self) -> bool:
-        return self.vllm_engine is not None and self.warmed and await self.vllm_engine.healthy()
+        return (self.vllm_engine is not None and self.warmed and not self.draining
+                and await self.vllm_engine.healthy())
 
     def not_ready_reason(self) -> str:
-        """Why readiness is 503: loading, warming, stalled or dead (for the probe's body)."""
+        """Why readiness is 503: loading, warming, draining, stalled or dead (for the probe's
+        body)."""
         engine = self.vllm_engine
         if engine is None:
             return "loading"
         if engine.dead_reason is not None:
             return "stalled" if engine.dead_reason.startswith("stalled") else "dead"
+        if self.draining:
+            return "draining"
         return "warming" if not self.warmed else "unhealthy"
 
     def engine_capacity(self) -> int | None:

@@ -26,6 +26,8 @@ import hmac
 import json
 import logging
 import re
+import signal
+import threading
 from http import HTTPStatus
 from typing import Any
 
@@ -54,6 +56,7 @@ from aim_runtime.serving.gate import (
     RequestGate,
     openai_shaped,
 )
+from aim_runtime.serving.listener import ListenerOptions
 from aim_runtime.serving.model import AimModel, EngineErrorResponse
 from aim_runtime.serving.vllm_adapter import error_response, vllm_error_type
 
@@ -88,11 +91,14 @@ class AimDataPlane(DataPlane):
 
 class AimRESTServer(RESTServer):
     """KServe's REST server, bound to `host`, with our routes, gate, headers and error
-    handlers. On SIGTERM uvicorn stops accepting (probes fail at once), lets in-flight requests
-    finish for up to the grace period, then KServe stops the model."""
+    handlers. On SIGTERM, after the drain delay (readiness 503 `draining`, requests still
+    served; AIM_DRAIN_SECONDS), uvicorn stops accepting, lets in-flight requests finish for up
+    to the grace period, then KServe stops the model."""
 
     def __init__(self, *args: Any, host: str, recipe_id: str, model: AimModel,
-                 gate: GateSettings, openai_root_routes: bool = False, **kwargs: Any) -> None:
+                 gate: GateSettings, openai_root_routes: bool = False,
+                 drain_seconds: float = 0.0, listener: ListenerOptions | None = None,
+                 **kwargs: Any) -> None:
         # Set before KServe's constructor builds the application with the methods below.
         self.recipe_id = recipe_id
         self.aim_model = model
@@ -101,6 +107,33 @@ class AimRESTServer(RESTServer):
         self.openai_root_routes = openai_root_routes
         super().__init__(*args, **kwargs)
         self.config.host = host
+        if listener is not None:  # mutual TLS and ciphers: `vllm serve`'s flags, uvicorn's own
+            if listener.ssl_ca_certs:
+                self.config.ssl_ca_certs = listener.ssl_ca_certs
+            if listener.ssl_cert_reqs is not None:
+                self.config.ssl_cert_reqs = listener.ssl_cert_reqs
+            if listener.ssl_ciphers:
+                self.config.ssl_ciphers = listener.ssl_ciphers
+        if drain_seconds > 0:
+            self._delay_exit(drain_seconds)
+
+    def _delay_exit(self, seconds: float) -> None:
+        """uvicorn's own SIGTERM handler, run `seconds` after the signal instead of at once. A
+        second SIGTERM, or SIGINT, is not delayed."""
+        exit_now = self._server.handle_exit
+
+        def handle_exit(sig: int, frame: Any) -> None:
+            if sig != signal.SIGTERM or self.aim_model.draining:
+                exit_now(sig, frame)
+                return
+            self.aim_model.draining = True
+            log.info("SIGTERM: draining for %g s (readiness 503, still serving), then shutting "
+                     "down", seconds)
+            timer = threading.Timer(seconds, exit_now, (sig, None))
+            timer.daemon = True
+            timer.start()
+
+        self._server.handle_exit = handle_exit
 
     def stop_serving(self) -> None:
         """Ask uvicorn to shut down gracefully (as on SIGTERM)."""
@@ -149,8 +182,11 @@ class AimModelServer(ModelServer):
 
     def __init__(self, model: AimModel, recipe_id: str, host: str,
                  gate: GateSettings | None = None, openai_root_routes: bool = False,
-                 exit_after_warmup: bool = False, **kwargs: Any) -> None:
+                 exit_after_warmup: bool = False, drain_seconds: float = 0.0,
+                 listener: ListenerOptions | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.drain_seconds = drain_seconds
+        self.listener = listener
         self.openai_root_routes = openai_root_routes
         if exit_after_warmup:  # fill the caches, then stop (a pre-fill Job)
             model.on_warmed = self._warmed
@@ -182,6 +218,7 @@ class AimModelServer(ModelServer):
             timeout_keep_alive=self.timeout_keep_alive, ssl_certfile=self.ssl_certfile,
             ssl_keyfile=self.ssl_keyfile, host=self.host, recipe_id=self.recipe_id,
             model=self.aim_model, gate=self.gate, openai_root_routes=self.openai_root_routes,
+            drain_seconds=self.drain_seconds, listener=self.listener,
         )
         self.servers.append(self._rest_server.start())
         if self.enable_grpc:

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +28,7 @@ from aim_runtime.planner.overrides import FIELDS
 from aim_runtime.planner.plan import Plan
 from aim_runtime.serving import metrics
 from aim_runtime.serving.cluster import ClusterSpec, nodes_from_env, spec_from_env
+from aim_runtime.serving.listener import ListenerOptions, listener_options
 from aim_runtime.settings import ROLES
 
 if TYPE_CHECKING:  # imported when serving starts: they import KServe and vLLM
@@ -158,8 +159,35 @@ def write_termination_message(text: str) -> None:
         log.debug("no termination log at %s", target)
 
 
+# Parallelism a caller may pin (an LLMInferenceService's spec.parallelism) while the user's own
+# arguments also set it: given twice with two values is a conflict, not "the last one wins".
+PINNABLE_FLAGS = ("--tensor-parallel-size", "--pipeline-parallel-size", "--data-parallel-size",
+                  "--data-parallel-size-local")
+
+
+def normalize_argv(argv: Sequence[str]) -> list[str]:
+    """Drop empty arguments (KServe's preset templates render a conditional flag that is off to
+    an empty string) and refuse a pinnable flag given twice with different values."""
+    tokens = [token for token in argv if token.strip()]
+    seen: dict[str, str] = {}
+    for index, token in enumerate(tokens):
+        flag, _, value = token.partition("=")
+        flag = flag.replace("_", "-") if flag.startswith("--") else flag
+        if flag not in PINNABLE_FLAGS:
+            continue
+        if not value and index + 1 < len(tokens):
+            value = tokens[index + 1]
+        if flag in seen and seen[flag] != value:
+            raise AimError(f"{flag} is given twice: {seen[flag]}, then {value}",
+                           "an LLMInferenceService's spec.parallelism and the container's "
+                           "arguments must agree; keep one of them")
+        seen[flag] = value
+    return tokens
+
+
 def prepare(argv: list[str]) -> Prepared:
     """Everything before the server starts; errors here are AimErrors (clear, fast, non-zero)."""
+    argv = normalize_argv(argv)
     args, rest = serve_parser().parse_known_args(argv)
     _reject_reserved(rest)
     if args.workers != 1:
@@ -200,12 +228,14 @@ def prepare(argv: list[str]) -> Prepared:
 
     # One request may ask for n completions; vLLM allows 16384, enough to monopolise a replica.
     os.environ.setdefault("VLLM_MAX_N_SEQUENCES", str(settings.MAX_N.read()))
+    listener = listener_options(args, vllm_args, explicit, _explicit_ours(argv))
     names = list(vllm_args.served_model_name or [args.model_name])
     argv_for_vllm = engine_argv(plan, model_source, names, rest)
     keys = [*settings.API_KEY.read(), *(vllm_args.api_key or [])]
     if keys:
         log.info("API keys required on inference routes (%d key(s))", len(keys))
-    model, server = _build_server(args, plan, names, argv_for_vllm, tuple(keys), cluster)
+    model, server = _build_server(args, plan, names, argv_for_vllm, tuple(keys), cluster,
+                                  listener)
     return Prepared(plan=plan, model=model, server=server, cluster=cluster)
 
 
@@ -223,18 +253,26 @@ def _node_count(args: argparse.Namespace) -> int:
     return nodes
 
 
+def _explicit_ours(argv: list[str]) -> set[str]:
+    """Our options the user set (on the command line or through their AIM_* variable)."""
+    given = {token.split("=", 1)[0] for token in argv}
+    if "--graceful-shutdown-seconds" in given or settings.GRACEFUL_SHUTDOWN_SECONDS.is_set():
+        return {"graceful_shutdown_seconds"}
+    return set()
+
+
 def _build_server(args: argparse.Namespace, plan: Plan, names: list[str],
                   vllm_argv: list[str], api_keys: tuple[str, ...],
-                  cluster: ClusterSpec | None) -> tuple[AimModel, AimModelServer]:
+                  cluster: ClusterSpec | None,
+                  listener: ListenerOptions) -> tuple[AimModel, AimModelServer]:
     from aim_runtime.serving.compile_cache import CompileCache, validity
     from aim_runtime.serving.gate import GateSettings
     from aim_runtime.serving.model import AimModel
     from aim_runtime.serving.server import AimModelServer
     from aim_runtime.serving.warmup import WarmupTarget
 
-    listener = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
-    warmup = WarmupTarget(extent=args.warmup, url=f"http://{listener}:{args.http_port}",
-                          api_key=api_keys[0] if api_keys else None)
+    loopback = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    warmup = WarmupTarget(extent=args.warmup, url="", api_key=api_keys[0] if api_keys else None)
     cache_root = settings.COMPILE_CACHE_DIR.read()
     compile_cache = CompileCache(cache_root, validity(plan)) if cache_root else None
     if compile_cache is not None:
@@ -247,13 +285,18 @@ def _build_server(args: argparse.Namespace, plan: Plan, names: list[str],
     server = AimModelServer(
         model, recipe_id=plan.recipe_id, host=args.host, gate=gate,
         openai_root_routes=args.openai_root_routes, exit_after_warmup=args.exit_after_warmup,
-        grace_period=args.graceful_shutdown_seconds, http_port=args.http_port,
+        drain_seconds=settings.DRAIN_SECONDS.read(),
+        grace_period=listener.graceful_shutdown_seconds, http_port=args.http_port,
+        ssl_certfile=listener.ssl_certfile, ssl_keyfile=listener.ssl_keyfile, listener=listener,
         grpc_port=args.grpc_port, workers=1, max_threads=args.max_threads,
         max_asyncio_workers=args.max_asyncio_workers, enable_grpc=args.enable_grpc,
         enable_docs_url=args.enable_docs_url, enable_latency_logging=args.enable_latency_logging,
         access_log_format=args.access_log_format, event_loop=args.event_loop,
         timeout_keep_alive=args.timeout_keep_alive,
     )
+    # KServe moves a TLS listener from 8080 to 8443: warm up where it really listens.
+    scheme = "https" if listener.tls else "http"
+    model.warmup = replace(warmup, url=f"{scheme}://{loopback}:{server.http_port}")
     for alias in names[1:]:
         server.register_model(model, alias)
     return model, server

@@ -1,0 +1,86 @@
+"""`vllm serve`'s listener flags, honoured by our listener.
+
+`aim-runtime serve` accepts every `vllm serve` flag. Engine and OpenAI-application flags reach
+vLLM unchanged; the flags that configure `vllm serve`'s own HTTP listener (TLS, shutdown, access
+log) would reach nothing, because the listener is KServe's. They are translated here, so that a
+command line written for `vllm serve` (KServe's LLMInferenceService presets pass `--ssl-certfile`,
+`--ssl-keyfile`, `--enable-ssl-refresh`, `--shutdown-timeout`) does what it says, and the flags
+that cannot be honoured are refused by name instead of being dropped.
+
+Some hold without translation: KServe's listener refreshes its certificate whenever TLS is on
+(`--enable-ssl-refresh`), and writes no access log unless `--access_log_format` asks for one
+(`--disable-uvicorn-access-log`, `--disable-access-log-for-endpoints`). vLLM's
+`--shutdown-timeout` reaches the engine as it is, and is also the listener's drain time unless
+`--graceful-shutdown-seconds` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from aim_runtime.errors import AimError
+
+# `vllm serve` flags for listeners or processes this server does not have.
+REFUSED = {
+    "uds": "serve on TCP (--http_port)",
+    "root_path": "route by path in the gateway, or use the /openai prefix",
+    "api_server_count": "one API server process per pod for now; scale with replicas",
+    "headless": "multi-node workers run `aim-runtime worker`",
+    "grpc_port": "KServe's v2 gRPC listener is --grpc_port with --enable_grpc true",
+}
+
+
+@dataclass(frozen=True)
+class ListenerOptions:
+    """TLS and shutdown of the HTTP listener, from KServe's and `vllm serve`'s flags."""
+
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_ca_certs: str | None = None
+    ssl_cert_reqs: int | None = None
+    ssl_ciphers: str | None = None
+    graceful_shutdown_seconds: int = 100
+
+    @property
+    def tls(self) -> bool:
+        return self.ssl_certfile is not None
+
+
+def listener_options(ours: argparse.Namespace, vllm: argparse.Namespace,
+                     explicit_vllm: set[str], explicit_ours: set[str]) -> ListenerOptions:
+    """Our listener's options: KServe's `--ssl_certfile`/`--ssl_keyfile` or vLLM's
+    `--ssl-certfile`/`--ssl-keyfile` (the same value twice is fine, two values are an error),
+    vLLM's CA and cipher options, and the drain time: `--graceful-shutdown-seconds`, else
+    vLLM's `--shutdown-timeout`."""
+    for dest, hint in REFUSED.items():
+        if dest in explicit_vllm:
+            raise AimError(f"--{dest.replace('_', '-')}: `vllm serve`'s option is not supported "
+                           "by aim-runtime serve", hint)
+    certfile = _one_of("ssl_certfile", ours, vllm, explicit_vllm)
+    keyfile = _one_of("ssl_keyfile", ours, vllm, explicit_vllm)
+    if (certfile is None) != (keyfile is None):
+        raise AimError("TLS needs both a certificate and its key: "
+                       f"--ssl-certfile={certfile}, --ssl-keyfile={keyfile}",
+                       "give both, or neither for plain HTTP")
+    grace = ours.graceful_shutdown_seconds
+    if "graceful_shutdown_seconds" not in explicit_ours and "shutdown_timeout" in explicit_vllm:
+        grace = int(vllm.shutdown_timeout)
+    return ListenerOptions(
+        ssl_certfile=certfile, ssl_keyfile=keyfile,
+        ssl_ca_certs=vllm.ssl_ca_certs if "ssl_ca_certs" in explicit_vllm else None,
+        ssl_cert_reqs=vllm.ssl_cert_reqs if "ssl_cert_reqs" in explicit_vllm else None,
+        ssl_ciphers=vllm.ssl_ciphers if "ssl_ciphers" in explicit_vllm else None,
+        graceful_shutdown_seconds=grace)
+
+
+def _one_of(dest: str, ours: argparse.Namespace, vllm: argparse.Namespace,
+            explicit_vllm: set[str]) -> str | None:
+    kserve_value = getattr(ours, dest, None)
+    vllm_value = getattr(vllm, dest) if dest in explicit_vllm else None
+    if kserve_value and vllm_value and kserve_value != vllm_value:
+        flag = dest.removeprefix("ssl_")
+        raise AimError(f"--ssl_{flag}={kserve_value} (KServe's) and --ssl-{flag}={vllm_value} "
+                       "(vllm serve's) disagree", "give one of them")
+    value = kserve_value or vllm_value
+    return str(value) if value else None
