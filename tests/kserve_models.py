@@ -22,6 +22,9 @@ KIND_TO_CLASS = {
     ("serving.kserve.io/v1alpha1", "LocalModelCache"): "V1alpha1LocalModelCache",
     ("serving.kserve.io/v1alpha1", "LocalModelNodeGroup"): "V1alpha1LocalModelNodeGroup",
     ("serving.kserve.io/v1alpha1", "ClusterStorageContainer"): "V1alpha1ClusterStorageContainer",
+    ("serving.kserve.io/v1alpha2", "LLMInferenceService"): "V1alpha2LLMInferenceService",
+    ("serving.kserve.io/v1alpha2", "LLMInferenceServiceConfig"):
+        "V1alpha2LLMInferenceServiceConfig",
 }
 PASS_THROUGH = {"str", "int", "float", "bool", "object", "date", "datetime"}
 STRICT = Configuration()

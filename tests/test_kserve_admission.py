@@ -19,7 +19,7 @@ from aim_runtime.deploy.render import RenderRequest, render
 from aim_runtime.hardware.products import PRODUCTS
 from testkit import MODELS, REPO
 
-SHIPPED = [(path, doc) for path in sorted([*REPO.glob("serving_runtimes/*.yaml"),
+SHIPPED = [(path, doc) for path in sorted([*REPO.glob("serving_runtimes/**/*.yaml"),
                                            *REPO.glob("manifests/**/*.yaml")])
            if path.name != "kustomization.yaml"
            for doc in yaml.safe_load_all(path.read_text()) if doc]

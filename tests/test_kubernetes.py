@@ -20,7 +20,7 @@ from testkit import MODELS, REPO
 
 from kserve_models import is_kserve, lost_fields, round_trip
 
-K8S_FILES = sorted([*REPO.glob("serving_runtimes/*.yaml"), *REPO.glob("manifests/**/*.yaml")])
+K8S_FILES = sorted([*REPO.glob("serving_runtimes/**/*.yaml"), *REPO.glob("manifests/**/*.yaml")])
 DOCUMENTS = [(path, doc) for path in K8S_FILES if path.name != "kustomization.yaml"
              for doc in yaml.safe_load_all(path.read_text()) if doc]
 CRDS_WITHOUT_SDK = {("monitoring.coreos.com/v1", "ServiceMonitor")}

@@ -13,6 +13,7 @@ usable-memory fractions, GPUs per node) lives here too, so that each fact is def
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,14 @@ def plain_text(text: str) -> str:
 def comma_list(text: str) -> tuple[str, ...]:
     """Comma-separated items, blanks dropped."""
     return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def shell_words(text: str) -> tuple[str, ...]:
+    """Arguments as a POSIX shell splits them (quotes group words)."""
+    try:
+        return tuple(shlex.split(text))
+    except ValueError as exc:  # "No closing quotation"
+        raise ValueError(f"expected shell words ({exc})") from None
 
 
 def path_list(text: str) -> tuple[Path, ...]:

@@ -58,7 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     validate_cmd.set_defaults(handler=run_recipes_validate)
 
     render_cmd = commands.add_parser(
-        "render", help="print an InferenceService for a model on a GPU type, from the plan")
+        "render", help="print an InferenceService (or LLMInferenceService) for a model on a GPU "
+                       "type, from the plan")
+    render_cmd.add_argument("--kind", choices=("inferenceservice", "llminferenceservice"),
+                            default="inferenceservice",
+                            help="KServe resource to render (default inferenceservice; "
+                                 "llminferenceservice uses the aim-runtime-llm preset)")
+    render_cmd.add_argument("--prefill-replicas", type=int, default=0, metavar="N",
+                            help="llminferenceservice: split prefill (N pods) from decode")
     render_cmd.add_argument("--model", required=True, type=Path,
                             help="model directory or its config.json (weights not needed)")
     render_cmd.add_argument("--model-id", help="Hugging Face id (storageUri hf://ID, recipes)")
@@ -137,6 +144,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def run_render(args: argparse.Namespace) -> int:
+    from aim_runtime.deploy.llm import render_llm
     from aim_runtime.deploy.render import RenderRequest, render, to_yaml
 
     try:
@@ -152,7 +160,12 @@ def run_render(args: argparse.Namespace) -> int:
         nodes=args.nodes, service_account=args.service_account,
         compile_cache_pvc=args.compile_cache_pvc,
     )
-    document, plan = render(request, catalog_from_args(args))
+    if args.kind == "llminferenceservice":
+        document, plan = render_llm(request, catalog_from_args(args), args.prefill_replicas)
+    elif args.prefill_replicas:
+        raise AimError("--prefill-replicas needs --kind llminferenceservice")
+    else:
+        document, plan = render(request, catalog_from_args(args))
     print(to_yaml(document), end="")
     nodes = f"{plan.nodes} nodes, " if plan.nodes > 1 else ""
     print(f"# plan: {plan.recipe_id} on {nodes}{plan.devices_used}x {plan.product} "

@@ -71,9 +71,16 @@ KSERVE_PIPELINE_PARALLEL_SIZE = settings.Variable(
     "positive integer")
 
 
+LWS_GROUP_SIZE = settings.Variable(
+    "LWS_GROUP_SIZE", settings.positive_int, None,
+    "pods of a LeaderWorkerSet group (LLMInferenceService multi-node)", "positive integer")
+
+
 def nodes_from_env(environ: Mapping[str, str]) -> int:
-    """Nodes of the deployment: KServe's PIPELINE_PARALLEL_SIZE (workerSpec), else AIM_NODES."""
-    return (KSERVE_PIPELINE_PARALLEL_SIZE.read(environ) or settings.NODES.read(environ) or 1)
+    """Nodes of the deployment: KServe's PIPELINE_PARALLEL_SIZE (workerSpec), else the
+    LeaderWorkerSet's LWS_GROUP_SIZE (LLMInferenceService), else AIM_NODES."""
+    return (KSERVE_PIPELINE_PARALLEL_SIZE.read(environ) or LWS_GROUP_SIZE.read(environ)
+            or settings.NODES.read(environ) or 1)
 
 
 def spec_from_env(environ: Mapping[str, str], nodes: int, gpus_per_node: int) -> ClusterSpec:
@@ -101,11 +108,14 @@ def form_cluster(spec: ClusterSpec) -> ClusterStatus:
 
 
 def head_address_from_env(environ: Mapping[str, str]) -> str:
-    """The head's Ray address as a worker reaches it: RAY_HEAD_ADDRESS, else the head Service
-    KServe names in HEAD_SVC (0.15+: `<isvc>-head-<generation>`), else `<ISVC_NAME>-head`."""
+    """The head's Ray address as a worker reaches it: RAY_HEAD_ADDRESS, else the leader of a
+    LeaderWorkerSet (LWS_LEADER_ADDRESS, LLMInferenceService), else the head Service KServe
+    names in HEAD_SVC (0.15+: `<isvc>-head-<generation>`), else `<ISVC_NAME>-head`."""
     if environ.get("RAY_HEAD_ADDRESS"):
         return environ["RAY_HEAD_ADDRESS"]
     port = environ.get("RAY_PORT", str(DEFAULT_RAY_PORT))
+    if environ.get("LWS_LEADER_ADDRESS"):  # a LeaderWorkerSet (LLMInferenceService workers)
+        return f"{environ['LWS_LEADER_ADDRESS']}:{port}"
     namespace = environ.get("POD_NAMESPACE")
     service = environ.get("HEAD_SVC") or (
         f"{environ['ISVC_NAME']}-head" if environ.get("ISVC_NAME") else None)

@@ -34,7 +34,7 @@ from typing import Any
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from kserve import ModelServer
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 from kserve.errors import (
@@ -135,6 +135,11 @@ class AimRESTServer(RESTServer):
 
         self._server.handle_exit = handle_exit
 
+    async def dataplane_ready(self) -> Response:
+        """Readiness as vLLM's /health answers it: 200, empty."""
+        await self.dataplane.ready()
+        return Response(status_code=HTTPStatus.OK.value)
+
     def stop_serving(self) -> None:
         """Ask uvicorn to shut down gracefully (as on SIGTERM)."""
         self._server.should_exit = True
@@ -149,6 +154,9 @@ class AimRESTServer(RESTServer):
         openai = OpenAIApplication(self.aim_model)
         app.mount(OPENAI_PREFIX, openai)
         if self.openai_root_routes:
+            # vLLM's /health, for probes that know `vllm serve` (LLMInferenceService presets):
+            # 200 once loaded and warmed, 503 with the reason otherwise (also while draining).
+            app.add_api_route("/health", self.dataplane_ready, methods=["GET"])
             # `vllm serve`'s paths at the root; OpenAI's GET /v1/models wins over KServe's v1.
             app.router.routes = [r for r in app.router.routes
                                  if getattr(r, "path", None) != "/v1/models"]

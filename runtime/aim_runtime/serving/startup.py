@@ -14,7 +14,7 @@ import argparse
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -165,10 +165,19 @@ PINNABLE_FLAGS = ("--tensor-parallel-size", "--pipeline-parallel-size", "--data-
                   "--data-parallel-size-local")
 
 
-def normalize_argv(argv: Sequence[str]) -> list[str]:
-    """Drop empty arguments (KServe's preset templates render a conditional flag that is off to
-    an empty string) and refuse a pinnable flag given twice with different values."""
-    tokens = [token for token in argv if token.strip()]
+# KServe's LLMInferenceService convention: extra `vllm serve` flags in the main container's env
+# (its presets expand it into the command line, after their own flags).
+KSERVE_VLLM_ADDITIONAL_ARGS = settings.Variable(
+    "VLLM_ADDITIONAL_ARGS", settings.shell_words, (),
+    "extra `vllm serve` flags (KServe's LLMInferenceService presets)", "shell words")
+
+
+def normalize_argv(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> list[str]:
+    """The command line with VLLM_ADDITIONAL_ARGS appended, empty arguments dropped (KServe's
+    preset templates render a conditional flag that is off to an empty string), and a pinnable
+    flag given twice with different values refused."""
+    extra = KSERVE_VLLM_ADDITIONAL_ARGS.read(environ)
+    tokens = [token for token in [*argv, *extra] if token.strip()]
     seen: dict[str, str] = {}
     for index, token in enumerate(tokens):
         flag, _, value = token.partition("=")
