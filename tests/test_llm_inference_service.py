@@ -284,8 +284,8 @@ def pod(tmp_path_factory, tiny_model):
     main = main_container(rendered(merged_spec(service), context(service, True))["template"])
     port = free_port()
     declared = int(flag(main["command"], "--http_port"))
-    paths = {"/mnt/models": str(tiny_model), TLS_DIR: str(work / "tls"), "/home": str(work / "home"),
-             "/tmp": str(work / "tmp")}
+    paths = {"/mnt/models": str(tiny_model), TLS_DIR: str(work / "tls"),
+             "/home": str(work / "home"), "/tmp": str(work / "tmp")}
 
     def local(text: str) -> str:
         """A container path (alone or as a flag's value) as the volume mounted here."""
@@ -325,7 +325,7 @@ def pod(tmp_path_factory, tiny_model):
 def test_the_rendered_container_serves_openai_at_v1_over_https(pod):
     import openai
 
-    process, url, certificate, _ = pod
+    _, url, certificate, _ = pod
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused",
                            http_client=httpx.Client(verify=trust(certificate)))
     assert {m.id for m in client.models.list()} == {"tiny", "publishers/team/models/tiny"}

@@ -17,14 +17,14 @@ from typing import Any
 
 from aim_runtime.deploy.render import (
     RenderRequest,
-    _storage_uri,
     default_name,
     gpu_affinity,
-    planner_pins,
     plan_for_gpu,
     plan_for_nodes,
+    planner_pins,
     pod_resources,
     shm_size_gib,
+    storage_uri_for,
 )
 from aim_runtime.errors import AimError
 from aim_runtime.hardware.products import lookup_product
@@ -66,7 +66,7 @@ def render_llm(request: RenderRequest, catalog: Catalog,
         metadata["namespace"] = request.namespace
     parallelism: dict[str, int] = {"tensor": plan.tensor_parallel_size}
     spec: dict[str, Any] = {
-        "model": {"uri": request.storage_uri or _storage_uri(request),
+        "model": {"uri": request.storage_uri or storage_uri_for(request),
                   "name": request.model_id or name},
         "replicas": 1,
         "parallelism": parallelism,

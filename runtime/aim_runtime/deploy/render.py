@@ -151,7 +151,7 @@ def predictor_spec(plan: Plan, request: RenderRequest) -> dict[str, Any]:
     model: dict[str, Any] = {
         "modelFormat": {"name": MODEL_FORMAT},
         "runtime": MULTINODE_RUNTIME_NAME if request.multi_node else RUNTIME_NAME,
-        "storageUri": request.storage_uri or _storage_uri(request),
+        "storageUri": request.storage_uri or storage_uri_for(request),
         "env": [{"name": k, "value": v} for k, v in planner_pins(plan, request).items()],
         "resources": pod_resources(devices),
     }
@@ -256,7 +256,7 @@ def to_yaml(document: dict[str, Any]) -> str:
     return yaml.safe_dump(document, sort_keys=False, width=100)
 
 
-def _storage_uri(request: RenderRequest) -> str:
+def storage_uri_for(request: RenderRequest) -> str:
     if request.model_id:
         return f"hf://{request.model_id}"
     raise AimError("no storage URI: give --storage-uri (pvc://, s3://, oci://, hf://) or "

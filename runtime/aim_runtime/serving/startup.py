@@ -167,7 +167,7 @@ PINNABLE_FLAGS = ("--tensor-parallel-size", "--pipeline-parallel-size", "--data-
 
 # KServe's LLMInferenceService convention: extra `vllm serve` flags in the main container's env
 # (its presets expand it into the command line, after their own flags).
-KSERVE_VLLM_ADDITIONAL_ARGS = settings.Variable(
+KSERVE_VLLM_ADDITIONAL_ARGS: settings.Variable[tuple[str, ...]] = settings.Variable(
     "VLLM_ADDITIONAL_ARGS", settings.shell_words, (),
     "extra `vllm serve` flags (KServe's LLMInferenceService presets)", "shell words")
 
