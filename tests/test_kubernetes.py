@@ -275,6 +275,11 @@ RENDERED = [
         storage_uri="pvc://aim-models/meta-llama/Llama-3.1-8B-Instruct",
         compile_cache_pvc="aim-compile-cache"),
      "llama-3.1-8b-instruct"),
+    ("lora/inferenceservice-with-adapters.yaml", dict(
+        model_id="meta-llama/Llama-3.1-8B-Instruct", name="llama-3-1-8b-lora",
+        storage_uri="pvc://aim-models/meta-llama/Llama-3.1-8B-Instruct",
+        lora_pvc="aim-models/adapters", max_loras=4, max_lora_rank=16),
+     "llama-3.1-8b-instruct"),
     ("multinode/inferenceservice-405b-2x8.yaml", dict(
         model_id="meta-llama/Llama-3.1-405B-Instruct", name="llama-3-1-405b-instruct", nodes=2,
         storage_uri="pvc://aim-models/meta-llama/Llama-3.1-405B-Instruct"),

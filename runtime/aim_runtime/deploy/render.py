@@ -45,6 +45,7 @@ TERMINATION_GRACE_SECONDS = 120
 DEFAULT_SUPPLEMENTAL_GROUPS = (44,)  # "video" on Debian/Ubuntu hosts; add the nodes' render GID
 MODES = ("standard", "knative")
 COMPILE_CACHE_MOUNT = "/compile-cache"
+LORA_MOUNT = "/mnt/adapters"
 # Longest request a route lets through (spec.predictor.timeout): KServe's Gateway API route cuts
 # requests at 60 s unless set; Knative's default max-revision-timeout-seconds is 600.
 REQUEST_TIMEOUT_SECONDS = {"standard": 1800, "knative": 600}
@@ -71,6 +72,9 @@ class RenderRequest:
     nodes: int = 1
     service_account: str | None = None  # holds the Secret with HF_TOKEN for gated models
     compile_cache_pvc: str | None = None  # kernel and compile caches (AIM_COMPILE_CACHE_DIR)
+    lora_pvc: str | None = None  # CLAIM[/PATH] holding LoRA adapters (AIM_LORA_DIR)
+    max_loras: int | None = None
+    max_lora_rank: int | None = None
 
     @property
     def multi_node(self) -> bool:
@@ -139,10 +143,14 @@ def plan_for_nodes(request: RenderRequest, catalog: Catalog) -> Plan:
 
 
 def _plan_request(request: RenderRequest, simulate: str) -> pipeline.PlanRequest:
-    """The GPUs are elsewhere: plan without this machine's environment."""
+    """The GPUs are elsewhere: plan without this machine's environment. With adapters, the
+    LoRA slots the pod will reserve are budgeted as the pod's planner budgets them."""
+    overrides: dict[str, Any] = {"objective": request.objective}
+    if request.lora_pvc:
+        overrides.update(enable_lora=True, max_loras=request.max_loras,
+                         max_lora_rank=request.max_lora_rank)
     return pipeline.PlanRequest(model=request.model, model_id=request.model_id,
-                                simulate=simulate,
-                                cli_overrides={"objective": request.objective})
+                                simulate=simulate, cli_overrides=overrides)
 
 
 def predictor_spec(plan: Plan, request: RenderRequest) -> dict[str, Any]:
@@ -168,6 +176,8 @@ def predictor_spec(plan: Plan, request: RenderRequest) -> dict[str, Any]:
             "claimName": request.compile_cache_pvc}})
         model["env"].append({"name": "AIM_COMPILE_CACHE_DIR", "value": COMPILE_CACHE_MOUNT})
         model["volumeMounts"] = [{"name": "compile-cache", "mountPath": COMPILE_CACHE_MOUNT}]
+    if request.lora_pvc:
+        _add_adapters(predictor, model, request)
     predictor["model"] = model
     if request.multi_node:
         predictor["workerSpec"] = {
@@ -177,6 +187,22 @@ def predictor_spec(plan: Plan, request: RenderRequest) -> dict[str, Any]:
             "containers": [{"name": WORKER_CONTAINER, "resources": pod_resources(devices)}],
         }
     return predictor
+
+
+def _add_adapters(predictor: dict[str, Any], model: dict[str, Any],
+                  request: RenderRequest) -> None:
+    """The adapters' volume at LORA_MOUNT (AIM_LORA_DIR: loaded at start, watched) and the
+    LoRA limits as `vllm serve` flags."""
+    claim, _, sub_path = (request.lora_pvc or "").partition("/")
+    predictor["volumes"].append({"name": "lora-adapters", "persistentVolumeClaim": {
+        "claimName": claim, "readOnly": True}})
+    mount = {"name": "lora-adapters", "mountPath": LORA_MOUNT, "readOnly": True}
+    if sub_path:
+        mount["subPath"] = sub_path
+    model.setdefault("volumeMounts", []).append(mount)
+    model["env"].append({"name": "AIM_LORA_DIR", "value": LORA_MOUNT})
+    limits = {"--max-loras": request.max_loras, "--max-lora-rank": request.max_lora_rank}
+    model["args"] = [f"{flag}={value}" for flag, value in limits.items() if value]
 
 
 def pod_resources(devices: int) -> dict[str, Any]:
@@ -305,6 +331,9 @@ def _validate(request: RenderRequest) -> None:
         raise AimError(f"--mode {request.mode}: expected one of {', '.join(MODES)}")
     if request.count is not None and request.count < 1:
         raise AimError(f"--count {request.count}: expected a positive number of GPUs")
+    if (request.max_loras or request.max_lora_rank) and not request.lora_pvc:
+        raise AimError("--max-loras/--max-lora-rank size the adapter slots of --lora-pvc",
+                       "give --lora-pvc CLAIM[/PATH] with the adapters")
     if bool(request.canary_of) != (request.traffic is not None):
         raise AimError("--canary-of and --traffic go together")
     if request.traffic is not None and not 0 <= request.traffic <= 100:

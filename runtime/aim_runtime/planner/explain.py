@@ -64,7 +64,8 @@ def summarize_plan(plan: Plan) -> str:
         + f"); KV cache {plan.kv_cache_dtype}; context {plan.max_model_len}",
         f"memory per device: {gib(m.usable_bytes)} usable of {gib(m.device_memory_bytes)}, "
         f"weights {gib(m.weight_bytes_per_device)}, overhead {gib(m.overhead_bytes_per_device)}, "
-        f"KV cache {gib(m.kv_budget_bytes_per_device)} = {m.kv_capacity_tokens:,} tokens "
+        + (f"LoRA adapters {gib(m.lora_bytes_per_device)}, " if m.lora_bytes_per_device else "")
+        + f"KV cache {gib(m.kv_budget_bytes_per_device)} = {m.kv_capacity_tokens:,} tokens "
         f"({m.full_length_sequences} full-length sequences)",
     ]
     return "\n".join(lines)

@@ -63,6 +63,36 @@ class BatchShape:
     max_num_seqs: int
 
 
+@dataclass(frozen=True)
+class LoraShape:
+    """What vLLM reserves for LoRA adapters: `max_loras` slots of rank `max_lora_rank`."""
+
+    max_loras: int
+    max_lora_rank: int
+
+
+def lora_bytes_per_device(facts: ModelFacts, lora: LoraShape, dtype: str, layout: Layout) -> int:
+    """Adapter slots vLLM allocates up front when LoRA is on: for every slot and every wrapped
+    linear layer of the attention and MLP (qkv, o, gate/up, down), A (rank x input) and B
+    (output x rank) at the compute dtype, sharded like the layer (vllm/lora/layers: the stacked
+    `lora_a_stacked`/`lora_b_stacked` buffers of each LoRA layer)."""
+    hidden = facts.hidden_size
+    q_out = facts.num_attention_heads * facts.head_dim
+    kv_out = 2 * facts.num_kv_heads * facts.head_dim
+    if facts.moe is not None:  # dense MLP of the shared expert only; experts are not wrapped
+        mlp = facts.moe.shared_expert_intermediate_size or 0
+    else:
+        mlp = facts.intermediate_size or 4 * hidden
+    tp = layout.tp
+    # (input, output) per device of each wrapped layer, column- or row-parallel.
+    layers = ((hidden, math.ceil((q_out + kv_out) / tp)), (math.ceil(q_out / tp), hidden),
+              (hidden, math.ceil(2 * mlp / tp)), (math.ceil(mlp / tp), hidden))
+    per_layer = sum(inputs + outputs for inputs, outputs in layers)
+    decoder_layers = math.ceil(facts.num_layers / layout.pp)
+    return (lora.max_loras * lora.max_lora_rank * per_layer * decoder_layers
+            * compute_dtype_bytes(dtype))
+
+
 def default_block_size(on_gpu: bool, mla: bool) -> int:
     """Tokens per KV-cache block when none is given: 16 on GPUs; 128 on the CPU, 16 for MLA
     there (vLLM's `CpuPlatform.check_and_update_config`)."""
@@ -83,6 +113,7 @@ class MemoryEstimate(BaseModel):
     kv_capacity_tokens: int
     block_size: int
     full_length_sequences: float
+    lora_bytes_per_device: int = 0  # adapter slots (LoRA on)
 
 
 def vllm_batch_defaults(device_memory_bytes: int, on_gpu: bool = True) -> BatchShape:
@@ -160,7 +191,7 @@ def estimate(
     facts: ModelFacts, *, precision: str, dtype: str, kv_cache_dtype: str, layout: Layout,
     device_memory_bytes: int, usable_fraction: float, max_model_len: int, batch: BatchShape,
     on_gpu: bool, kv_cache_memory_bytes: int | None = None, needed_tokens: int = 0,
-    block_size: int | None = None,
+    block_size: int | None = None, lora: LoraShape | None = None,
 ) -> MemoryEstimate:
     """The memory budget of one device for one candidate plan.
 
@@ -172,7 +203,8 @@ def estimate(
     usable = int(device_memory_bytes * usable_fraction)
     weights = weight_bytes_per_device(facts, precision, dtype, layout)
     overhead = overhead_bytes(facts, layout, batch, dtype, on_gpu)
-    free = max(usable - weights - overhead, 0)
+    adapters = lora_bytes_per_device(facts, lora, dtype, layout) if lora else 0
+    free = max(usable - weights - overhead - adapters, 0)
     per_token = kv_bytes_per_token(facts, kv_dtype_bytes(kv_cache_dtype, dtype), layout)
     if on_gpu:
         kv_budget = free
@@ -188,6 +220,7 @@ def estimate(
         usable_bytes=usable,
         weight_bytes_per_device=weights,
         overhead_bytes_per_device=overhead,
+        lora_bytes_per_device=adapters,
         kv_budget_bytes_per_device=kv_budget,
         kv_bytes_per_token=per_token,
         kv_capacity_tokens=capacity,

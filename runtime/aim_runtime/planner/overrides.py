@@ -3,8 +3,9 @@
 
 Each value remembers where it came from, so an override that cannot work is reported by name:
 "AIM_TENSOR_PARALLEL_SIZE=3: ...". The engine's batch shape (`--max-num-batched-tokens`,
-`--max-num-seqs`, `--block-size`) has no `AIM_*` variable: it comes from `vllm serve` flags given
-to `aim-runtime serve`, and reaches the memory estimate like every other override.
+`--max-num-seqs`, `--block-size`) and the LoRA slots (`--enable-lora`, `--max-loras`,
+`--max-lora-rank`) have no `AIM_*` variable: they come from `vllm serve` flags given to
+`aim-runtime serve`, and reach the memory estimate like every other override.
 """
 
 from __future__ import annotations
@@ -33,9 +34,12 @@ SOURCES: dict[str, tuple[Variable[Any] | None, str]] = {
     "max_num_batched_tokens": (None, "--max-num-batched-tokens"),
     "max_num_seqs": (None, "--max-num-seqs"),
     "block_size": (None, "--block-size"),
+    "enable_lora": (None, "--enable-lora"),
+    "max_loras": (None, "--max-loras"),
+    "max_lora_rank": (None, "--max-lora-rank"),
 }
 _CLI_ONLY_PARSERS = {name: settings.positive_int for name, (var, _) in SOURCES.items()
-                     if var is None}
+                     if var is None} | {"enable_lora": settings.boolean}
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ class Overrides:
     max_num_batched_tokens: int | None = None
     max_num_seqs: int | None = None
     block_size: int | None = None
+    enable_lora: bool | None = None
+    max_loras: int | None = None
+    max_lora_rank: int | None = None
     origins: Mapping[str, str] = field(default_factory=dict)
 
     def origin(self, name: str) -> str:

@@ -35,8 +35,10 @@ from aim_runtime.planner.catalog import Catalog, Recipe
 from aim_runtime.planner.memory import (
     BatchShape,
     Layout,
+    LoraShape,
     MemoryEstimate,
     estimate,
+    lora_bytes_per_device,
 )
 from aim_runtime.planner.overrides import Overrides
 from aim_runtime.planner.rocm import (
@@ -361,7 +363,7 @@ def _evaluate(setting: PlanSetting, candidate: Candidate) -> Evaluation:
             max_model_len=candidate.max_model_len, batch=shape,
             block_size=_block_size(setting, candidate),
             on_gpu=setting.on_gpu, kv_cache_memory_bytes=setting.cpu_kv_bytes(candidate.recipe),
-            needed_tokens=needed * candidate.max_model_len,
+            needed_tokens=needed * candidate.max_model_len, lora=setting.lora(candidate.recipe),
         )
 
     memory = memory_at(batch)
@@ -384,16 +386,43 @@ def _memory_refusal(setting: PlanSetting, candidate: Candidate, memory: MemoryEs
                 f"{facts.max_position_embeddings}")
     if candidate.kv_cache_dtype.startswith("fp8") and not setting.fp8_capable:
         return f"an FP8 KV cache needs FP8 support; {setting.product} has none"
-    fixed = memory.weight_bytes_per_device + memory.overhead_bytes_per_device
+    fixed = (memory.weight_bytes_per_device + memory.overhead_bytes_per_device
+             + memory.lora_bytes_per_device)
+    lora = setting.lora(candidate.recipe)
     if memory.kv_capacity_tokens == 0 or fixed > memory.usable_bytes:
         return (f"weights {_gib(memory.weight_bytes_per_device)} + overhead "
-                f"{_gib(memory.overhead_bytes_per_device)} per device leave no room for "
-                f"a KV cache in {_gib(memory.usable_bytes)} usable")
+                f"{_gib(memory.overhead_bytes_per_device)}{_lora_text(memory, lora)} per device "
+                f"leave no room for a KV cache in {_gib(memory.usable_bytes)} usable"
+                + _lora_fit(setting, candidate, memory, lora, needed))
     if memory.kv_capacity_tokens < needed * candidate.max_model_len:
         return (f"KV cache holds {memory.kv_capacity_tokens:,} tokens = "
                 f"{memory.full_length_sequences} sequences of {candidate.max_model_len}; "
-                f"needs {needed}")
+                f"needs {needed}" + _lora_fit(setting, candidate, memory, lora, needed))
     return None
+
+
+def _lora_text(memory: MemoryEstimate, lora: LoraShape | None) -> str:
+    if lora is None:
+        return ""
+    return (f" + LoRA {_gib(memory.lora_bytes_per_device)} ({lora.max_loras} adapter slots of "
+            f"rank {lora.max_lora_rank})")
+
+
+def _lora_fit(setting: PlanSetting, candidate: Candidate, memory: MemoryEstimate,
+              lora: LoraShape | None, needed: int) -> str:
+    """With LoRA on: the slot count that would fit at the asked rank (and rank 8), if any."""
+    if lora is None or not setting.on_gpu:
+        return ""
+    dtype = compute_dtype(setting.facts, candidate.precision, setting.on_gpu)
+    kv_needed = needed * candidate.max_model_len * memory.kv_bytes_per_token
+    room = (memory.usable_bytes - memory.weight_bytes_per_device
+            - memory.overhead_bytes_per_device - kv_needed)
+    per_unit = lora_bytes_per_device(setting.facts, LoraShape(1, 1), dtype, candidate.layout)
+    options = [f"{room // (per_unit * rank)} at rank {rank}" for rank in
+               dict.fromkeys((lora.max_lora_rank, 8)) if room > 0 and room // (per_unit * rank)]
+    if not options:
+        return "; no LoRA adapter slot fits beside the KV cache it needs"
+    return "; LoRA slots that would fit: " + ", ".join(options)
 
 
 # --- the plan ----------------------------------------------------------------------------------
@@ -554,8 +583,11 @@ def _trust_remote_code(setting: PlanSetting, recipe: Recipe | None, notes: list[
 
 
 def _fit_summary(memory: MemoryEstimate) -> str:
+    lora = (f" + LoRA {_gib(memory.lora_bytes_per_device)}"
+            if memory.lora_bytes_per_device else "")
     return (f"fits: weights {_gib(memory.weight_bytes_per_device)} + overhead "
-            f"{_gib(memory.overhead_bytes_per_device)} of {_gib(memory.usable_bytes)} usable per "
+            f"{_gib(memory.overhead_bytes_per_device)}{lora} of {_gib(memory.usable_bytes)} "
+            "usable per "
             f"device; KV cache {memory.kv_capacity_tokens:,} tokens "
             f"({memory.full_length_sequences} full-length sequences)")
 

@@ -11,7 +11,7 @@ from aim_runtime.hardware import Inventory
 from aim_runtime.hardware.products import isa_supports_fp8
 from aim_runtime.planner.candidates import weight_precision_refusal
 from aim_runtime.planner.catalog import Recipe
-from aim_runtime.planner.memory import BatchShape, vllm_batch_defaults
+from aim_runtime.planner.memory import BatchShape, LoraShape, vllm_batch_defaults
 from aim_runtime.planner.overrides import Overrides
 from aim_runtime.settings import (
     CPU_USABLE_FRACTION,
@@ -21,6 +21,8 @@ from aim_runtime.settings import (
 )
 
 DEFAULT_MIN_CONCURRENCY = 4
+VLLM_MAX_LORAS = 1  # vLLM's LoRAConfig defaults
+VLLM_MAX_LORA_RANK = 16
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,19 @@ class PlanSetting:
             self.overrides.max_num_seqs
             or (seqs if isinstance(seqs, int) else defaults.max_num_seqs),
         )
+
+    def lora(self, recipe: Recipe | None = None) -> LoraShape | None:
+        """The adapter slots vLLM will reserve (None: LoRA off): user flags, then the recipe's
+        engine args, then vLLM's defaults."""
+        args = recipe.engine_args if recipe else {}
+        enabled = self.overrides.enable_lora
+        if not (enabled if enabled is not None else args.get("enable_lora") is True):
+            return None
+        loras, rank = args.get("max_loras"), args.get("max_lora_rank")
+        return LoraShape(
+            self.overrides.max_loras or (loras if isinstance(loras, int) else VLLM_MAX_LORAS),
+            self.overrides.max_lora_rank
+            or (rank if isinstance(rank, int) else VLLM_MAX_LORA_RANK))
 
     def cpu_kv_bytes(self, recipe: Recipe | None) -> int | None:
         """A CPU KV cache size fixed by the recipe (None: sized to need)."""

@@ -36,6 +36,7 @@ KV_CAPACITY_TOKENS = Gauge("aim_kv_cache_capacity_tokens",
 ENGINE_ALIVE = Gauge("aim_engine_alive", "1 while the vLLM engine is loaded and healthy")
 IN_FLIGHT = Gauge("aim_requests_in_flight", "Inference requests admitted and not finished")
 REJECTED = Counter("aim_requests_rejected", "Requests refused by the gate", ["reason"])
+LORA_REQUESTS = Counter("aim_lora_requests", "Inference requests per LoRA adapter", ["adapter"])
 ROOFLINE_DECODE = Gauge(
     "aim_roofline_decode_tokens_per_second",
     "Decode ceiling of the plan (HBM bandwidth over the bytes each step reads), all replicas: "

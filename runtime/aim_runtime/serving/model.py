@@ -30,6 +30,7 @@ from kserve.protocol.infer_type import (
 from aim_runtime.serving import metrics
 from aim_runtime.serving.cluster import ClusterSpec, form_cluster, stop_ray
 from aim_runtime.serving.compile_cache import CompileCache
+from aim_runtime.serving.lora import AdapterGuard, Adapters
 from aim_runtime.serving.vllm_adapter import Engine, completion_request, start_engine
 from aim_runtime.serving.warmup import WarmupPlan, WarmupTarget, warm_up
 
@@ -68,8 +69,11 @@ class AimModel(Model):
                  on_engine_death: Callable[[str], None] | None = None,
                  cluster: ClusterSpec | None = None, warmup: WarmupTarget | None = None,
                  stall_seconds: float = 600.0, compile_cache: CompileCache | None = None,
-                 on_warmed: Callable[[], None] | None = None) -> None:
+                 on_warmed: Callable[[], None] | None = None,
+                 adapters: Adapters | None = None) -> None:
         super().__init__(name)
+        self.adapters = adapters  # AIM_LORA_DIR: loaded before readiness, then watched
+        self._openai_app: Any | None = None
         self.compile_cache = compile_cache
         self.on_warmed = on_warmed  # told once the model is ready (the server may stop then)
         self.warmup = warmup
@@ -104,12 +108,29 @@ class AimModel(Model):
         log.info("engine ready in %.1f s (KV cache: %s tokens)", time.monotonic() - started,
                  capacity)
         self.vllm_engine.monitor = asyncio.create_task(self._watch_engine())
+        await self._load_adapters(self.vllm_engine)
         await self._warm_up()
         self.warmed = True
         if self.compile_cache is not None:
             self.compile_cache.mark_complete()
         if self.on_warmed is not None:
             self.on_warmed()
+
+    async def _load_adapters(self, engine: Engine) -> None:
+        """The adapter directory's adapters, before readiness; then it is watched."""
+        if engine.max_lora_rank is not None:
+            self._openai_app = AdapterGuard(engine.app, self.adapters, self.adapter_names)
+        if self.adapters is None or engine.max_lora_rank is None:
+            return
+        self.adapters.max_rank = engine.max_lora_rank
+        await self.adapters.sync(engine.load_adapter, engine.unload_adapter)
+        engine.lora_watch = asyncio.create_task(
+            self.adapters.watch(engine.load_adapter, engine.unload_adapter))
+
+    def adapter_names(self) -> set[str]:
+        """LoRA adapters served now, each under its own model name."""
+        engine = self.vllm_engine
+        return engine.adapter_names() if engine is not None else set()
 
     async def _warm_up(self) -> None:
         """Requests through our own listener before readiness (serving/warmup.py)."""
@@ -216,7 +237,7 @@ class AimModel(Model):
         engine = self.vllm_engine
         if engine is None or engine.dead_reason is not None:
             return None
-        return engine.app
+        return self._openai_app or engine.app
 
     # --- KServe v2 -------------------------------------------------------------------------
 
@@ -238,43 +259,51 @@ class AimModel(Model):
         if not isinstance(payload, InferRequest):
             raise InvalidInput("expected a v2 inference request with a 'text_input' tensor")
         prompts = _text_input(payload)
-        texts = await self._complete(prompts, _sampling_parameters(payload))
+        name = self.served_name(payload.model_name)
+        texts = await self._complete(prompts, _sampling_parameters(payload), name)
         output = InferOutput(name=TEXT_OUTPUT, shape=[len(texts)], datatype="BYTES",
                              data=texts)
         # Binary outputs when the request asks (REST: binary_data_output or an output's
         # binary_data; gRPC: raw input contents in, raw output contents out).
-        return InferResponse(model_name=self.name, infer_outputs=[output],
+        return InferResponse(model_name=name, infer_outputs=[output],
                              response_id=payload.id or uuid.uuid4().hex,
                              use_binary_outputs=payload.use_binary_outputs,
                              requested_outputs=payload.request_outputs)
 
-    async def _complete(self, prompts: list[str], parameters: dict[str, Any]) -> list[str]:
-        request = self._completion_request(prompts, parameters, stream=False)
+    def served_name(self, requested: str | None) -> str:
+        """The name a v2 request is served under: a LoRA adapter's, else the model's."""
+        return requested if requested and requested in self.adapter_names() else self.name
+
+    async def _complete(self, prompts: list[str], parameters: dict[str, Any],
+                        name: str | None = None) -> list[str]:
+        request = self._completion_request(prompts, parameters, stream=False, name=name)
         response = _checked(await self._completions().create_completion(request, None))
         texts = [""] * len(prompts)
         for choice in response.choices:
             texts[choice.index] = choice.text
         return texts
 
-    async def generate(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def generate(self, body: dict[str, Any], name: str | None = None) -> dict[str, Any]:
         """The v2 generate extension: {"text_input": str, "parameters": {...}}."""
         prompt, parameters = _generate_body(body)
-        request = self._completion_request([prompt], parameters, stream=False)
+        name = self.served_name(name)
+        request = self._completion_request([prompt], parameters, stream=False, name=name)
         response = _checked(await self._completions().create_completion(request, None))
         choice = response.choices[0]
-        return {"model_name": self.name, "model_version": "", TEXT_OUTPUT: choice.text,
+        return {"model_name": name, "model_version": "", TEXT_OUTPUT: choice.text,
                 "finish_reason": choice.finish_reason}
 
-    async def generate_stream(self, body: dict[str, Any],
-                              raw_request: Any = None) -> AsyncIterator[str]:
+    async def generate_stream(self, body: dict[str, Any], raw_request: Any = None,
+                              name: str | None = None) -> AsyncIterator[str]:
         """The v2 generate_stream extension: one SSE event per text delta."""
         prompt, parameters = _generate_body(body)
-        request = self._completion_request([prompt], parameters, stream=True)
+        name = self.served_name(name)
+        request = self._completion_request([prompt], parameters, stream=True, name=name)
         stream = _checked(await self._completions().create_completion(
             request, raw_request))
-        return self._generate_events(stream)
+        return self._generate_events(stream, name)
 
-    async def _generate_events(self, stream: Any) -> AsyncIterator[str]:
+    async def _generate_events(self, stream: Any, name: str) -> AsyncIterator[str]:
         try:
             async for line in stream:
                 payload = line.removeprefix("data: ").strip()
@@ -285,7 +314,7 @@ class AimModel(Model):
                     yield f"data: {json.dumps({'error': chunk['error'].get('message')})}\n\n"
                     return
                 for choice in chunk.get("choices", []):
-                    event = {"model_name": self.name, "model_version": "",
+                    event = {"model_name": name, "model_version": "",
                              TEXT_OUTPUT: choice.get("text", ""),
                              "finish_reason": choice.get("finish_reason")}
                     yield f"data: {json.dumps(event)}\n\n"
@@ -293,7 +322,7 @@ class AimModel(Model):
             await stream.aclose()  # a client that went away aborts the request in the engine
 
     def _completion_request(self, prompts: list[str], parameters: dict[str, Any],
-                            stream: bool) -> Any:
+                            stream: bool, name: str | None = None) -> Any:
         from pydantic import ValidationError
 
         unknown = sorted(set(parameters) - SAMPLING_PARAMETERS)
@@ -302,7 +331,8 @@ class AimModel(Model):
                                f"{', '.join(sorted(SAMPLING_PARAMETERS))}")
         try:
             return completion_request(
-                {**parameters, "model": self.name, "prompt": prompts, "stream": stream})
+                {**parameters, "model": name or self.name, "prompt": prompts,
+                 "stream": stream})
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
                                  for e in exc.errors())

@@ -44,6 +44,7 @@ from kserve.errors import (
     ServerNotLive,
     ServerNotReady,
 )
+from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.server import RESTServer
@@ -71,6 +72,21 @@ class NotReady(ServerNotReady):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class AimModelRepository(ModelRepository):
+    """KServe's registry, where each LoRA adapter loaded now is the model under its own name
+    (v2 infer, ready and metadata at /v2/models/<adapter>/...)."""
+
+    def __init__(self, model: AimModel) -> None:
+        super().__init__()
+        self.aim_model = model
+
+    def get_model(self, name: str) -> Any:
+        found = super().get_model(name)
+        if found is None and name in self.aim_model.adapter_names():
+            return self.aim_model
+        return found
 
 
 class AimDataPlane(DataPlane):
@@ -192,7 +208,7 @@ class AimModelServer(ModelServer):
                  gate: GateSettings | None = None, openai_root_routes: bool = False,
                  exit_after_warmup: bool = False, drain_seconds: float = 0.0,
                  listener: ListenerOptions | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(registered_models=AimModelRepository(model), **kwargs)
         self.drain_seconds = drain_seconds
         self.listener = listener
         self.openai_root_routes = openai_root_routes
@@ -393,7 +409,7 @@ def add_generate_routes(app: FastAPI, model: AimModel) -> None:
     """POST /v2/models/{name}/generate and /generate_stream (Triton's generate extension)."""
 
     def check_name(model_name: str) -> None:
-        if model_name != model.name:
+        if model_name != model.name and model_name not in model.adapter_names():
             raise ModelNotFound(model_name)
 
     async def body_of(request: Request) -> Any:
@@ -404,11 +420,11 @@ def add_generate_routes(app: FastAPI, model: AimModel) -> None:
 
     async def generate(model_name: str, request: Request) -> JSONResponse:
         check_name(model_name)
-        return JSONResponse(await model.generate(await body_of(request)))
+        return JSONResponse(await model.generate(await body_of(request), model_name))
 
     async def generate_stream(model_name: str, request: Request) -> StreamingResponse:
         check_name(model_name)
-        events = await model.generate_stream(await body_of(request), request)
+        events = await model.generate_stream(await body_of(request), request, model_name)
         return StreamingResponse(events, media_type="text/event-stream")
 
     app.add_api_route("/v2/models/{model_name}/generate", generate, methods=["POST"],

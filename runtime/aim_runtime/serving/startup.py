@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aim_runtime import pipeline, settings
+from aim_runtime.checkpoint.facts import ModelFacts
 from aim_runtime.errors import AimError
 from aim_runtime.planner.catalog import engine_args_to_argv
 from aim_runtime.planner.explain import summarize_plan
@@ -199,6 +200,7 @@ def prepare(argv: list[str]) -> Prepared:
     argv = normalize_argv(argv)
     args, rest = serve_parser().parse_known_args(argv)
     _reject_reserved(rest)
+    rest = _with_adapter_directory(rest)
     if args.workers != 1:
         raise AimError(f"--workers {args.workers}: one process serves one vLLM engine",
                        "scale with replicas (or data parallelism) instead")
@@ -244,7 +246,7 @@ def prepare(argv: list[str]) -> Prepared:
     if keys:
         log.info("API keys required on inference routes (%d key(s))", len(keys))
     model, server = _build_server(args, plan, names, argv_for_vllm, tuple(keys), cluster,
-                                  listener)
+                                  listener, planned.facts)
     return Prepared(plan=plan, model=model, server=server, cluster=cluster)
 
 
@@ -262,6 +264,20 @@ def _node_count(args: argparse.Namespace) -> int:
     return nodes
 
 
+def _with_adapter_directory(rest: list[str]) -> list[str]:
+    """With AIM_LORA_DIR, LoRA is on (unless the flags say otherwise) and vLLM's adapter API
+    is served (behind the gate's API keys, and only for paths inside the directory)."""
+    directory = settings.LORA_DIR.read()
+    if directory is None:
+        return rest
+    if not directory.is_dir():
+        raise AimError(f"AIM_LORA_DIR={directory}: not a directory",
+                       "create it (it may be empty: adapters added later are loaded)")
+    os.environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+    given = {token.split("=", 1)[0].replace("_", "-") for token in rest}
+    return rest if given & {"--enable-lora", "--no-enable-lora"} else [*rest, "--enable-lora"]
+
+
 def _explicit_ours(argv: list[str]) -> set[str]:
     """Our options the user set (on the command line or through their AIM_* variable)."""
     given = {token.split("=", 1)[0] for token in argv}
@@ -272,10 +288,11 @@ def _explicit_ours(argv: list[str]) -> set[str]:
 
 def _build_server(args: argparse.Namespace, plan: Plan, names: list[str],
                   vllm_argv: list[str], api_keys: tuple[str, ...],
-                  cluster: ClusterSpec | None,
-                  listener: ListenerOptions) -> tuple[AimModel, AimModelServer]:
+                  cluster: ClusterSpec | None, listener: ListenerOptions,
+                  facts: ModelFacts) -> tuple[AimModel, AimModelServer]:
     from aim_runtime.serving.compile_cache import CompileCache, validity
     from aim_runtime.serving.gate import GateSettings
+    from aim_runtime.serving.lora import Adapters
     from aim_runtime.serving.model import AimModel
     from aim_runtime.serving.server import AimModelServer
     from aim_runtime.serving.warmup import WarmupTarget
@@ -287,8 +304,11 @@ def _build_server(args: argparse.Namespace, plan: Plan, names: list[str],
     if compile_cache is not None:
         compile_cache.prepare()
     env = {**plan.env, **(compile_cache.env() if compile_cache else {})}
+    lora_dir = settings.LORA_DIR.read()
+    adapters = Adapters(lora_dir, facts, settings.LORA_WATCH_SECONDS.read()) if lora_dir else None
     model = AimModel(names[0], vllm_argv, env, cluster=cluster, warmup=warmup,
-                     stall_seconds=settings.STALL_SECONDS.read(), compile_cache=compile_cache)
+                     stall_seconds=settings.STALL_SECONDS.read(), compile_cache=compile_cache,
+                     adapters=adapters)
     gate = GateSettings(api_keys=api_keys, max_request_bytes=args.max_request_bytes,
                         max_queued=args.max_queued_requests)
     server = AimModelServer(
@@ -321,12 +341,19 @@ def _model_location(args: argparse.Namespace) -> tuple[Path, str]:
     if args.model_id:
         with phase("fetch_config"):
             return _hub_config_dir(args.model_id), args.model_id
-    from aim_runtime.checkpoint.tiny_model import ensure_default_model
-
     with phase("default_model"):
-        directory = ensure_default_model()
-    log.info("no --model_dir: serving the embedded default model at %s (random weights: its "
-             "text is gibberish by construction)", directory)
+        if settings.DEFAULT_MODEL.read() == "tiny":
+            from aim_runtime.checkpoint import tiny_model
+
+            directory = tiny_model.ensure_default_model()
+            log.info("no --model_dir: serving the tiny random model at %s (AIM_DEFAULT_MODEL="
+                     "tiny: its text is gibberish by construction)", directory)
+        else:
+            from aim_runtime.checkpoint import default_model
+
+            directory = default_model.ensure_default_model()
+            log.info("no --model_dir: serving the embedded default model, %s (135M parameters, "
+                     "Apache-2.0) at %s", default_model.HF_ID, directory)
     return directory, str(directory)
 
 

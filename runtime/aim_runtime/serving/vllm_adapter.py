@@ -26,6 +26,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aim_runtime import settings
@@ -302,6 +303,7 @@ class Engine:
     dead_reason: str | None = None
     monitor: asyncio.Task | None = field(default=None, repr=False)
     stats: asyncio.Task | None = field(default=None, repr=False)
+    lora_watch: asyncio.Task | None = field(default=None, repr=False)
 
     @property
     def state(self) -> Any:
@@ -347,6 +349,32 @@ class Engine:
             "max_num_batched_tokens": str(config.scheduler_config.max_num_batched_tokens),
         }
 
+    @property
+    def max_lora_rank(self) -> int | None:
+        """The largest adapter rank the engine takes (None: LoRA off)."""
+        lora = self.llm.vllm_config.lora_config
+        return int(lora.max_lora_rank) if lora is not None else None
+
+    def adapter_names(self) -> set[str]:
+        """The LoRA adapters loaded now (served under these names)."""
+        models = getattr(self.state, "openai_serving_models", None)
+        return set(models.lora_requests) if models is not None else set()
+
+    async def load_adapter(self, name: str, path: Path) -> str | None:
+        """Load a LoRA adapter as vLLM's load API does; the error message, or None."""
+        from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
+
+        result = await self.state.openai_serving_models.load_lora_adapter(
+            LoadLoRAAdapterRequest(lora_name=name, lora_path=str(path)))
+        return _error_message(result)
+
+    async def unload_adapter(self, name: str) -> str | None:
+        from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+        result = await self.state.openai_serving_models.unload_lora_adapter(
+            UnloadLoRAAdapterRequest(lora_name=name))
+        return _error_message(result)
+
     async def healthy(self) -> bool:
         if self.dead_reason is not None:
             return False
@@ -372,11 +400,17 @@ class Engine:
         self.stats = asyncio.create_task(log_stats())
 
     def shutdown(self) -> None:
-        for task in (self.monitor, self.stats):
+        for task in (self.monitor, self.stats, self.lora_watch):
             if task is not None:
                 task.cancel()
         with contextlib.suppress(Exception):
             self.llm.shutdown()
+
+
+def _error_message(result: Any) -> str | None:
+    """The message of a vLLM ErrorResponse (serving calls return, not raise, them)."""
+    error = getattr(result, "error", None)
+    return str(getattr(error, "message", error)) if error is not None else None
 
 
 async def start_engine(argv: list[str], env: dict[str, str]) -> Engine:

@@ -1,0 +1,149 @@
+"""LoRA adapters on the CPU engine, with adapters made here for the tiny model (random weights):
+loaded from the adapter directory at start and when they appear, loaded and unloaded through
+vLLM's API behind the API key, served under their own names on OpenAI and v2 routes, listed,
+counted; bad adapters get a 400 naming the problem and the server keeps serving."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import httpx
+import pytest
+
+from aim_runtime.checkpoint.facts import load_model_facts
+from aim_runtime.checkpoint.lora import adapter_problem
+from lora_adapters import make_adapter
+from servers import ServerProcess, aim_server
+
+KEY = "lora-test-key"
+AUTH = {"authorization": f"Bearer {KEY}"}
+MAX_RANK = 8
+
+
+# --- the adapter check, offline ---------------------------------------------------------------
+
+
+def test_adapter_check_names_each_problem(tiny_model, tmp_path):
+    facts = load_model_facts(tiny_model)
+    good = make_adapter(tmp_path / "good", tiny_model, rank=8)
+    assert adapter_problem(good, facts, max_rank=8) is None
+    assert "rank 16 exceeds the server's max_lora_rank 8" in adapter_problem(
+        make_adapter(tmp_path / "big", tiny_model, rank=16), facts, max_rank=8)
+    other = make_adapter(tmp_path / "other", tiny_model, hidden_size=128)
+    assert "made for another base model" in adapter_problem(other, facts, max_rank=8)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "has no adapter_config.json" in adapter_problem(empty, facts, max_rank=8)
+    (tmp_path / "good" / "adapter_model.safetensors").unlink()
+    assert "has no adapter weights" in adapter_problem(good, facts, max_rank=8)
+
+
+# --- served --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lora_server(work_dir, tiny_model, tmp_path_factory):
+    adapters = tmp_path_factory.mktemp("adapters")
+    make_adapter(adapters / "alpha", tiny_model, rank=MAX_RANK, seed=1)
+    server = aim_server(work_dir, tiny_model, "--max-loras", "2", "--max-lora-rank",
+                        str(MAX_RANK), name="tiny",
+                        env={"AIM_LORA_DIR": str(adapters), "AIM_LORA_WATCH_SECONDS": "1",
+                             "AIM_API_KEY": KEY}).start()
+    try:
+        server.wait_ready()
+        yield server, adapters
+    finally:
+        server.stop()
+
+
+def listed(server: ServerProcess) -> set[str]:
+    models = httpx.get(server.url + "/openai/v1/models", headers=AUTH, timeout=10).json()
+    return {m["id"] for m in models["data"]}
+
+
+def wait_for(condition, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.3)
+    return condition()
+
+
+def complete(server: ServerProcess, model: str) -> httpx.Response:
+    return httpx.post(server.url + "/openai/v1/completions", headers=AUTH, timeout=60,
+                      json={"model": model, "prompt": "Hello", "max_tokens": 3})
+
+
+@pytest.mark.serving
+def test_the_directorys_adapter_is_served_under_its_name(lora_server):
+    server, _ = lora_server
+    assert {"tiny", "alpha"} <= listed(server)
+    response = complete(server, "alpha")
+    assert response.status_code == 200 and response.json()["model"] == "alpha"
+    generated = httpx.post(server.url + "/v2/models/alpha/generate", headers=AUTH, timeout=60,
+                           json={"text_input": "Hello", "parameters": {"max_tokens": 3}})
+    assert generated.status_code == 200 and generated.json()["model_name"] == "alpha"
+    infer = httpx.post(server.url + "/v2/models/alpha/infer", headers=AUTH, timeout=60, json={
+        "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": ["Hi"]}],
+        "parameters": {"max_tokens": 2}})
+    assert infer.status_code == 200 and infer.json()["model_name"] == "alpha"
+    assert httpx.get(server.url + "/v2/models/alpha/ready", timeout=10).status_code == 200
+    assert httpx.get(server.url + "/v2/models/nobody/ready", timeout=10).status_code == 404
+
+
+@pytest.mark.serving
+def test_adapters_added_to_and_removed_from_the_directory_follow(lora_server, tiny_model):
+    server, adapters = lora_server
+    make_adapter(adapters / "beta", tiny_model, rank=4, seed=2)
+    assert wait_for(lambda: "beta" in listed(server))
+    assert complete(server, "beta").status_code == 200
+    shutil.rmtree(adapters / "beta")
+    assert wait_for(lambda: "beta" not in listed(server))
+    assert complete(server, "beta").status_code == 404
+
+
+@pytest.mark.serving
+def test_the_load_api_is_behind_the_key_and_reads_only_the_directory(lora_server, tiny_model):
+    server, adapters = lora_server
+    staging = adapters / ".staging-gamma"  # hidden: the watcher leaves it alone
+    make_adapter(staging, tiny_model, rank=8, seed=3)
+    load = server.url + "/openai/v1/load_lora_adapter"
+    body = {"lora_name": "gamma", "lora_path": staging.name}
+    assert httpx.post(load, json=body, timeout=30).status_code == 401
+    loaded = httpx.post(load, json=body, headers=AUTH, timeout=60)
+    assert loaded.status_code == 200, loaded.text
+    assert "gamma" in listed(server) and complete(server, "gamma").status_code == 200
+    unloaded = httpx.post(server.url + "/openai/v1/unload_lora_adapter", headers=AUTH,
+                          timeout=30, json={"lora_name": "gamma"})
+    assert unloaded.status_code == 200 and "gamma" not in listed(server)
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda d, m: make_adapter(d / ".other", m, hidden_size=128), "made for another base model"),
+    (lambda d, m: make_adapter(d / ".wide", m, rank=32), "rank 32 exceeds the server's"),
+    (lambda d, m: (d / ".empty").mkdir(exist_ok=True) or d / ".empty", "has no adapter_config"),
+    (lambda d, m: d.parent, "is outside the adapter directory"),
+])
+def test_bad_adapters_get_a_400_and_the_server_keeps_serving(lora_server, tiny_model, make,
+                                                              message):
+    server, adapters = lora_server
+    path = make(adapters, tiny_model)
+    refused = httpx.post(server.url + "/openai/v1/load_lora_adapter", headers=AUTH, timeout=30,
+                         json={"lora_name": "bad", "lora_path": str(path)})
+    assert refused.status_code == 400 and message in refused.json()["error"]["message"]
+    assert "bad" not in listed(server)
+    assert complete(server, "alpha").status_code == 200
+
+
+@pytest.mark.serving
+def test_requests_per_adapter_are_counted(lora_server):
+    server, _ = lora_server
+    complete(server, "alpha")
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    counted = [line for line in text.splitlines()
+               if line.startswith('aim_lora_requests_total{adapter="alpha"}')]
+    assert counted and float(counted[0].rsplit(" ", 1)[1]) >= 1
+    assert any(line.startswith("vllm:lora_requests_info{") for line in text.splitlines())

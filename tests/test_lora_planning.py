@@ -1,0 +1,58 @@
+"""LoRA in the plan: the adapter slots vLLM reserves (max_loras x max_lora_rank over every wrapped
+layer) come out of the KV cache, and a count or rank that cannot fit is refused with what would."""
+
+from __future__ import annotations
+
+import pytest
+
+from aim_runtime import pipeline
+from aim_runtime.checkpoint.facts import load_model_facts
+from aim_runtime.errors import NoFitError
+from aim_runtime.planner.memory import Layout, LoraShape, lora_bytes_per_device
+from aim_runtime.settings import GIB
+from testkit import MODELS
+
+LLAMA_8B = MODELS / "llama-3.1-8b-instruct"
+
+
+def plan(simulate: str, model=LLAMA_8B, **overrides):
+    request = pipeline.PlanRequest(model=model, simulate=simulate, cli_overrides=overrides)
+    return pipeline.run(request).plan
+
+
+def test_adapter_slots_follow_the_wrapped_layers_of_llama():
+    facts = load_model_facts(LLAMA_8B)
+    # per layer: qkv 4096 -> 4096 + 2 x 1024, o 4096 -> 4096, gate/up 4096 -> 2 x 14336,
+    # down 14336 -> 4096: the sum of inputs and outputs is 69,632; 32 layers; bf16
+    one = lora_bytes_per_device(facts, LoraShape(1, 1), "bfloat16", Layout(tp=1))
+    assert one == 69_632 * 32 * 2
+    assert lora_bytes_per_device(facts, LoraShape(8, 64), "bfloat16", Layout(tp=1)) == one * 512
+    sharded = lora_bytes_per_device(facts, LoraShape(1, 1), "bfloat16", Layout(tp=2))
+    assert sharded < one  # the column- and row-parallel halves are sharded
+
+
+def test_lora_slots_come_out_of_the_kv_cache():
+    without = plan("MI300X:1")
+    with_lora = plan("MI300X:1", enable_lora=True, max_loras=8, max_lora_rank=64)
+    assert without.memory.lora_bytes_per_device == 0
+    assert with_lora.memory.lora_bytes_per_device == pytest.approx(2.125 * GIB, rel=0.01)
+    assert with_lora.memory.kv_budget_bytes_per_device == pytest.approx(
+        without.memory.kv_budget_bytes_per_device - with_lora.memory.lora_bytes_per_device,
+        rel=0.001)
+
+
+def test_lora_follows_vllms_defaults_and_the_recipe_when_only_enabled():
+    enabled = plan("MI300X:1", enable_lora=True)
+    facts = load_model_facts(LLAMA_8B)
+    assert enabled.memory.lora_bytes_per_device == lora_bytes_per_device(
+        facts, LoraShape(1, 16), "bfloat16", Layout(tp=1))  # vLLM: 1 slot of rank 16
+    assert plan("MI300X:1", max_loras=8).memory.lora_bytes_per_device == 0  # LoRA still off
+
+
+def test_slots_that_cannot_fit_are_refused_with_what_would():
+    with pytest.raises(NoFitError) as error:
+        plan("MI300X:1", model=MODELS / "llama-3.1-70b-instruct", precision="bf16",
+             tensor_parallel_size=1, enable_lora=True, max_loras=32, max_lora_rank=512)
+    text = str(error.value)
+    assert "LoRA" in text and "32 adapter slots of rank 512" in text
+    assert "LoRA slots that would fit" in text or "no LoRA adapter slot fits" in text
