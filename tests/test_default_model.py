@@ -120,12 +120,12 @@ def test_structured_output_follows_the_json_schema(client):
 @pytest.mark.serving
 def test_a_tool_call_is_parsed_end_to_end(client):
     tools = [{"type": "function", "function": {
-        "name": "get_weather", "description": "Current weather in a city",
+        "name": "get_weather", "description": "Current weather in a city", "strict": True,
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                        "required": ["city"]}}}]
     answer = chat(client, messages=[{"role": "user", "content": "What is the weather in Paris?"}],
                   tools=tools, tool_choice="required", max_tokens=64)
     (call,) = answer.choices[0].message.tool_calls[:1]
     assert call.function.name == "get_weather"
-    assert isinstance(json.loads(call.function.arguments)["city"], str)
+    assert json.loads(call.function.arguments) == {"city": "Paris"}  # the schema, and right
     assert answer.choices[0].finish_reason == "tool_calls"

@@ -51,8 +51,12 @@ def test_lora_follows_vllms_defaults_and_the_recipe_when_only_enabled():
 
 def test_slots_that_cannot_fit_are_refused_with_what_would():
     with pytest.raises(NoFitError) as error:
-        plan("MI300X:1", model=MODELS / "llama-3.1-70b-instruct", precision="bf16",
-             tensor_parallel_size=1, enable_lora=True, max_loras=32, max_lora_rank=512)
-    text = str(error.value)
-    assert "LoRA" in text and "32 adapter slots of rank 512" in text
-    assert "LoRA slots that would fit" in text or "no LoRA adapter slot fits" in text
+        plan("MI300X:1", enable_lora=True, max_loras=128, max_lora_rank=512)
+    assert "with 128 LoRA adapter slots of rank 512" in str(error.value)
+    assert "LoRA adapter slot(s) of rank 512 on these 1 device(s) (--max-loras 64)" in \
+        error.value.hint
+    suggested = plan("MI300X:1", enable_lora=True, max_loras=64, max_lora_rank=512)
+    assert suggested.memory.lora_bytes_per_device > 60 * GIB  # what the hint said fits does
+    refused = [r.detail for r in error.value.reasons if r.outcome == "refused"]
+    assert any("LoRA" in detail and "128 adapter slots of rank 512" in detail
+               for detail in refused)  # each candidate says what the slots took

@@ -99,7 +99,7 @@ def convert(gguf: Path, directory: Path) -> None:
              gguf.stat().st_size // 2**20, PACKAGE)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                 dtype=torch.bfloat16)
+                                                 dtype=torch.bfloat16, **_dequantized())
     log.info("default model: 2/4 writing a bf16 safetensors checkpoint to %s", directory)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
@@ -112,6 +112,16 @@ def convert(gguf: Path, directory: Path) -> None:
     log.info("default model: 4/4 writing the manifest")
     write_manifest(directory, gguf)
     log.info("default model: converted in %.0f s", time.monotonic() - started)
+
+
+def _dequantized() -> dict[str, Any]:
+    """Ask transformers for plain dense weights: since 5.x it keeps GGUF blocks packed unless
+    told otherwise (GgufConfig), and a packed model cannot be saved as safetensors."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # older transformers always dequantize GGUF files
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
 
 
 def verify_behaviour(model: Any, tokenizer: Any) -> None:

@@ -18,7 +18,9 @@ from aim_runtime.planner.candidates import (
 )
 from aim_runtime.planner.memory import (
     Layout,
+    LoraShape,
     estimate,
+    lora_bytes_per_device,
     weight_bytes_by_role,
 )
 from aim_runtime.planner.setting import PlanSetting
@@ -43,8 +45,12 @@ def no_fit_message(setting: PlanSetting, reasons: list[Reason]) -> tuple[str, st
              f"each)" if setting.on_gpu else
              f"the CPU host ({setting.device_memory_bytes / GIB:.0f} GiB usable memory)")
     tried = sum(1 for r in reasons if r.outcome == "refused")
+    lora = setting.lora()
+    with_lora = "" if lora is None else (
+        f" with {lora.max_loras} LoRA adapter slots of rank {lora.max_lora_rank} "
+        f"({lora_bytes_per_device(facts, lora, dtype, Layout(tp=1)) / GIB:.1f} GiB unsharded)")
     message = (f"{facts.architecture} ({human_count(facts.parameters.total)} parameters, "
-               f"{total / GIB:.0f} GiB of {precision} weights) does not fit {where}; "
+               f"{total / GIB:.0f} GiB of {precision} weights){with_lora} does not fit {where}; "
                f"{tried} candidate(s) refused (see --explain)")
     options = what_would_fit(setting)
     hint = "what would fit: " + "; ".join(options) if options else (
@@ -55,7 +61,7 @@ def no_fit_message(setting: PlanSetting, reasons: list[Reason]) -> tuple[str, st
 def what_would_fit(setting: PlanSetting) -> list[str]:
     """Human-readable options, most natural first."""
     facts = setting.facts
-    options: list[str] = []
+    options: list[str] = _lora_options(setting)
     native = native_precision(facts, setting.on_gpu)
     precisions = [native]
     if setting.fp8_capable and native in SIXTEEN_BIT:
@@ -78,7 +84,46 @@ def what_would_fit(setting: PlanSetting) -> list[str]:
     return options
 
 
-def _fits(setting: PlanSetting, precision: str, devices: int, context: int, sequences: int) -> bool:
+def _lora_options(setting: PlanSetting) -> list[str]:
+    """With LoRA on: the most adapter slots (at the asked rank), else the highest rank (at the
+    asked slots), that fit these devices beside the KV cache the plan needs."""
+    lora = setting.lora()
+    if lora is None:
+        return []
+    precision = native_precision(setting.facts, setting.on_gpu)
+    context = min(setting.facts.max_position_embeddings, CONTEXT_FLOOR)
+
+    def fits(shape: LoraShape) -> bool:
+        return _fits(setting, precision, setting.devices, context, setting.min_concurrency,
+                     lora=shape)
+
+    slots = next((n for n in _halvings(lora.max_loras) if fits(LoraShape(n, lora.max_lora_rank))),
+                 None)
+    if slots is not None:
+        return [f"{slots} LoRA adapter slot(s) of rank {lora.max_lora_rank} on these "
+                f"{setting.devices} device(s) (--max-loras {slots})"]
+    rank = next((r for r in _halvings(lora.max_lora_rank) if fits(LoraShape(lora.max_loras, r))),
+                None)
+    if rank is not None:
+        return [f"{lora.max_loras} LoRA adapter slots of rank {rank} on these {setting.devices} "
+                f"device(s) (--max-lora-rank {rank})"]
+    return []
+
+
+def _halvings(start: int) -> list[int]:
+    """start/2, start/4, ... down to 1."""
+    values = []
+    value = start // 2
+    while value >= 1:
+        values.append(value)
+        value //= 2
+    return values
+
+
+def _fits(setting: PlanSetting, precision: str, devices: int, context: int, sequences: int,
+          lora: LoraShape | None = None) -> bool:
+    """Whether some layout of `devices` holds the weights and `sequences` x `context` tokens of
+    KV cache, with the plan's LoRA slots (or `lora`)."""
     facts = setting.facts
     dtype = compute_dtype(facts, precision, setting.on_gpu)
     for layout in _layouts(setting, devices):
@@ -88,6 +133,7 @@ def _fits(setting: PlanSetting, precision: str, devices: int, context: int, sequ
             usable_fraction=setting.usable_fraction(), max_model_len=context,
             batch=setting.batch(),
             on_gpu=setting.on_gpu, needed_tokens=sequences * context,
+            lora=lora or setting.lora(),
         )
         if memory.kv_capacity_tokens >= sequences * context:
             return True

@@ -128,25 +128,31 @@ class AdapterGuard:
         except ValueError:
             document = {}  # vLLM answers malformed JSON itself
         if path.endswith(LOAD_PATH_SUFFIX) and isinstance(document, dict):
-            refusal = self._refusal(document)
-            if refusal is not None:
-                await _bad_request(send, refusal)
+            try:
+                resolved = self._resolved(document)
+            except AdapterRefused as exc:
+                await _bad_request(send, str(exc))
                 return
+            if resolved is not None:  # vLLM reads the adapter where it was checked
+                body = json.dumps({**document, "lora_path": str(resolved)}).encode()
+                scope = {**scope, "headers": [
+                    (k, v) for k, v in scope["headers"] if k != b"content-length"
+                ] + [(b"content-length", str(len(body)).encode())]}
         elif isinstance(document, dict) and document.get("model") in self.names():
             metrics.LORA_REQUESTS.labels(adapter=str(document["model"])).inc()
         await self.app(scope, _replay(body, receive), send)
 
-    def _refusal(self, document: dict[str, Any]) -> str | None:
+    def _resolved(self, document: dict[str, Any]) -> Path | None:
+        """The checked adapter path of a load request (None: vLLM says what is missing);
+        AdapterRefused when the server will not load it."""
         if self.adapters is None:
-            return "dynamic LoRA loading needs an adapter directory (AIM_LORA_DIR)"
+            raise AdapterRefused("dynamic LoRA loading needs an adapter directory (AIM_LORA_DIR)")
         lora_path = document.get("lora_path")
         if not isinstance(lora_path, str) or not lora_path:
-            return None  # vLLM says what is missing
-        try:
-            self.adapters.check(self.adapters.resolve(lora_path))
-        except AdapterRefused as exc:
-            return str(exc)
-        return None
+            return None
+        resolved = self.adapters.resolve(lora_path)
+        self.adapters.check(resolved)
+        return resolved
 
 
 async def _read_body(receive: Any) -> bytes:
