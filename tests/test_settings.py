@@ -14,7 +14,7 @@ from testkit import REPO, run_cli
 
 # Variables whose value is free text: any string is a valid value.
 FREE_TEXT = {"AIM_MODEL_ID", "AIM_RECIPES_DIR", "AIM_CACHE_DIR", "AIM_GPU_PRODUCT", "AIM_HOST",
-             "AIM_COMPILE_CACHE_DIR", "AIM_TERMINATION_LOG",
+             "AIM_COMPILE_CACHE_DIR", "AIM_TERMINATION_LOG", "AIM_LORA_DIR",
              "AIM_API_KEY"}
 
 

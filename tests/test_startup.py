@@ -264,3 +264,17 @@ def test_empty_arguments_from_preset_templates_are_dropped(clean_env, tiny_model
     prepared = prepare(tiny_model, "", "--tensor-parallel-size=1", "  ", "--tensor_parallel_size",
                        "1", "--model_name", "m")
     assert prepared.model.name == "m" and prepared.plan.engine_args["tensor_parallel_size"] == 1
+
+
+def test_an_adapter_directory_turns_lora_on_and_must_exist(clean_env, tiny_model, monkeypatch,
+                                                           tmp_path):
+    monkeypatch.setenv("AIM_LORA_DIR", str(tmp_path / "missing"))
+    with pytest.raises(AimError, match=r"AIM_LORA_DIR=.*missing: not a directory"):
+        prepare(tiny_model)
+    (tmp_path / "adapters").mkdir()
+    monkeypatch.setenv("AIM_LORA_DIR", str(tmp_path / "adapters"))
+    prepared = prepare(tiny_model, "--max-lora-rank", "8")
+    vllm_args, _ = engine.parse_vllm_args(prepared.model.engine_argv)
+    assert vllm_args.enable_lora and vllm_args.max_lora_rank == 8
+    assert prepared.plan.memory.lora_bytes_per_device > 0  # the planner counted the slots
+    assert prepared.model.adapters.directory == tmp_path / "adapters"

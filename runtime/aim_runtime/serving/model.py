@@ -272,7 +272,9 @@ class AimModel(Model):
 
     def served_name(self, requested: str | None) -> str:
         """The name a v2 request is served under: a LoRA adapter's, else the model's."""
-        return requested if requested and requested in self.adapter_names() else self.name
+        if not requested or requested == self.name:
+            return self.name
+        return requested if requested in self.adapter_names() else self.name
 
     async def _complete(self, prompts: list[str], parameters: dict[str, Any],
                         name: str | None = None) -> list[str]:

@@ -273,7 +273,6 @@ def _with_adapter_directory(rest: list[str]) -> list[str]:
     if not directory.is_dir():
         raise AimError(f"AIM_LORA_DIR={directory}: not a directory",
                        "create it (it may be empty: adapters added later are loaded)")
-    os.environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     given = {token.split("=", 1)[0].replace("_", "-") for token in rest}
     return rest if given & {"--enable-lora", "--no-enable-lora"} else [*rest, "--enable-lora"]
 
@@ -303,8 +302,10 @@ def _build_server(args: argparse.Namespace, plan: Plan, names: list[str],
     compile_cache = CompileCache(cache_root, validity(plan)) if cache_root else None
     if compile_cache is not None:
         compile_cache.prepare()
-    env = {**plan.env, **(compile_cache.env() if compile_cache else {})}
     lora_dir = settings.LORA_DIR.read()
+    env = {**plan.env, **(compile_cache.env() if compile_cache else {}),
+           # vLLM's adapter API, served behind the gate and the adapter guard (serving/lora.py)
+           **({"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"} if lora_dir else {})}
     adapters = Adapters(lora_dir, facts, settings.LORA_WATCH_SECONDS.read()) if lora_dir else None
     model = AimModel(names[0], vllm_argv, env, cluster=cluster, warmup=warmup,
                      stall_seconds=settings.STALL_SECONDS.read(), compile_cache=compile_cache,
