@@ -31,6 +31,7 @@ from aim_runtime.deploy.llm import render_llm
 from aim_runtime.deploy.render import RenderRequest
 from aim_runtime.errors import AimError
 from aim_runtime.serving import cluster
+from lora_adapters import make_adapter
 from servers import REPO, ServerProcess, free_port, server_environment
 from testkit import MODELS
 
@@ -297,6 +298,10 @@ def pod(tmp_path_factory, tiny_model):
 
     command = [sys.executable if part == "python3" else local(part) for part in main["command"]]
     command = [a.replace(f"--http_port={declared}", f"--http_port={port}") for a in command]
+    # spec.model.lora: the controller appends vLLM's LoRA flags to the container's args
+    adapter = make_adapter(work / "lora" / "alpha", tiny_model, rank=8)
+    command += ["--enable-lora", "--max-lora-rank=8", "--max-loras=1", "--max-cpu-loras=1",
+                "--lora-modules", f"alpha={adapter}"]
     env = {e["name"]: local(e["value"]) for e in main["env"] if "value" in e}
     for directory in ("home", "tmp"):
         (work / directory).mkdir()
@@ -328,13 +333,16 @@ def test_the_rendered_container_serves_openai_at_v1_over_https(pod):
     _, url, certificate, _ = pod
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused",
                            http_client=httpx.Client(verify=trust(certificate)))
-    assert {m.id for m in client.models.list()} == {"tiny", "publishers/team/models/tiny"}
+    assert {m.id for m in client.models.list()} == {"tiny", "publishers/team/models/tiny",
+                                                     "alpha"}  # spec.model.lora's adapter
     chat = client.chat.completions.create(model="tiny", max_tokens=4,
                                           messages=[{"role": "user", "content": "Hi"}])
     assert chat.choices[0].message.content is not None and chat.usage.completion_tokens > 0
     completion = client.completions.create(model="publishers/team/models/tiny", prompt="Hi",
                                            max_tokens=3)
     assert completion.choices[0].text is not None
+    adapted = client.completions.create(model="alpha", prompt="Hi", max_tokens=3)
+    assert adapted.model == "alpha"
     with pytest.raises(openai.NotFoundError):  # a clear 404, and the server keeps serving
         client.completions.create(model="other", prompt="Hi", max_tokens=1)
     with httpx.Client(verify=trust(certificate)) as http:
@@ -347,10 +355,12 @@ def test_the_scheduler_finds_the_vllm_series_it_reads(pod):
     _, url, certificate, _ = pod
     text = httpx.get(url + "/metrics", verify=trust(certificate)).text
     for series in ("vllm:num_requests_waiting", "vllm:num_requests_running",
-                   "vllm:kv_cache_usage_perc", "vllm:cache_config_info"):
+                   "vllm:kv_cache_usage_perc", "vllm:cache_config_info",
+                   "vllm:lora_requests_info"):
         lines = [line for line in text.splitlines() if line.startswith(series + "{")]
         assert lines, series
-        assert all('engine="' in line for line in lines), series  # the rank label llm-d reads
+        if series != "vllm:lora_requests_info":  # vLLM labels it with max_lora and adapters
+            assert all('engine="' in line for line in lines), series  # llm-d's rank label
     assert "block_size=" in next(line for line in text.splitlines()
                                  if line.startswith("vllm:cache_config_info{"))
 

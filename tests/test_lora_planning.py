@@ -10,7 +10,7 @@ from aim_runtime.checkpoint.facts import load_model_facts
 from aim_runtime.errors import NoFitError
 from aim_runtime.planner.memory import Layout, LoraShape, lora_bytes_per_device
 from aim_runtime.settings import GIB
-from testkit import MODELS
+from testkit import MODELS, REPO
 
 LLAMA_8B = MODELS / "llama-3.1-8b-instruct"
 
@@ -60,3 +60,19 @@ def test_slots_that_cannot_fit_are_refused_with_what_would():
     refused = [r.detail for r in error.value.reasons if r.outcome == "refused"]
     assert any("LoRA" in detail and "128 adapter slots of rank 512" in detail
                for detail in refused)  # each candidate says what the slots took
+
+
+def test_recipe_lora_limits_are_planned(tmp_path, tiny_model):
+    import yaml
+
+    from aim_runtime.planner.catalog import load_catalog
+
+    document = yaml.safe_load((REPO / "recipes" / "aim-tiny-random" / "cpu.yaml").read_text())
+    document["recipes"][0]["engine_args"].update(enable_lora=True, max_loras=4, max_lora_rank=8)
+    (tmp_path / "lora.yaml").write_text(yaml.safe_dump(document))
+    catalog = load_catalog([tmp_path])
+    planned = pipeline.run(pipeline.PlanRequest(model=tiny_model, environ={}), catalog=catalog)
+    facts = load_model_facts(tiny_model)
+    assert planned.plan.memory.lora_bytes_per_device == lora_bytes_per_device(
+        facts, LoraShape(4, 8), "bfloat16", Layout(tp=1))
+    assert planned.plan.engine_args["max_loras"] == 4  # and vLLM gets what was planned

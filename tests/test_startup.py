@@ -278,3 +278,12 @@ def test_an_adapter_directory_turns_lora_on_and_must_exist(clean_env, tiny_model
     assert vllm_args.enable_lora and vllm_args.max_lora_rank == 8
     assert prepared.plan.memory.lora_bytes_per_device > 0  # the planner counted the slots
     assert prepared.model.adapters.directory == tmp_path / "adapters"
+
+
+def test_kv_transfer_and_kv_events_configs_reach_the_engine(clean_env, tiny_model):
+    transfer = '{"kv_connector": "NixlConnector", "kv_role": "kv_both"}'
+    events = '{"enable_kv_cache_events": true, "publisher": "zmq"}'
+    prepared = prepare(tiny_model, "--kv-transfer-config", transfer, "--kv-events-config", events)
+    vllm_args, _ = engine.parse_vllm_args(prepared.model.engine_argv)
+    assert vllm_args.kv_transfer_config.kv_connector == "NixlConnector"
+    assert vllm_args.kv_events_config.enable_kv_cache_events is True
