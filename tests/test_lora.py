@@ -139,6 +139,18 @@ def test_bad_adapters_get_a_400_and_the_server_keeps_serving(lora_server, tiny_m
 
 
 @pytest.mark.serving
+def test_the_directory_is_the_source_of_truth(lora_server):
+    server, _ = lora_server
+    unloaded = httpx.post(server.url + "/openai/v1/unload_lora_adapter", headers=AUTH,
+                          timeout=30, json={"lora_name": "alpha"})
+    assert unloaded.status_code == 200
+    assert wait_for(lambda: "alpha" in listed(server))  # its directory is still there
+    sagemaker = httpx.post(server.url + "/openai/adapters", headers=AUTH, timeout=30,
+                           json={"name": "evil", "src": "/etc"})
+    assert sagemaker.status_code == 400 and "load_lora_adapter" in sagemaker.text
+
+
+@pytest.mark.serving
 def test_requests_per_adapter_are_counted(lora_server):
     server, _ = lora_server
     complete(server, "alpha")

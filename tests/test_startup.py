@@ -253,6 +253,8 @@ def test_graceful_shutdown_seconds_wins_over_shutdown_timeout(clean_env, tiny_mo
     (["--api-server-count", "2"], "--api-server-count: `vllm serve`'s option is not supported"),
     (["--tensor-parallel-size=1", "--tensor-parallel-size", "2"],
      "--tensor-parallel-size is given twice: 1, then 2"),
+    (["-tp", "1", "--tensor-parallel-size", "2"],
+     "--tensor-parallel-size is given twice: 1, then 2"),
 ])
 def test_listener_and_pinned_flag_conflicts_are_errors(clean_env, tiny_model, args, message):
     with pytest.raises(AimError) as error:
@@ -273,6 +275,8 @@ def test_an_adapter_directory_turns_lora_on_and_must_exist(clean_env, tiny_model
         prepare(tiny_model)
     (tmp_path / "adapters").mkdir()
     monkeypatch.setenv("AIM_LORA_DIR", str(tmp_path / "adapters"))
+    with pytest.raises(AimError, match="with --no-enable-lora: the adapters would not be served"):
+        prepare(tiny_model, "--no-enable-lora")
     prepared = prepare(tiny_model, "--max-lora-rank", "8")
     vllm_args, _ = engine.parse_vllm_args(prepared.model.engine_argv)
     assert vllm_args.enable_lora and vllm_args.max_lora_rank == 8

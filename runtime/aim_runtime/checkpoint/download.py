@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "aim-verified.json"
 # What vLLM needs; other weight formats (.bin, .pth, .gguf, original/) are skipped.
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt",
-                  "*.jinja", "*.py"]
+                  "*.jinja", "*.py", "adapter_model.bin"]
 HASH_CHUNK_BYTES = 16 * 1024 * 1024
 
 

@@ -67,7 +67,7 @@ def adapter_problem(directory: Path, facts: ModelFacts, max_rank: int) -> str | 
     if adapter.rank > max_rank:
         return (f"rank {adapter.rank} exceeds the server's max_lora_rank {max_rank} "
                 "(start the server with a larger --max-lora-rank)")
-    expected = _layer_shapes(facts)
+    expected = linear_layer_shapes(facts)
     for name, shape in adapter.shapes.items():
         match = TENSOR.search(name)
         if match is None or len(shape) != 2:
@@ -87,15 +87,21 @@ def adapter_problem(directory: Path, facts: ModelFacts, max_rank: int) -> str | 
     return None
 
 
-def _layer_shapes(facts: ModelFacts) -> dict[str, tuple[int, int]]:
-    """(input, output) width of each linear layer an adapter may wrap, unsharded."""
+# vLLM shards these by their output (column-parallel); o_proj and down_proj by their input.
+COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+
+
+def linear_layer_shapes(facts: ModelFacts) -> dict[str, tuple[int, int]]:
+    """(input, output) width of each linear layer of a decoder layer an adapter may wrap,
+    unsharded (for a mixture of experts: the shared expert's MLP, if any)."""
     hidden = facts.hidden_size
     q_out = facts.num_attention_heads * facts.head_dim
     kv_out = facts.num_kv_heads * facts.head_dim
     shapes = {"q_proj": (hidden, q_out), "k_proj": (hidden, kv_out), "v_proj": (hidden, kv_out),
               "o_proj": (q_out, hidden)}
-    if facts.moe is None and facts.intermediate_size:
-        inter = facts.intermediate_size
+    inter = (facts.moe.shared_expert_intermediate_size if facts.moe is not None
+             else facts.intermediate_size)
+    if inter:
         shapes |= {"gate_proj": (hidden, inter), "up_proj": (hidden, inter),
                    "down_proj": (inter, hidden)}
     return shapes

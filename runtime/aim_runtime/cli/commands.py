@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -190,21 +191,19 @@ def run_render(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from aim_runtime.checkpoint.download import download, verify, verify_adapter, write_manifest
+    from aim_runtime.checkpoint.download import download, verify, write_manifest
 
     if not args.verify_only and not args.model_id:
         raise AimError("--model-id is required (or --verify-only)")
+    if args.adapter:
+        return _download_adapter(args)
+    if args.base:
+        raise AimError("--base checks an adapter: it goes with --adapter")
     hub_hashes: dict = {}
     revision = None
     if not args.verify_only:
         args.dest.mkdir(parents=True, exist_ok=True)
         revision, hub_hashes = download(args.model_id, args.dest, args.revision)
-    if args.adapter:
-        summary = verify_adapter(args.dest, hub_hashes, args.base)
-        summary.update({"model_id": args.model_id, "revision": revision})
-        write_manifest(args.dest, summary)
-        print(f"verified LoRA adapter (rank {summary['adapter']['rank']}) in {args.dest}")
-        return 0
     summary = verify(args.dest, hub_hashes)
     summary.update({"model_id": args.model_id, "revision": revision})
     if args.gpu:
@@ -215,6 +214,32 @@ def run_download(args: argparse.Namespace) -> int:
         print(summarize_plan(plan))
     write_manifest(args.dest, summary)
     print(f"verified {len(summary['files'])} weight file(s) in {args.dest}")
+    return 0
+
+
+def _download_adapter(args: argparse.Namespace) -> int:
+    """A LoRA adapter: fetched into a hidden sibling directory (an adapter directory's watcher
+    skips dot-directories), verified, then renamed into place."""
+    from aim_runtime.checkpoint.download import download, verify_adapter, write_manifest
+
+    if args.gpu:
+        raise AimError("--gpu plans a model; an adapter is planned with its base model")
+    revision: str | None = None
+    hub_hashes: dict[str, str] = {}
+    target = args.dest
+    staging = target.parent / f".{target.name}.partial"
+    if not args.verify_only:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        revision, hub_hashes = download(args.model_id, staging, args.revision)
+    checked = target if args.verify_only else staging
+    summary = verify_adapter(checked, hub_hashes, args.base)
+    summary.update({"model_id": args.model_id, "revision": revision})
+    write_manifest(checked, summary)
+    if not args.verify_only:
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+    print(f"verified LoRA adapter (rank {summary['adapter']['rank']}) in {target}")
     return 0
 
 

@@ -116,6 +116,8 @@ def _validate(request: RenderRequest) -> None:
             request.canary_of is not None,
         "--compile-cache-pvc (add the volume to spec.template yourself)":
             request.compile_cache_pvc is not None,
+        "--lora-pvc/--max-loras/--max-lora-rank (use spec.model.lora)":
+            bool(request.lora_pvc or request.max_loras or request.max_lora_rank),
     }
     for option, given in refused.items():
         if given:

@@ -331,6 +331,9 @@ def _validate(request: RenderRequest) -> None:
         raise AimError(f"--mode {request.mode}: expected one of {', '.join(MODES)}")
     if request.count is not None and request.count < 1:
         raise AimError(f"--count {request.count}: expected a positive number of GPUs")
+    if request.lora_pvc and request.multi_node:
+        raise AimError(f"--lora-pvc with --nodes {request.nodes}: every node's vLLM worker reads "
+                       "the adapters, and only the head mounts them", "serve adapters on one node")
     if (request.max_loras or request.max_lora_rank) and not request.lora_pvc:
         raise AimError("--max-loras/--max-lora-rank size the adapter slots of --lora-pvc",
                        "give --lora-pvc CLAIM[/PATH] with the adapters")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict
 
 from aim_runtime.checkpoint.facts import ModelFacts
+from aim_runtime.checkpoint.lora import COLUMN_PARALLEL, linear_layer_shapes
 from aim_runtime.settings import GIB
 
 PRECISION_BYTES = {
@@ -73,21 +74,20 @@ class LoraShape:
 
 def lora_bytes_per_device(facts: ModelFacts, lora: LoraShape, dtype: str, layout: Layout) -> int:
     """Adapter slots vLLM allocates up front when LoRA is on: for every slot and every wrapped
-    linear layer of the attention and MLP (qkv, o, gate/up, down), A (rank x input) and B
-    (output x rank) at the compute dtype, sharded like the layer (vllm/lora/layers: the stacked
-    `lora_a_stacked`/`lora_b_stacked` buffers of each LoRA layer)."""
-    hidden = facts.hidden_size
-    q_out = facts.num_attention_heads * facts.head_dim
-    kv_out = 2 * facts.num_kv_heads * facts.head_dim
-    if facts.moe is not None:  # dense MLP of the shared expert only; experts are not wrapped
-        mlp = facts.moe.shared_expert_intermediate_size or 0
-    else:
-        mlp = facts.intermediate_size or 4 * hidden
+    linear layer (each slice of the merged qkv and gate/up layers has its own A), A (rank x
+    input) and B (output x rank) at the compute dtype, sharded like the layer; with a mixture of
+    experts, the same for every expert's gate, up and down (vllm/lora/layers: the
+    `lora_a_stacked`/`lora_b_stacked` buffers, fused_moe's per-expert ones)."""
     tp = layout.tp
-    # (input, output) per device of each wrapped layer, column- or row-parallel.
-    layers = ((hidden, math.ceil((q_out + kv_out) / tp)), (math.ceil(q_out / tp), hidden),
-              (hidden, math.ceil(2 * mlp / tp)), (math.ceil(mlp / tp), hidden))
-    per_layer = sum(inputs + outputs for inputs, outputs in layers)
+    per_layer = 0
+    for module, (inputs, outputs) in linear_layer_shapes(facts).items():
+        if module in COLUMN_PARALLEL:
+            per_layer += inputs + math.ceil(outputs / tp)
+        else:
+            per_layer += math.ceil(inputs / tp) + outputs
+    if facts.moe is not None:
+        hidden, width = facts.hidden_size, math.ceil(facts.moe.expert_intermediate_size / tp)
+        per_layer += facts.moe.num_experts * (2 * (hidden + width) + (width + hidden))
     decoder_layers = math.ceil(facts.num_layers / layout.pp)
     return (lora.max_loras * lora.max_lora_rank * per_layer * decoder_layers
             * compute_dtype_bytes(dtype))

@@ -23,6 +23,7 @@ from aim_runtime.settings import (
 DEFAULT_MIN_CONCURRENCY = 4
 VLLM_MAX_LORAS = 1  # vLLM's LoRAConfig defaults
 VLLM_MAX_LORA_RANK = 16
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's MaxLoRARanks
 
 
 @dataclass(frozen=True)

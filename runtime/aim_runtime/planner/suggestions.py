@@ -23,7 +23,7 @@ from aim_runtime.planner.memory import (
     lora_bytes_per_device,
     weight_bytes_by_role,
 )
-from aim_runtime.planner.setting import PlanSetting
+from aim_runtime.planner.setting import VLLM_LORA_RANKS, PlanSetting
 from aim_runtime.settings import GIB, GPUS_PER_NODE, SIXTEEN_BIT
 
 DEVICE_COUNTS = (1, 2, 4, 8, 16, 32, 64)
@@ -102,8 +102,8 @@ def _lora_options(setting: PlanSetting) -> list[str]:
     if slots is not None:
         return [f"{slots} LoRA adapter slot(s) of rank {lora.max_lora_rank} on these "
                 f"{setting.devices} device(s) (--max-loras {slots})"]
-    rank = next((r for r in _halvings(lora.max_lora_rank) if fits(LoraShape(lora.max_loras, r))),
-                None)
+    lower = [r for r in reversed(VLLM_LORA_RANKS) if r < lora.max_lora_rank]
+    rank = next((r for r in lower if fits(LoraShape(lora.max_loras, r))), None)
     if rank is not None:
         return [f"{lora.max_loras} LoRA adapter slots of rank {rank} on these {setting.devices} "
                 f"device(s) (--max-lora-rank {rank})"]

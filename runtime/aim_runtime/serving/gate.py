@@ -78,7 +78,7 @@ class RequestGate:
         if scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive, self.settings.max_request_bytes)
+        body = await read_body(receive, self.settings.max_request_bytes)
         if body is None:
             metrics.REJECTED.labels(reason="too_large").inc()
             await _reject(send, openai, 413, "RequestTooLarge",
@@ -95,7 +95,7 @@ class RequestGate:
         self.state.in_flight += 1
         metrics.IN_FLIGHT.set(self.state.in_flight)
         try:
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay_body(body, receive), send)
         finally:
             self.state.in_flight -= 1
             metrics.IN_FLIGHT.set(self.state.in_flight)
@@ -116,7 +116,7 @@ class RequestGate:
         return capacity + queued
 
 
-async def _read_body(receive: Any, limit: int) -> bytes | None:
+async def read_body(receive: Any, limit: int) -> bytes | None:
     """The whole request body, or None as soon as it exceeds `limit` bytes."""
     chunks: list[bytes] = []
     size = 0
@@ -134,7 +134,8 @@ async def _read_body(receive: Any, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Any) -> Any:
+def replay_body(body: bytes, receive: Any) -> Any:
+    """An ASGI receive that gives `body` once, then the connection's own messages."""
     sent = False
 
     async def replay() -> dict:

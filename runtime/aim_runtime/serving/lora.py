@@ -1,14 +1,19 @@
 """LoRA adapters: a directory of adapters loaded at start and watched, and a guard in front of
-vLLM's load API.
+vLLM's adapter API.
 
 `AIM_LORA_DIR` names a directory with one adapter per subdirectory (PEFT format); each is served
 under its subdirectory's name on the OpenAI routes and on v2 (`/v2/models/<adapter>/...`), and
-listed by `/v1/models`. Every `AIM_LORA_WATCH_SECONDS` the directory is read again: a new
-subdirectory is loaded, a removed one unloaded. vLLM's own API (`POST .../v1/load_lora_adapter`,
-`.../v1/unload_lora_adapter`, behind the API key like every inference route) loads adapters too,
-but only from inside that directory. Every adapter is checked against the base model before the
-engine sees it (checkpoint/lora.py): missing files, a rank over `--max-lora-rank`, or another
-base model's shapes get a 400 naming the problem, and the server keeps serving.
+listed by `/v1/models`. The directory is the source of truth: every `AIM_LORA_WATCH_SECONDS` it
+is read again, and an adapter that appeared (or was unloaded by a client) is loaded, one whose
+files changed is loaded again, one removed is unloaded. Subdirectories whose names start with a
+dot are skipped, so a copy in progress can be made there and renamed into place. vLLM's own API
+(`POST .../v1/load_lora_adapter`, `.../v1/unload_lora_adapter`, behind the API key like every
+inference route) loads adapters too, but only from inside that directory; SageMaker's adapter
+routes that vLLM adds with it (`/adapters`) are refused, as they would read from anywhere. Every
+adapter is checked against the base model before the engine sees it (checkpoint/lora.py):
+missing files, a rank over `--max-lora-rank`, or another base model's shapes get a 400 naming
+the problem, and the server keeps serving. File-system work runs off the event loop (adapter
+directories may be on network storage).
 """
 
 from __future__ import annotations
@@ -24,13 +29,20 @@ from typing import Any
 
 from aim_runtime.checkpoint.facts import ModelFacts
 from aim_runtime.checkpoint.lora import adapter_problem
+from aim_runtime.planner.setting import VLLM_MAX_LORA_RANK
 from aim_runtime.serving import metrics
+from aim_runtime.serving.gate import read_body, replay_body
 
 log = logging.getLogger(__name__)
 
 LOAD_PATH_SUFFIX = "/v1/load_lora_adapter"
+SAGEMAKER_ADAPTERS = "/adapters"  # vLLM's SageMaker-style routes: /adapters, /adapters/{name}
 # Inference routes whose body names the model (and so the adapter) a request is for.
 COUNTED_SUFFIXES = ("/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/messages")
+MAX_LOAD_BODY_BYTES = 64 * 1024
+
+Load = Callable[[str, Path], Awaitable[str | None]]
+Unload = Callable[[str], Awaitable[str | None]]
 
 
 class AdapterRefused(ValueError):
@@ -39,13 +51,14 @@ class AdapterRefused(ValueError):
 
 @dataclass
 class Adapters:
-    """The adapter directory of one server, and what was loaded from it."""
+    """The adapter directory of one server, and what was loaded from it (name -> the files'
+    last modification, to see an adapter rewritten in place)."""
 
     directory: Path
     facts: ModelFacts
     watch_seconds: float = 10.0
-    max_rank: int = 16  # the engine's max_lora_rank, set once it is loaded
-    from_directory: set[str] = field(default_factory=set)
+    max_rank: int = VLLM_MAX_LORA_RANK  # the engine's, set once it is loaded
+    from_directory: dict[str, float] = field(default_factory=dict)
 
     def resolve(self, lora_path: str) -> Path:
         """An adapter path from a load request, inside the directory (relative paths are
@@ -64,50 +77,57 @@ class Adapters:
         if problem is not None:
             raise AdapterRefused(f"LoRA adapter refused: {problem}")
 
-    def present(self) -> dict[str, Path]:
-        """Adapter subdirectories now in the directory, by name."""
+    def present(self) -> dict[str, tuple[Path, float]]:
+        """Adapter subdirectories now in the directory, by name, with their files' newest
+        modification time."""
         if not self.directory.is_dir():
             return {}
-        return {p.name: p for p in sorted(self.directory.iterdir())
-                if p.is_dir() and not p.name.startswith(".")}
+        found = {}
+        for path in sorted(self.directory.iterdir()):
+            if path.is_dir() and not path.name.startswith("."):
+                found[path.name] = (path, max((f.stat().st_mtime for f in path.iterdir()
+                                               if f.is_file()), default=0.0))
+        return found
 
-    async def sync(self, load: Callable[[str, Path], Awaitable[str | None]],
-                   unload: Callable[[str], Awaitable[str | None]]) -> None:
-        """Load what appeared, unload what disappeared (only adapters this directory gave)."""
-        present = self.present()
-        for name, path in present.items():
-            if name in self.from_directory:
+    async def sync(self, load: Load, unload: Unload, loaded: Callable[[], set[str]]) -> None:
+        """Make the engine's adapters follow the directory (only adapters it gave)."""
+        present = await asyncio.to_thread(self.present)
+        serving = loaded()
+        for name, (path, modified) in present.items():
+            known = self.from_directory.get(name)
+            if known == modified and name in serving:
                 continue
             try:
-                self.check(path)
+                await asyncio.to_thread(self.check, path)
             except AdapterRefused as exc:
                 log.warning("adapter %s not loaded: %s", name, exc)
                 continue
+            if name in serving:  # rewritten in place: the new files replace the old
+                await unload(name)
             error = await load(name, path)
             if error is None:
-                self.from_directory.add(name)
+                self.from_directory[name] = modified
                 log.info("LoRA adapter %s loaded from %s", name, path)
             else:
                 log.warning("adapter %s not loaded: %s", name, error)
-        for name in sorted(self.from_directory - set(present)):
+        for name in sorted(set(self.from_directory) - set(present)):
             error = await unload(name)
-            self.from_directory.discard(name)
+            del self.from_directory[name]
             log.info("LoRA adapter %s unloaded (its directory is gone)%s", name,
                      f": {error}" if error else "")
 
-    async def watch(self, load: Callable[[str, Path], Awaitable[str | None]],
-                    unload: Callable[[str], Awaitable[str | None]]) -> None:
+    async def watch(self, load: Load, unload: Unload, loaded: Callable[[], set[str]]) -> None:
         while True:
             await asyncio.sleep(self.watch_seconds)
             try:
-                await self.sync(load, unload)
+                await self.sync(load, unload, loaded)
             except Exception as exc:  # a transient file-system error: try again next time
                 log.warning("adapter directory %s: %s: %s", self.directory,
                             type(exc).__name__, exc)
 
 
 class AdapterGuard:
-    """ASGI, in front of vLLM's application: refuses load requests the server cannot honour,
+    """ASGI, in front of vLLM's application: refuses adapter loads the server cannot honour,
     and counts requests per adapter (aim_lora_requests_total)."""
 
     def __init__(self, app: Any, adapters: Adapters | None,
@@ -118,18 +138,25 @@ class AdapterGuard:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or scope.get("method") != "POST" or not (
-                path.endswith(LOAD_PATH_SUFFIX) or path.endswith(COUNTED_SUFFIXES)):
+        method = scope.get("method")
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
-        try:
-            document = json.loads(body) if body else {}
-        except ValueError:
-            document = {}  # vLLM answers malformed JSON itself
-        if path.endswith(LOAD_PATH_SUFFIX) and isinstance(document, dict):
+        if method in ("POST", "DELETE") and (path.endswith(SAGEMAKER_ADAPTERS)
+                                             or f"{SAGEMAKER_ADAPTERS}/" in path):
+            await _bad_request(send, "adapters are loaded with POST .../v1/load_lora_adapter "
+                                     "from the adapter directory (AIM_LORA_DIR) only")
+            return
+        if method != "POST" or not (path.endswith(LOAD_PATH_SUFFIX)
+                                    or path.endswith(COUNTED_SUFFIXES)):
+            await self.app(scope, receive, send)
+            return
+        body = await read_body(receive, MAX_LOAD_BODY_BYTES if path.endswith(LOAD_PATH_SUFFIX)
+                               else 1 << 40) or b""
+        document = _json_object(body)
+        if path.endswith(LOAD_PATH_SUFFIX):
             try:
-                resolved = self._resolved(document)
+                resolved = await self._resolved(document)
             except AdapterRefused as exc:
                 await _bad_request(send, str(exc))
                 return
@@ -138,11 +165,11 @@ class AdapterGuard:
                 scope = {**scope, "headers": [
                     (k, v) for k, v in scope["headers"] if k != b"content-length"
                 ] + [(b"content-length", str(len(body)).encode())]}
-        elif isinstance(document, dict) and document.get("model") in self.names():
-            metrics.LORA_REQUESTS.labels(adapter=str(document["model"])).inc()
-        await self.app(scope, _replay(body, receive), send)
+        elif isinstance(document.get("model"), str) and document["model"] in self.names():
+            metrics.LORA_REQUESTS.labels(adapter=document["model"]).inc()
+        await self.app(scope, replay_body(body, receive), send)
 
-    def _resolved(self, document: dict[str, Any]) -> Path | None:
+    async def _resolved(self, document: dict[str, Any]) -> Path | None:
         """The checked adapter path of a load request (None: vLLM says what is missing);
         AdapterRefused when the server will not load it."""
         if self.adapters is None:
@@ -150,33 +177,19 @@ class AdapterGuard:
         lora_path = document.get("lora_path")
         if not isinstance(lora_path, str) or not lora_path:
             return None
-        resolved = self.adapters.resolve(lora_path)
-        self.adapters.check(resolved)
+        adapters = self.adapters
+        resolved = await asyncio.to_thread(adapters.resolve, lora_path)
+        await asyncio.to_thread(adapters.check, resolved)
         return resolved
 
 
-async def _read_body(receive: Any) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Any) -> Callable[[], Awaitable[dict[str, Any]]]:
-    """The body once, then the connection's own messages (a client that leaves is seen)."""
-    sent = False
-
-    async def replay() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            message: dict[str, Any] = await receive()
-            return message
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; {} for anything else (vLLM answers malformed bodies)."""
+    try:
+        document = json.loads(body) if body else {}
+    except ValueError:
+        return {}
+    return document if isinstance(document, dict) else {}
 
 
 async def _bad_request(send: Any, message: str) -> None:

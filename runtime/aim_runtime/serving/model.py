@@ -123,9 +123,11 @@ class AimModel(Model):
         if self.adapters is None or engine.max_lora_rank is None:
             return
         self.adapters.max_rank = engine.max_lora_rank
-        await self.adapters.sync(engine.load_adapter, engine.unload_adapter)
+        await self.adapters.sync(engine.load_adapter, engine.unload_adapter,
+                                 engine.adapter_names)
         engine.lora_watch = asyncio.create_task(
-            self.adapters.watch(engine.load_adapter, engine.unload_adapter))
+            self.adapters.watch(engine.load_adapter, engine.unload_adapter,
+                                engine.adapter_names))
 
     def adapter_names(self) -> set[str]:
         """LoRA adapters served now, each under its own model name."""

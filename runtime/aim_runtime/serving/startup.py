@@ -53,7 +53,7 @@ def serve_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--model_dir", "--model-dir", dest="model_dir",
                        help="local model directory (KServe fills /mnt/models); default: the "
-                            "embedded tiny model, generated on first use")
+                            "embedded default model (AIM_DEFAULT_MODEL), made on first use")
     model.add_argument("--model_id", "--model-id", dest="model_id",
                        help="Hugging Face id: used to match curated recipes (and AIM_MODEL_ID)")
     parser.add_argument("--host", default=settings.HOST.read(),
@@ -164,6 +164,8 @@ def write_termination_message(text: str) -> None:
 # arguments also set it: given twice with two values is a conflict, not "the last one wins".
 PINNABLE_FLAGS = ("--tensor-parallel-size", "--pipeline-parallel-size", "--data-parallel-size",
                   "--data-parallel-size-local")
+PINNABLE_ALIASES = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size",
+                    "-dp": "--data-parallel-size", "-dpl": "--data-parallel-size-local"}
 
 
 # KServe's LLMInferenceService convention: extra `vllm serve` flags in the main container's env
@@ -182,7 +184,7 @@ def normalize_argv(argv: Sequence[str], environ: Mapping[str, str] | None = None
     seen: dict[str, str] = {}
     for index, token in enumerate(tokens):
         flag, _, value = token.partition("=")
-        flag = flag.replace("_", "-") if flag.startswith("--") else flag
+        flag = flag.replace("_", "-") if flag.startswith("--") else PINNABLE_ALIASES.get(flag, flag)
         if flag not in PINNABLE_FLAGS:
             continue
         if not value and index + 1 < len(tokens):
@@ -274,7 +276,10 @@ def _with_adapter_directory(rest: list[str]) -> list[str]:
         raise AimError(f"AIM_LORA_DIR={directory}: not a directory",
                        "create it (it may be empty: adapters added later are loaded)")
     given = {token.split("=", 1)[0].replace("_", "-") for token in rest}
-    return rest if given & {"--enable-lora", "--no-enable-lora"} else [*rest, "--enable-lora"]
+    if "--no-enable-lora" in given:
+        raise AimError(f"AIM_LORA_DIR={directory} with --no-enable-lora: the adapters would not "
+                       "be served", "drop one of them")
+    return rest if "--enable-lora" in given else [*rest, "--enable-lora"]
 
 
 def _explicit_ours(argv: list[str]) -> set[str]:
