@@ -108,3 +108,30 @@ def test_the_prefill_job_renders_and_validates():
     result = subprocess.run([sys.executable, "-m", "aim_runtime", "serve", "--help"],
                             capture_output=True, text=True, timeout=120)
     assert "--exit-after-warmup" in result.stdout
+
+
+def test_a_multi_node_head_names_the_cache_for_its_ray_workers(tmp_path):
+    from aim_runtime.serving.startup import engine_env
+
+    plan = pipeline.run(pipeline.PlanRequest(model=MODELS / "llama-3.1-405b-instruct",
+                                             simulate="MI300X:8x2")).plan
+    cache = CompileCache(tmp_path, validity(plan, VERSIONS))
+    env = engine_env(plan, cache.env(), lora=False)
+    copied = set(env["VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"].split(","))
+    assert {"TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "AITER_JIT_DIR",
+            "MIOPEN_USER_DB_PATH"} <= copied  # VLLM_CACHE_ROOT goes by vLLM's own prefix rule
+    single = engine_env(plan_for("MI300X:1"), cache.env(), lora=False)
+    assert "VLLM_RAY_EXTRA_ENV_VARS_TO_COPY" not in single
+
+
+def test_multi_node_services_mount_the_cache_on_every_node(catalog):
+    from aim_runtime.deploy.render import RenderRequest, render
+
+    isvc, _ = render(RenderRequest(model=MODELS / "llama-3.1-405b-instruct", gpu="MI300X",
+                                   nodes=2, storage_uri="pvc://models/405b",
+                                   compile_cache_pvc="aim-compile-cache"), catalog)
+    predictor = isvc["spec"]["predictor"]
+    (worker,) = predictor["workerSpec"]["containers"]
+    assert worker["volumeMounts"] == predictor["model"]["volumeMounts"]
+    cache = [v for v in predictor["workerSpec"]["volumes"] if v["name"] == "compile-cache"]
+    assert cache == [v for v in predictor["volumes"] if v["name"] == "compile-cache"]

@@ -66,6 +66,11 @@ def rendered_variants(tmp: Path, catalog) -> list[tuple[str, dict]]:
                                    nodes=2, storage_uri="pvc://models/405b"),
         "multinode-mi355x": RenderRequest(model=MODELS / "deepseek-v3", gpu="MI355X", nodes=2,
                                           count=8, storage_uri="oci://registry/deepseek:v3"),
+        "multinode-compile-cache": RenderRequest(
+            model=MODELS / "llama-3.1-405b-instruct", gpu="MI300X", nodes=2,
+            storage_uri="pvc://models/405b", compile_cache_pvc="aim-compile-cache"),
+        "lora": RenderRequest(gpu="MI300X", storage_uri="pvc://models/llama",
+                              lora_pvc="models/adapters", max_loras=4, **LLAMA_8B),
     }
     return [("stable", stable), *((name, render(request, catalog)[0])
                                   for name, request in requests.items())]

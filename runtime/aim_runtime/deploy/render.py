@@ -180,12 +180,16 @@ def predictor_spec(plan: Plan, request: RenderRequest) -> dict[str, Any]:
         _add_adapters(predictor, model, request)
     predictor["model"] = model
     if request.multi_node:
+        worker: dict[str, Any] = {"name": WORKER_CONTAINER, "resources": pod_resources(devices)}
         predictor["workerSpec"] = {
             "pipelineParallelSize": plan.nodes,
             "tensorParallelSize": plan.devices_per_node,
             **pod_placement(plan, request, devices),
-            "containers": [{"name": WORKER_CONTAINER, "resources": pod_resources(devices)}],
+            "containers": [worker],
         }
+        if request.compile_cache_pvc:  # the head's Ray workers on these nodes compile too
+            predictor["workerSpec"]["volumes"].append(predictor["volumes"][-1])
+            worker["volumeMounts"] = list(model["volumeMounts"])
     return predictor
 
 

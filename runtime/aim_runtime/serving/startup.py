@@ -26,7 +26,7 @@ from aim_runtime.errors import AimError
 from aim_runtime.planner.catalog import engine_args_to_argv
 from aim_runtime.planner.explain import summarize_plan
 from aim_runtime.planner.overrides import FIELDS
-from aim_runtime.planner.plan import Plan
+from aim_runtime.planner.plan import Plan, ray_carry_over_env
 from aim_runtime.serving import metrics
 from aim_runtime.serving.cluster import ClusterSpec, nodes_from_env, spec_from_env
 from aim_runtime.serving.listener import ListenerOptions, listener_options
@@ -282,6 +282,18 @@ def _with_adapter_directory(rest: list[str]) -> list[str]:
     return rest if "--enable-lora" in given else [*rest, "--enable-lora"]
 
 
+def engine_env(plan: Plan, cache_env: dict[str, str], lora: bool) -> dict[str, str]:
+    """The engine's environment: the plan's, the compile caches' (AIM_COMPILE_CACHE_DIR), vLLM's
+    adapter API switch with an adapter directory (served behind the gate and the adapter guard,
+    serving/lora.py); on a multi-node head, every variable also named for vLLM to copy to its Ray
+    workers on the other nodes (which mount the same cache volume at the same path)."""
+    env = {**plan.env, **cache_env,
+           **({"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"} if lora else {})}
+    if plan.nodes > 1:
+        env.update(ray_carry_over_env(env))
+    return env
+
+
 def _explicit_ours(argv: list[str]) -> set[str]:
     """Our options the user set (on the command line or through their AIM_* variable)."""
     given = {token.split("=", 1)[0] for token in argv}
@@ -308,9 +320,7 @@ def _build_server(args: argparse.Namespace, plan: Plan, names: list[str],
     if compile_cache is not None:
         compile_cache.prepare()
     lora_dir = settings.LORA_DIR.read()
-    env = {**plan.env, **(compile_cache.env() if compile_cache else {}),
-           # vLLM's adapter API, served behind the gate and the adapter guard (serving/lora.py)
-           **({"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"} if lora_dir else {})}
+    env = engine_env(plan, compile_cache.env() if compile_cache else {}, lora=bool(lora_dir))
     adapters = Adapters(lora_dir, facts, settings.LORA_WATCH_SECONDS.read()) if lora_dir else None
     model = AimModel(names[0], vllm_argv, env, cluster=cluster, warmup=warmup,
                      stall_seconds=settings.STALL_SECONDS.read(), compile_cache=compile_cache,
