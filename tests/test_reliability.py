@@ -251,30 +251,36 @@ def engine_core(pid: int) -> psutil.Process:
 def test_dead_engine_fails_liveness_errors_requests_and_exits_non_zero(work_dir, tiny_model):
     process = aim_server(work_dir, tiny_model).start()
     process.wait_ready()
-    outcome = {}
+    outcomes: list[dict] = []
     streaming = threading.Event()
 
     def stream():
-        lines = []
+        outcome: dict = {"lines": []}
         try:
             with httpx.stream("POST", process.url + "/openai/v1/completions", json=STREAM,
                               timeout=60) as response:
                 for line in response.iter_lines():
                     if line.startswith("data:"):
-                        lines.append(line)
+                        outcome["lines"].append(line)
                         streaming.set()
-            outcome["lines"] = lines
         except httpx.HTTPError as exc:
             outcome["error"] = exc
+        outcomes.append(outcome)
         streaming.set()
 
-    thread = threading.Thread(target=stream)
-    thread.start()
+    # Several long streams at once, so that some are still generating when the engine dies
+    # (one alone may finish first: the tiny model is fast).
+    threads = [threading.Thread(target=stream) for _ in range(4)]
+    for thread in threads:
+        thread.start()
     assert streaming.wait(timeout=60)
     engine_core(process.process.pid).kill()
-    thread.join(timeout=60)
-    assert not thread.is_alive(), "the in-flight request hung"
-    assert "error" in outcome or len(outcome["lines"]) < 1500  # ended early, not completed
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "an in-flight request hung"
+    complete = STREAM["max_tokens"] + 1  # every token's event, then [DONE]
+    ended_early = [o for o in outcomes if "error" in o or len(o["lines"]) < complete]
+    assert ended_early, "no stream was cut short by the engine's death"
     wait_until(lambda: not live(process.url), timeout=15)
     assert process.process.wait(timeout=60) == 1
     assert "the engine is dead" in process.log_path.read_text()
