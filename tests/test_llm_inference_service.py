@@ -127,7 +127,8 @@ def flag(command: list[str], name: str) -> str:
     return next(a.split("=", 1)[1] for a in command if a.startswith(name + "="))
 
 
-SERVICES = {path.name: load(path) for path in sorted(EXAMPLES.glob("*.yaml"))}
+SERVICES = {path.name: load(path) for path in sorted(EXAMPLES.glob("*.yaml"))
+            if path.name != "kustomization.yaml"}
 
 
 # --- the presets, merged and rendered -----------------------------------------------------------

@@ -53,9 +53,9 @@ def test_slots_that_cannot_fit_are_refused_with_what_would():
     with pytest.raises(NoFitError) as error:
         plan("MI300X:1", enable_lora=True, max_loras=128, max_lora_rank=512)
     assert "with 128 LoRA adapter slots of rank 512" in str(error.value)
-    assert "LoRA adapter slot(s) of rank 512 on these 1 device(s) (--max-loras 64)" in \
+    assert "LoRA adapter slot(s) of rank 512 on these 1 device(s) (--max-loras 32)" in \
         error.value.hint
-    suggested = plan("MI300X:1", enable_lora=True, max_loras=64, max_lora_rank=512)
+    suggested = plan("MI300X:1", enable_lora=True, max_loras=32, max_lora_rank=512)
     assert suggested.memory.lora_bytes_per_device > 60 * GIB  # what the hint said fits does
     refused = [r.detail for r in error.value.reasons if r.outcome == "refused"]
     assert any("LoRA" in detail and "128 adapter slots of rank 512" in detail
