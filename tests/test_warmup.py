@@ -114,3 +114,21 @@ def test_a_stalled_engine_fails_liveness_and_says_so(work_dir, tiny_model, tmp_p
             with contextlib.suppress(psutil.Error):
                 child.send_signal(signal.SIGCONT)
         server.stop()
+
+
+@pytest.mark.parametrize(("line", "phases"), [
+    ("(Worker pid=1) INFO 11-30 17:09:46 [default_loader.py:501] Loading weights took 0.01 "
+     "seconds", [("engine_load_weights", 0.01)]),
+    ("(EngineCore pid=2) INFO [core.py:402] init engine (profile, create kv cache, warmup "
+     "model) took 14.38 s", [("engine_init", 14.38)]),
+    ("(EngineCore pid=2) INFO [core.py:396] init engine (profile, create kv cache, warmup "
+     "model) took 95.10 s (compilation: 41.20 s)",
+     [("engine_init", 95.1), ("engine_compile", 41.2)]),
+    ("(Worker_TP0 pid=3) INFO [gpu_model_runner.py:6582] Graph capturing finished in 23 secs, "
+     "took 0.52 GiB", [("engine_graph_capture", 23.0)]),
+    ("INFO [api_server.py:1] Route: /v1/models", []),
+])
+def test_the_engines_own_phase_lines_are_recognised(line, phases):
+    from aim_runtime.serving.engine_log import phases_of
+
+    assert phases_of(line) == phases

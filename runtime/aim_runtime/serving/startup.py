@@ -129,6 +129,9 @@ class Prepared:
 def serve_main(argv: Sequence[str]) -> int:
     """`aim-runtime serve`: start-up errors are AimErrors (the CLI prints them); serving ends
     with the server's exit code."""
+    from aim_runtime.serving.engine_log import tap_standard_output
+
+    tap_standard_output()  # before the engine processes start: they inherit it
     try:
         prepared = prepare(list(argv))
     except AimError as exc:
