@@ -5,7 +5,9 @@ counted; bad adapters get a 400 naming the problem and the server keeps serving.
 
 from __future__ import annotations
 
+import json
 import shutil
+import struct
 import time
 
 import httpx
@@ -159,3 +161,30 @@ def test_requests_per_adapter_are_counted(lora_server):
                if line.startswith('aim_lora_requests_total{adapter="alpha"}')]
     assert counted and float(counted[0].rsplit(" ", 1)[1]) >= 1
     assert any(line.startswith("vllm:lora_requests_info{") for line in text.splitlines())
+
+
+def test_moe_adapters_are_not_held_to_the_shared_experts_widths(tmp_path):
+    from aim_runtime.checkpoint.lora import adapter_problem
+    from testkit import MODELS
+
+    facts = load_model_facts(MODELS / "qwen3-30b-a3b")
+    directory = tmp_path / "moe"
+    directory.mkdir()
+    (directory / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 8, "target_modules": ["gate_proj", "q_proj"]}))
+    q_out = facts.num_attention_heads * facts.head_dim
+    write_safetensors_header(directory / "adapter_model.safetensors", {
+        "base_model.model.model.layers.0.mlp.experts.3.gate_proj.lora_A.weight": [8, 2048],
+        "base_model.model.model.layers.0.mlp.experts.3.gate_proj.lora_B.weight": [768, 8],
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": [q_out, 8]})
+    assert adapter_problem(directory, facts, max_rank=8) is None
+    write_safetensors_header(directory / "adapter_model.safetensors", {
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": [q_out + 1, 8]})
+    assert "made for another base model" in adapter_problem(directory, facts, max_rank=8)
+
+
+def write_safetensors_header(path, shapes: dict[str, list[int]]) -> None:
+    """A safetensors file's header only (the check reads nothing else)."""
+    header = json.dumps({name: {"dtype": "BF16", "shape": shape, "data_offsets": [0, 0]}
+                         for name, shape in shapes.items()}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header)

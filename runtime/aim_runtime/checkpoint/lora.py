@@ -76,8 +76,8 @@ def adapter_problem(directory: Path, facts: ModelFacts, max_rank: int) -> str | 
         if layer >= facts.num_layers:
             return (f"made for another base model: {name} adapts layer {layer}; this model has "
                     f"{facts.num_layers} layers")
-        if module not in expected:
-            continue
+        if module not in expected or (facts.moe is not None and module in MLP_MODULES):
+            continue  # an expert's or a dense layer's MLP: widths differ by layer, not checked
         inputs, outputs = expected[module]
         width, wanted = (shape[1], inputs) if kind == "A" else (shape[0], outputs)
         if width != wanted:
@@ -87,6 +87,7 @@ def adapter_problem(directory: Path, facts: ModelFacts, max_rank: int) -> str | 
     return None
 
 
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 # vLLM shards these by their output (column-parallel); o_proj and down_proj by their input.
 COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
 

@@ -236,9 +236,13 @@ def _download_adapter(args: argparse.Namespace) -> int:
     summary = verify_adapter(checked, hub_hashes, args.base)
     summary.update({"model_id": args.model_id, "revision": revision})
     write_manifest(checked, summary)
-    if not args.verify_only:
-        shutil.rmtree(target, ignore_errors=True)
+    if not args.verify_only:  # swap by renames: the watcher never sees a half-written adapter
+        previous = target.parent / f".{target.name}.previous"
+        shutil.rmtree(previous, ignore_errors=True)
+        if target.exists():
+            os.replace(target, previous)
         os.replace(staging, target)
+        shutil.rmtree(previous, ignore_errors=True)
     print(f"verified LoRA adapter (rank {summary['adapter']['rank']}) in {target}")
     return 0
 

@@ -12,6 +12,7 @@ differently loses the sub-phase figures, never a log line.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import re
@@ -21,6 +22,8 @@ from aim_runtime.serving import metrics
 
 log = logging.getLogger(__name__)
 
+CHUNK_BYTES = 65536
+MAX_PENDING_BYTES = 65536  # a line longer than this is not matched (it is still passed on)
 # vLLM's wording (model_executor/model_loader/default_loader.py, v1/engine/core.py,
 # v1/worker/gpu_model_runner.py).
 INIT_LINE = r"init engine \(profile, create kv cache, warmup model\) took ([0-9.]+) s"
@@ -62,10 +65,24 @@ def tap_standard_output() -> None:
 
 
 def _forward(read_end: int, passthrough: int) -> None:
-    with os.fdopen(read_end, "rb") as lines:
+    """Pass every chunk on as it arrives; match whole lines. Runs until every writer is gone:
+    if it stopped early, writers would block on a full pipe, so nothing here may end it."""
+    pending = b""
+    while chunk := os.read(read_end, CHUNK_BYTES):
+        with contextlib.suppress(OSError):  # the real standard output gone: drop the text
+            _write_all(passthrough, chunk)
+        *lines, pending = (pending + chunk).split(b"\n")
+        pending = pending[-MAX_PENDING_BYTES:]
         for line in lines:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(passthrough, view):]
-            for phase, seconds in phases_of(line.decode("utf-8", "replace")):
-                metrics.record_phase(phase, seconds)
+            try:
+                for phase, seconds in phases_of(line.decode("utf-8", "replace")):
+                    metrics.record_phase(phase, seconds)
+            except Exception as exc:  # never stop draining
+                log.debug("engine phase line not recorded: %s", exc)
+    os.close(read_end)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

@@ -79,14 +79,16 @@ class Adapters:
 
     def present(self) -> dict[str, tuple[Path, float]]:
         """Adapter subdirectories now in the directory, by name, with their files' newest
-        modification time."""
-        if not self.directory.is_dir():
-            return {}
+        modification time. OSError if the directory cannot be read (a storage hiccup must not
+        look like an empty directory, which would unload every adapter)."""
         found = {}
         for path in sorted(self.directory.iterdir()):
-            if path.is_dir() and not path.name.startswith("."):
-                found[path.name] = (path, max((f.stat().st_mtime for f in path.iterdir()
-                                               if f.is_file()), default=0.0))
+            try:
+                if path.is_dir() and not path.name.startswith("."):
+                    found[path.name] = (path, max((f.stat().st_mtime for f in path.iterdir()
+                                                   if f.is_file()), default=0.0))
+            except OSError:  # changing under us: next time
+                continue
         return found
 
     async def sync(self, load: Load, unload: Unload, loaded: Callable[[], set[str]]) -> None:
@@ -151,8 +153,13 @@ class AdapterGuard:
                                     or path.endswith(COUNTED_SUFFIXES)):
             await self.app(scope, receive, send)
             return
-        body = await read_body(receive, MAX_LOAD_BODY_BYTES if path.endswith(LOAD_PATH_SUFFIX)
-                               else 1 << 40) or b""
+        limit = MAX_LOAD_BODY_BYTES if path.endswith(LOAD_PATH_SUFFIX) else 1 << 40
+        read = await read_body(receive, limit)
+        if read is None:
+            await _error(send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                         f"an adapter load request is at most {limit} bytes")
+            return
+        body = read
         document = _json_object(body)
         if path.endswith(LOAD_PATH_SUFFIX):
             try:
@@ -193,9 +200,14 @@ def _json_object(body: bytes) -> dict[str, Any]:
 
 
 async def _bad_request(send: Any, message: str) -> None:
-    body = json.dumps({"error": {"message": message, "type": "BadRequestError",
-                                 "param": None, "code": HTTPStatus.BAD_REQUEST.value}}).encode()
-    await send({"type": "http.response.start", "status": HTTPStatus.BAD_REQUEST.value,
+    await _error(send, HTTPStatus.BAD_REQUEST, message)
+
+
+async def _error(send: Any, status: HTTPStatus, message: str) -> None:
+    kind = "BadRequestError" if status == HTTPStatus.BAD_REQUEST else "RequestTooLargeError"
+    body = json.dumps({"error": {"message": message, "type": kind, "param": None,
+                                 "code": status.value}}).encode()
+    await send({"type": "http.response.start", "status": status.value,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

@@ -123,8 +123,11 @@ class AimModel(Model):
         if self.adapters is None or engine.max_lora_rank is None:
             return
         self.adapters.max_rank = engine.max_lora_rank
-        await self.adapters.sync(engine.load_adapter, engine.unload_adapter,
-                                 engine.adapter_names)
+        try:
+            await self.adapters.sync(engine.load_adapter, engine.unload_adapter,
+                                     engine.adapter_names)
+        except OSError as exc:  # unreadable now; the watcher tries again
+            log.warning("adapter directory %s: %s", self.adapters.directory, exc)
         engine.lora_watch = asyncio.create_task(
             self.adapters.watch(engine.load_adapter, engine.unload_adapter,
                                 engine.adapter_names))

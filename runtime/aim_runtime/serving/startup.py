@@ -285,6 +285,9 @@ def _with_adapter_directory(rest: list[str]) -> list[str]:
     return rest if "--enable-lora" in given else [*rest, "--enable-lora"]
 
 
+RAY_COPY = "VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"
+
+
 def engine_env(plan: Plan, cache_env: dict[str, str], lora: bool) -> dict[str, str]:
     """The engine's environment: the plan's, the compile caches' (AIM_COMPILE_CACHE_DIR), vLLM's
     adapter API switch with an adapter directory (served behind the gate and the adapter guard,
@@ -293,7 +296,9 @@ def engine_env(plan: Plan, cache_env: dict[str, str], lora: bool) -> dict[str, s
     env = {**plan.env, **cache_env,
            **({"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"} if lora else {})}
     if plan.nodes > 1:
-        env.update(ray_carry_over_env(env))
+        ours = ray_carry_over_env(env).get(RAY_COPY, "")
+        names = {*ours.split(","), *os.environ.get(RAY_COPY, "").split(",")} - {""}
+        env[RAY_COPY] = ",".join(sorted(names))  # the operator's own names kept
     return env
 
 
