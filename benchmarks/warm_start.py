@@ -179,18 +179,11 @@ def _time_to_ready(model: Path, work: Path, env: dict[str, str]) -> dict[str, An
         phases = _phases(server.url)
     finally:
         server.stop()
-    log = server.log_path.read_text()
-    verdicts = re.findall(r"compile cache (hit|miss):", log)
+    verdicts = re.findall(r"compile cache (hit|miss):", server.log_path.read_text())
     return {"ready_s": round(server.ready_seconds or 0.0, 2), "phases": phases,
             "cache": verdicts[-1] if verdicts else "none",
-            "compiled_s": _vllm_compile_seconds(log)}
-
-
-def _vllm_compile_seconds(log: str) -> float | None:
-    """vLLM's own figure for engine initialisation (profile, compile, KV cache, its warm-up)."""
-    found = re.findall(r"init engine \(profile, create kv cache, warmup model\) took ([0-9.]+) s",
-                       log)
-    return float(found[-1]) if found else None
+            # vLLM's own engine initialisation (profile, compile, KV cache, its warm-up)
+            "compiled_s": phases.get("engine_init")}
 
 
 # --- the report ----------------------------------------------------------------------------------

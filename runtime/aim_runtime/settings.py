@@ -212,6 +212,11 @@ CACHE_DIR: Variable[Path | None] = _register(Variable(
     "AIM_CACHE_DIR", path, None,
     "where the embedded default model is built (default: ~/.cache/aim-runtime)", "directory"))
 
+
+def cache_root() -> Path:
+    """AIM_CACHE_DIR, else ~/.cache/aim-runtime: where the embedded default models are built."""
+    return CACHE_DIR.read() or Path.home() / ".cache" / "aim-runtime"
+
 # Detection
 GPU_PRODUCT: Variable[str | None] = _register(Variable(
     "AIM_GPU_PRODUCT", plain_text, None,

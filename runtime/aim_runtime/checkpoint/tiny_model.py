@@ -53,8 +53,7 @@ ARCHITECTURE = {
 
 
 def default_cache_dir() -> Path:
-    base = settings.CACHE_DIR.read() or Path.home() / ".cache" / "aim-runtime"
-    return base / DEFAULT_MODEL_NAME
+    return settings.cache_root() / DEFAULT_MODEL_NAME
 
 
 def ensure_default_model(target: Path | None = None) -> Path:

@@ -25,9 +25,9 @@ from aim_runtime.deploy.render import (
     pod_resources,
     shm_size_gib,
     storage_uri_for,
+    validate_hardware,
 )
 from aim_runtime.errors import AimError
-from aim_runtime.hardware.products import lookup_product
 from aim_runtime.planner.catalog import Catalog
 from aim_runtime.planner.plan import Plan
 
@@ -122,11 +122,4 @@ def _validate(request: RenderRequest) -> None:
     for option, given in refused.items():
         if given:
             raise AimError(f"{option}: not available with --kind llminferenceservice")
-    if request.count is not None and request.count < 1:
-        raise AimError(f"--count {request.count}: expected a positive number of GPUs")
-    if request.nodes < 1:
-        raise AimError(f"--nodes {request.nodes}: expected a positive number of nodes")
-    try:
-        lookup_product(request.gpu)
-    except KeyError as exc:
-        raise AimError(f"--gpu {request.gpu}: {exc.args[0]}") from exc
+    validate_hardware(request)

@@ -330,11 +330,22 @@ def _read_stable(request: RenderRequest) -> dict[str, Any]:
     return stable
 
 
+def validate_hardware(request: RenderRequest) -> None:
+    """The GPU product, count and nodes, as every renderer needs them."""
+    if request.count is not None and request.count < 1:
+        raise AimError(f"--count {request.count}: expected a positive number of GPUs")
+    try:
+        lookup_product(request.gpu)
+    except KeyError as exc:
+        raise AimError(f"--gpu {request.gpu}: {exc.args[0]}") from exc
+    if request.nodes < 1:
+        raise AimError(f"--nodes {request.nodes}: expected a positive number of nodes")
+
+
 def _validate(request: RenderRequest) -> None:
     if request.mode not in MODES:
         raise AimError(f"--mode {request.mode}: expected one of {', '.join(MODES)}")
-    if request.count is not None and request.count < 1:
-        raise AimError(f"--count {request.count}: expected a positive number of GPUs")
+    validate_hardware(request)
     if request.lora_pvc and request.multi_node:
         raise AimError(f"--lora-pvc with --nodes {request.nodes}: every node's vLLM worker reads "
                        "the adapters, and only the head mounts them", "serve adapters on one node")
@@ -345,12 +356,6 @@ def _validate(request: RenderRequest) -> None:
         raise AimError("--canary-of and --traffic go together")
     if request.traffic is not None and not 0 <= request.traffic <= 100:
         raise AimError(f"--traffic {request.traffic}: expected a percentage, 0 to 100")
-    try:
-        lookup_product(request.gpu)
-    except KeyError as exc:
-        raise AimError(f"--gpu {request.gpu}: {exc.args[0]}") from exc
-    if request.nodes < 1:
-        raise AimError(f"--nodes {request.nodes}: expected a positive number of nodes")
     if request.multi_node:
         _validate_multi_node(request)
 

@@ -71,7 +71,7 @@ class RequestGate:
         openai = openai_shaped(scope["path"], self.root_routes)
         if self.keys and not self._authorized(scope):
             metrics.REJECTED.labels(reason="unauthorized").inc()
-            await _reject(send, openai, 401, "AuthenticationError",
+            await reject(send, openai, 401, "AuthenticationError",
                           "missing or invalid API key (Authorization: Bearer <key>)",
                           [(b"www-authenticate", b"Bearer")])
             return
@@ -81,13 +81,13 @@ class RequestGate:
         body = await read_body(receive, self.settings.max_request_bytes)
         if body is None:
             metrics.REJECTED.labels(reason="too_large").inc()
-            await _reject(send, openai, 413, "RequestTooLarge",
+            await reject(send, openai, 413, "RequestTooLarge",
                           f"request body larger than {self.settings.max_request_bytes} bytes")
             return
         limit = self._limit()
         if limit is not None and self.state.in_flight >= limit:
             metrics.REJECTED.labels(reason="overload").inc()
-            await _reject(send, openai, 503, "ServiceUnavailableError",
+            await reject(send, openai, 503, "ServiceUnavailableError",
                           f"server busy: {self.state.in_flight} requests in flight (limit "
                           f"{limit}); retry shortly",
                           [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())])
@@ -148,8 +148,9 @@ def replay_body(body: bytes, receive: Any) -> Any:
     return replay
 
 
-async def _reject(send: Any, openai: bool, status: int, error_type: str, message: str,
-                  headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def reject(send: Any, openai: bool, status: int, error_type: str, message: str,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """An error answered before the application: OpenAI's shape or KServe's."""
     payload: dict[str, object]
     if openai:
         payload = {"error": {"message": message, "type": error_type, "param": None,

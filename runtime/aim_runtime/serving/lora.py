@@ -31,7 +31,7 @@ from aim_runtime.checkpoint.facts import ModelFacts
 from aim_runtime.checkpoint.lora import adapter_problem
 from aim_runtime.planner.setting import VLLM_MAX_LORA_RANK
 from aim_runtime.serving import metrics
-from aim_runtime.serving.gate import read_body, replay_body
+from aim_runtime.serving.gate import read_body, reject, replay_body
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class AdapterGuard:
         limit = MAX_LOAD_BODY_BYTES if path.endswith(LOAD_PATH_SUFFIX) else 1 << 40
         read = await read_body(receive, limit)
         if read is None:
-            await _error(send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            await reject(send, True, HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value, "RequestTooLarge",
                          f"an adapter load request is at most {limit} bytes")
             return
         body = read
@@ -200,14 +200,4 @@ def _json_object(body: bytes) -> dict[str, Any]:
 
 
 async def _bad_request(send: Any, message: str) -> None:
-    await _error(send, HTTPStatus.BAD_REQUEST, message)
-
-
-async def _error(send: Any, status: HTTPStatus, message: str) -> None:
-    kind = "BadRequestError" if status == HTTPStatus.BAD_REQUEST else "RequestTooLargeError"
-    body = json.dumps({"error": {"message": message, "type": kind, "param": None,
-                                 "code": status.value}}).encode()
-    await send({"type": "http.response.start", "status": status.value,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await reject(send, True, HTTPStatus.BAD_REQUEST.value, "BadRequestError", message)
