@@ -12,6 +12,7 @@ usable-memory fractions, GPUs per node) lives here too, so that each fact is def
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 from collections.abc import Callable, Mapping
@@ -345,3 +346,18 @@ def markdown_table() -> str:
         kind = variable.kind.replace("|", "\\|")  # a bare | would split the cell
         lines.append(f"| `{variable.name}` | {kind} | {shown} | {variable.doc} |")
     return "\n".join(lines)
+
+
+def configure_logging(default_level: str, timestamps: bool) -> None:
+    """Log to stderr at AIM_LOG_LEVEL (else `default_level`); servers stamp their lines. The
+    runtime's own loggers get their own handler: KServe reconfigures the root logger when its
+    server starts, which would otherwise silence everything logged after start-up."""
+    stamp = "%(asctime)s " if timestamps else ""
+    level = LOG_LEVEL.read() or default_level
+    logging.basicConfig(level=level, format=stamp + "%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(stamp + "%(levelname)s %(name)s: %(message)s"))
+    ours = logging.getLogger("aim_runtime")
+    ours.handlers = [handler]
+    ours.setLevel(level)
+    ours.propagate = False

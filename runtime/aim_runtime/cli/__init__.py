@@ -7,7 +7,6 @@ when they run.
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -23,7 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     long_running = command in ("serve", "worker")
     explain = False
     try:
-        configure_logging("INFO" if long_running else "WARNING", timestamps=long_running)
+        settings.configure_logging("INFO" if long_running else "WARNING",
+                                   timestamps=long_running)
         if command == "serve":
             from aim_runtime.serving.startup import serve_main  # imports KServe and vLLM
 
@@ -44,18 +44,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("candidates, in the order tried:\n" + format_reasons(exc.reasons),
                   file=sys.stderr)
         return exc.exit_code
-
-
-def configure_logging(default_level: str, timestamps: bool) -> None:
-    """Log to stderr at AIM_LOG_LEVEL (else `default_level`); servers stamp their lines. The
-    runtime's own loggers get their own handler: KServe reconfigures the root logger when its
-    server starts, which would otherwise silence everything logged after start-up."""
-    stamp = "%(asctime)s " if timestamps else ""
-    level = settings.LOG_LEVEL.read() or default_level
-    logging.basicConfig(level=level, format=stamp + "%(levelname)s %(name)s: %(message)s")
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(stamp + "%(levelname)s %(name)s: %(message)s"))
-    ours = logging.getLogger("aim_runtime")
-    ours.handlers = [handler]
-    ours.setLevel(level)
-    ours.propagate = False

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
 
 from aim_runtime.serving import metrics
 
@@ -34,6 +35,16 @@ PHASE_LINES = {
                                  + r" \(compilation: ([0-9.]+) s"),
     "engine_graph_capture": re.compile(r"Graph capturing finished in ([0-9.]+) sec"),
 }
+
+
+# Where timed phases go: this process's metrics, or (several API server processes) the shared
+# memory they read them from (serving/front_ends.py).
+_sink: list[Callable[[str, float], None]] = [metrics.record_phase]
+
+
+def send_phases_to(sink: Callable[[str, float], None]) -> None:
+    """Record the engine phases read from now on with `sink` instead of this process's metrics."""
+    _sink[0] = sink
 
 
 def phases_of(line: str) -> list[tuple[str, float]]:
@@ -76,7 +87,7 @@ def _forward(read_end: int, passthrough: int) -> None:
         for line in lines:
             try:
                 for phase, seconds in phases_of(line.decode("utf-8", "replace")):
-                    metrics.record_phase(phase, seconds)
+                    _sink[0](phase, seconds)
             except Exception as exc:  # never stop draining
                 log.debug("engine phase line not recorded: %s", exc)
     os.close(read_end)

@@ -49,10 +49,44 @@ class GateSettings:
 
 @dataclass
 class GateState:
-    """Inference requests in flight, and where the engine's capacity comes from (the model)."""
+    """Inference requests in flight, and where the engine's capacity comes from (the model).
 
-    in_flight: int = 0
+    With several API server processes the count is the pod's: `shared_in_flight`, a
+    multiprocessing Value("q") every process changes under its lock (serving/front_ends.py)."""
+
     engine_capacity: Callable[[], int | None] = field(default=lambda: None)
+    shared_in_flight: Any = None
+    _local: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        shared = self.shared_in_flight
+        return int(shared.value) if shared is not None else self._local
+
+    def admit(self, limit: int | None) -> int | None:
+        """Count one more request in flight unless `limit` already are: the new count, or
+        None (refused)."""
+        shared = self.shared_in_flight
+        if shared is None:
+            if limit is not None and self._local >= limit:
+                return None
+            self._local += 1
+            return self._local
+        with shared.get_lock():
+            if limit is not None and shared.value >= limit:
+                return None
+            shared.value += 1
+            return int(shared.value)
+
+    def release(self) -> int:
+        """One request fewer in flight: the new count."""
+        shared = self.shared_in_flight
+        if shared is None:
+            self._local -= 1
+            return self._local
+        with shared.get_lock():
+            shared.value -= 1
+            return int(shared.value)
 
 
 class RequestGate:
@@ -85,20 +119,19 @@ class RequestGate:
                           f"request body larger than {self.settings.max_request_bytes} bytes")
             return
         limit = self._limit()
-        if limit is not None and self.state.in_flight >= limit:
+        admitted = self.state.admit(limit)
+        if admitted is None:
             metrics.REJECTED.labels(reason="overload").inc()
             await reject(send, openai, 503, "ServiceUnavailableError",
                           f"server busy: {self.state.in_flight} requests in flight (limit "
                           f"{limit}); retry shortly",
                           [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())])
             return
-        self.state.in_flight += 1
-        metrics.IN_FLIGHT.set(self.state.in_flight)
+        metrics.IN_FLIGHT.set(admitted)
         try:
             await self.app(scope, replay_body(body, receive), send)
         finally:
-            self.state.in_flight -= 1
-            metrics.IN_FLIGHT.set(self.state.in_flight)
+            metrics.IN_FLIGHT.set(self.state.release())
 
     def _authorized(self, scope: dict) -> bool:
         header = dict(scope["headers"]).get(b"authorization", b"")

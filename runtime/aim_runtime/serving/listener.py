@@ -25,7 +25,6 @@ from aim_runtime.errors import AimError
 REFUSED = {
     "uds": "serve on TCP (--http_port)",
     "root_path": "route by path in the gateway, or use the /openai prefix",
-    "api_server_count": "one API server process per pod for now; scale with replicas",
     "headless": "multi-node workers run `aim-runtime worker`",
     "grpc_port": "KServe's v2 gRPC listener is --grpc_port with --enable_grpc true",
 }

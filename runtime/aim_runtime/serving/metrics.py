@@ -8,15 +8,22 @@ The roofline gauges carry the plan's ceilings (planner/roofline.py); `DecodeEffi
 at each scrape, the decode rate vLLM achieved since the previous scrape (from its own
 `vllm:generation_tokens_total`) and that rate over the ceiling at the engine's current load
 (`vllm:num_requests_running` sequences holding `vllm:kv_cache_usage_perc` of the KV cache).
+
+With several API server processes (serving/front_ends.py) the series live in Prometheus
+multiprocess mode: each gauge says how the processes' values combine (the same plan in every
+process: the most recent; start-up phases: the slowest; engine alive: the lowest), counters add
+up, and a scrape (`scrape_registry`) merges every process's files with what multiprocess mode
+cannot carry, read from the process answering: the info metrics and the computed collectors.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Info
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Info, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -26,28 +33,39 @@ from aim_runtime.planner.roofline import Roofline
 PLAN = Info("aim_plan", "The recipe the planner chose, and on what")
 ENGINE_CONFIG = Info("aim_engine_config",
                      "What the vLLM engine runs with, read back from its own configuration")
+SAME_EVERYWHERE = "mostrecent"  # multiprocess mode: a value every process sets alike
 STARTUP_PHASE_SECONDS = Gauge("aim_startup_phase_seconds",
-                              "Seconds each start-up phase took", ["phase"])
+                              "Seconds each start-up phase took", ["phase"],
+                              multiprocess_mode="max")
 CANDIDATES_REFUSED = Gauge("aim_plan_candidates_refused",
-                           "Plan candidates refused before the chosen one")
-FALLBACK = Gauge("aim_plan_fallback", "1 when the plan took this fallback", ["kind"])
+                           "Plan candidates refused before the chosen one",
+                           multiprocess_mode=SAME_EVERYWHERE)
+FALLBACK = Gauge("aim_plan_fallback", "1 when the plan took this fallback", ["kind"],
+                 multiprocess_mode=SAME_EVERYWHERE)
 KV_CAPACITY_TOKENS = Gauge("aim_kv_cache_capacity_tokens",
-                           "KV cache capacity per replica in tokens", ["source"])
-ENGINE_ALIVE = Gauge("aim_engine_alive", "1 while the vLLM engine is loaded and healthy")
-IN_FLIGHT = Gauge("aim_requests_in_flight", "Inference requests admitted and not finished")
+                           "KV cache capacity per replica in tokens", ["source"],
+                           multiprocess_mode=SAME_EVERYWHERE)
+ENGINE_ALIVE = Gauge("aim_engine_alive", "1 while the vLLM engine is loaded and healthy",
+                     multiprocess_mode="min")
+# The pod's count (the gate counts in shared memory when there are several API servers).
+IN_FLIGHT = Gauge("aim_requests_in_flight", "Inference requests admitted and not finished",
+                  multiprocess_mode=SAME_EVERYWHERE)
 REJECTED = Counter("aim_requests_rejected", "Requests refused by the gate", ["reason"])
 LORA_REQUESTS = Counter("aim_lora_requests", "Inference requests per LoRA adapter", ["adapter"])
 ROOFLINE_DECODE = Gauge(
     "aim_roofline_decode_tokens_per_second",
     "Decode ceiling of the plan (HBM bandwidth over the bytes each step reads), all replicas: "
     "point=single (one sequence, short context), per_sequence and aggregate (the planned "
-    "full-length sequences)", ["point"])
+    "full-length sequences)", ["point"], multiprocess_mode=SAME_EVERYWHERE)
 ROOFLINE_PREFILL = Gauge(
     "aim_roofline_prefill_tokens_per_second",
-    "Prefill ceiling of the plan (FLOPs over the peak of its compute precision), all replicas")
-ROOFLINE_HBM = Gauge("aim_roofline_hbm_bytes_per_second", "Peak HBM bandwidth of one GPU")
+    "Prefill ceiling of the plan (FLOPs over the peak of its compute precision), all replicas",
+    multiprocess_mode=SAME_EVERYWHERE)
+ROOFLINE_HBM = Gauge("aim_roofline_hbm_bytes_per_second", "Peak HBM bandwidth of one GPU",
+                     multiprocess_mode=SAME_EVERYWHERE)
 ROOFLINE_PEAK = Gauge("aim_roofline_peak_flops",
-                      "Peak dense FLOP/s of one GPU in the plan's compute precision", ["precision"])
+                      "Peak dense FLOP/s of one GPU in the plan's compute precision", ["precision"],
+                      multiprocess_mode=SAME_EVERYWHERE)
 
 FALLBACK_KINDS = ("precision", "kv_cache_dtype", "context", "devices")
 
@@ -111,7 +129,7 @@ class DecodeEfficiency(Collector):
     MIN_INTERVAL_S = 1.0  # closer scrapes reuse the previous rate
 
     def __init__(self, roofline: Roofline, kv_capacity_tokens: int,
-                 registry: CollectorRegistry = REGISTRY,
+                 registry: CollectorRegistry | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.roofline = roofline
         self.kv_capacity_tokens = kv_capacity_tokens
@@ -138,7 +156,7 @@ class DecodeEfficiency(Collector):
         wanted = {self.GENERATED: f"{self.GENERATED}_total", self.RUNNING: self.RUNNING,
                   self.KV_USAGE: self.KV_USAGE}
         values: dict[str, list[float]] = {name: [] for name in wanted}
-        for family in self.registry.collect():
+        for family in (self.registry or series_registry()).collect():
             sample_name = wanted.get(family.name)
             if sample_name is None:
                 continue
@@ -186,25 +204,61 @@ _TRACKERS: list[DecodeEfficiency] = []
 
 
 def track_efficiency(roofline: Roofline, kv_capacity_tokens: int,
-                     registry: CollectorRegistry = REGISTRY,
+                     registry: CollectorRegistry | None = None,
                      clock: Callable[[], float] = time.monotonic) -> DecodeEfficiency:
-    """Register the efficiency collector; a new plan's replaces the previous one."""
-    for old in [t for t in _TRACKERS if t.registry is registry]:
-        registry.unregister(old)
+    """Register the efficiency collector (in REGISTRY unless `registry` is given, which it then
+    also reads vLLM's series from); a new plan's replaces the previous one."""
+    home = registry or REGISTRY
+    for old in [t for t in _TRACKERS if (t.registry or REGISTRY) is home]:
+        home.unregister(old)
         _TRACKERS.remove(old)
     tracker = DecodeEfficiency(roofline, kv_capacity_tokens, registry, clock)
-    registry.register(tracker)
+    home.register(tracker)
     _TRACKERS.append(tracker)
     return tracker
+
+
+def multiprocess_dir() -> str | None:
+    """PROMETHEUS_MULTIPROC_DIR: set when the pod runs several API server processes."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def series_registry() -> CollectorRegistry:
+    """Where the counters, gauges and histograms of every process are read: this process's
+    registry, or in multiprocess mode every process's files merged."""
+    if multiprocess_dir() is None:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+class ProcessLocal(Collector):
+    """What multiprocess mode cannot carry, from the process answering the scrape: the info
+    metrics (the same in every process) and the collectors computed at scrape time."""
+
+    def collect(self) -> Iterable[Metric]:
+        for info in (PLAN, ENGINE_CONFIG):
+            yield from info.collect()
+        for tracker in _TRACKERS:
+            yield from tracker.collect()
+
+
+def scrape_registry() -> CollectorRegistry:
+    """What /metrics exposes: REGISTRY in one process; in multiprocess mode every process's
+    series merged, with this process's `ProcessLocal` part."""
+    if multiprocess_dir() is None:
+        return REGISTRY
+    registry = series_registry()
+    registry.register(ProcessLocal())
+    return registry
 
 
 def engine_progress() -> tuple[float, float]:
     """(requests running, tokens generated so far), summed from vLLM's own series in this
     process's registry: what the stall watch compares between two looks."""
-    from prometheus_client import REGISTRY
-
     running = generated = 0.0
-    for family in REGISTRY.collect():
+    for family in series_registry().collect():
         for sample in family.samples:
             if sample.name == "vllm:num_requests_running":
                 running += sample.value
@@ -215,3 +269,9 @@ def engine_progress() -> tuple[float, float]:
 
 def record_phase(phase: str, seconds: float) -> None:
     STARTUP_PHASE_SECONDS.labels(phase=phase).set(round(seconds, 4))
+
+
+def phases_recorded() -> dict[str, float]:
+    """The start-up phases this process has timed so far, by name."""
+    return {sample.labels["phase"]: sample.value
+            for family in STARTUP_PHASE_SECONDS.collect() for sample in family.samples}

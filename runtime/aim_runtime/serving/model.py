@@ -31,7 +31,12 @@ from aim_runtime.serving import metrics
 from aim_runtime.serving.cluster import ClusterSpec, form_cluster, stop_ray
 from aim_runtime.serving.compile_cache import CompileCache
 from aim_runtime.serving.lora import AdapterGuard, Adapters
-from aim_runtime.serving.vllm_adapter import Engine, completion_request, start_engine
+from aim_runtime.serving.vllm_adapter import (
+    Engine,
+    EngineClient,
+    completion_request,
+    start_engine,
+)
 from aim_runtime.serving.warmup import WarmupPlan, WarmupTarget, warm_up
 
 log = logging.getLogger(__name__)
@@ -70,8 +75,10 @@ class AimModel(Model):
                  cluster: ClusterSpec | None = None, warmup: WarmupTarget | None = None,
                  stall_seconds: float = 600.0, compile_cache: CompileCache | None = None,
                  on_warmed: Callable[[], None] | None = None,
-                 adapters: Adapters | None = None) -> None:
+                 adapters: Adapters | None = None, client: EngineClient | None = None) -> None:
         super().__init__(name)
+        self.client = client  # one of several API servers: a client of shared engine cores
+        self.warmup_app: Any | None = None  # set: warm up in process, through this application
         self.adapters = adapters  # AIM_LORA_DIR: loaded before readiness, then watched
         self._openai_app: Any | None = None
         self.compile_cache = compile_cache
@@ -98,7 +105,7 @@ class AimModel(Model):
             await self._form_cluster(self.cluster)
         started = time.monotonic()
         log.info("loading the vLLM engine")
-        self.vllm_engine = await start_engine(self.engine_argv, self.env)
+        self.vllm_engine = await start_engine(self.engine_argv, self.env, self.client)
         metrics.record_phase("engine", time.monotonic() - started)
         metrics.ENGINE_CONFIG.info(self.vllm_engine.effective_config())
         capacity = self.vllm_engine.kv_capacity_tokens
@@ -152,7 +159,7 @@ class AimModel(Model):
             tools=bool(getattr(engine.args, "enable_auto_tool_choice", False)),
             structured_outputs=engine.completions is not None)
         try:
-            sent = await warm_up(plan) if engine.completions is not None else 0
+            sent = await warm_up(plan, self.warmup_app) if engine.completions is not None else 0
         except Exception as exc:  # the listener or a request failed: serve anyway
             log.warning("warm-up incomplete: %s: %s", type(exc).__name__, exc)
             sent = 0
@@ -206,8 +213,8 @@ class AimModel(Model):
         return "warming" if not self.warmed else "unhealthy"
 
     def engine_capacity(self) -> int | None:
-        """Sequences the engine runs at once (None until it is loaded)."""
-        return self.vllm_engine.max_num_seqs if self.vllm_engine is not None else None
+        """Sequences the engine runs at once, all data-parallel ranks (None until loaded)."""
+        return self.vllm_engine.running_capacity if self.vllm_engine is not None else None
 
     @property
     def engine_dead(self) -> bool:

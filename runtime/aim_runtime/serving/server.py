@@ -27,7 +27,9 @@ import json
 import logging
 import re
 import signal
+import socket
 import threading
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -48,8 +50,12 @@ from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.server import RESTServer
+from prometheus_client import exposition
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.importer import import_from_string
 
+from aim_runtime.serving import metrics
+from aim_runtime.serving.front_ends import FrontEnd
 from aim_runtime.serving.gate import (
     OPENAI_PREFIX,
     GateSettings,
@@ -67,10 +73,11 @@ RECIPE_HEADER = "x-aim-recipe"
 
 
 class NotReady(ServerNotReady):
-    """Readiness 503 with a machine-readable reason (loading, warming, stalled, dead)."""
+    """Readiness 503 with a machine-readable reason (loading, warming, starting, draining,
+    stalled, dead)."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(detail or reason)
         self.reason = reason
 
 
@@ -90,18 +97,26 @@ class AimModelRepository(ModelRepository):
 
 
 class AimDataPlane(DataPlane):
-    """Liveness and readiness that follow the engine."""
+    """Liveness and readiness that follow the engine, and with several API server processes
+    the pod's: ready once every process is, dead once any process died."""
 
-    def __init__(self, model_registry: Any, model: AimModel) -> None:
+    def __init__(self, model_registry: Any, model: AimModel,
+                 front_end: FrontEnd | None = None) -> None:
         super().__init__(model_registry=model_registry)
         self.aim_model = model
+        self.front_end = front_end
 
     async def live(self) -> dict[str, str]:
-        return {"status": "dead" if self.aim_model.engine_dead else "alive"}
+        failed = self.front_end is not None and self.front_end.group_failed
+        return {"status": "dead" if self.aim_model.engine_dead or failed else "alive"}
 
     async def ready(self) -> bool:
         if not await self.aim_model.healthy():
             raise NotReady(self.aim_model.not_ready_reason())
+        peers = self.front_end
+        if peers is not None and peers.ready_count() < peers.count:
+            raise NotReady("starting", f"{peers.ready_count()} of {peers.count} API server "
+                                       "processes ready")
         return True
 
 
@@ -114,13 +129,17 @@ class AimRESTServer(RESTServer):
     def __init__(self, *args: Any, host: str, recipe_id: str, model: AimModel,
                  gate: GateSettings, openai_root_routes: bool = False,
                  drain_seconds: float = 0.0, listener: ListenerOptions | None = None,
-                 **kwargs: Any) -> None:
+                 sock: socket.socket | None = None, shared_in_flight: Any = None,
+                 on_scrape: Callable[[], None] | None = None, **kwargs: Any) -> None:
         # Set before KServe's constructor builds the application with the methods below.
         self.recipe_id = recipe_id
         self.aim_model = model
         self.gate_settings = gate
-        self.gate_state = GateState(engine_capacity=model.engine_capacity)
+        self.gate_state = GateState(engine_capacity=model.engine_capacity,
+                                    shared_in_flight=shared_in_flight)
         self.openai_root_routes = openai_root_routes
+        self.sock = sock  # bound by the supervisor, shared by the pod's API servers
+        self.on_scrape = on_scrape
         super().__init__(*args, **kwargs)
         self.config.host = host
         if listener is not None:  # mutual TLS and ciphers: `vllm serve`'s flags, uvicorn's own
@@ -151,6 +170,25 @@ class AimRESTServer(RESTServer):
 
         self._server.handle_exit = handle_exit
 
+    async def start(self) -> None:
+        """KServe's start, on the supervisor's socket when there is one."""
+        self.create_application()
+        await self._server.serve(sockets=[self.sock] if self.sock is not None else None)
+
+    def create_application(self) -> None:
+        super().create_application()
+        if self.sock is not None:  # one of several API servers: warm this one, in process
+            self.aim_model.warmup_app = import_from_string(FASTAPI_APP_IMPORT_STRING)
+
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus exposition of every series: this process's, or the pod's when several
+        API server processes serve it (serving/metrics.py, multiprocess mode)."""
+        if self.on_scrape is not None:
+            self.on_scrape()
+        encoder, content_type = exposition.choose_encoder(request.headers.get("accept"))
+        return Response(content=encoder(metrics.scrape_registry()),
+                        headers={"content-type": content_type})
+
     async def dataplane_ready(self) -> Response:
         """Readiness as vLLM's /health answers it: 200, empty."""
         await self.dataplane.ready()
@@ -166,7 +204,9 @@ class AimRESTServer(RESTServer):
         # One model per server, chosen at start-up: KServe's repository (load/unload) is not
         # served, on HTTP as on gRPC.
         app.router.routes = [r for r in app.router.routes
-                             if not getattr(r, "path", "").startswith("/v2/repository")]
+                             if not getattr(r, "path", "").startswith("/v2/repository")
+                             and getattr(r, "path", "") != "/metrics"]
+        app.add_api_route("/metrics", self.metrics, methods=["GET"])
         openai = OpenAIApplication(self.aim_model)
         app.mount(OPENAI_PREFIX, openai)
         if self.openai_root_routes:
@@ -202,19 +242,28 @@ class AimModelServer(ModelServer):
     """ModelServer with our data plane and REST server. One model, one uvicorn worker.
 
     `exit_code` becomes 1 when the engine dies: the server then shuts down so that Kubernetes
-    restarts the pod (liveness has already turned 503)."""
+    restarts the pod (liveness has already turned 503).
+
+    With `front_end` it is one of the pod's API server processes (serving/front_ends.py): it
+    accepts on the supervisor's socket `sock`, counts admissions pod-wide, and is ready only
+    once all of them are."""
 
     def __init__(self, model: AimModel, recipe_id: str, host: str,
                  gate: GateSettings | None = None, openai_root_routes: bool = False,
                  exit_after_warmup: bool = False, drain_seconds: float = 0.0,
-                 listener: ListenerOptions | None = None, **kwargs: Any) -> None:
+                 listener: ListenerOptions | None = None, front_end: FrontEnd | None = None,
+                 sock: socket.socket | None = None, **kwargs: Any) -> None:
         super().__init__(registered_models=AimModelRepository(model), **kwargs)
         self.drain_seconds = drain_seconds
         self.listener = listener
         self.openai_root_routes = openai_root_routes
+        self.front_end = front_end
+        self.sock = sock
         if exit_after_warmup:  # fill the caches, then stop (a pre-fill Job)
             model.on_warmed = self._warmed
-        self.dataplane = AimDataPlane(self.registered_models, model)
+        elif front_end is not None:
+            model.on_warmed = front_end.mark_ready
+        self.dataplane = AimDataPlane(self.registered_models, model, front_end)
         self.aim_model = model
         self.recipe_id = recipe_id
         self.host = host
@@ -242,7 +291,9 @@ class AimModelServer(ModelServer):
             timeout_keep_alive=self.timeout_keep_alive, ssl_certfile=self.ssl_certfile,
             ssl_keyfile=self.ssl_keyfile, host=self.host, recipe_id=self.recipe_id,
             model=self.aim_model, gate=self.gate, openai_root_routes=self.openai_root_routes,
-            drain_seconds=self.drain_seconds, listener=self.listener,
+            drain_seconds=self.drain_seconds, listener=self.listener, sock=self.sock,
+            shared_in_flight=self.front_end.group.in_flight if self.front_end else None,
+            on_scrape=self.front_end.publish_engine_phases if self.front_end else None,
         )
         self.servers.append(self._rest_server.start())
         if self.enable_grpc:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aim_runtime import pipeline, settings
 from aim_runtime.checkpoint.facts import ModelFacts
@@ -33,8 +34,10 @@ from aim_runtime.serving.listener import ListenerOptions, listener_options
 from aim_runtime.settings import ROLES
 
 if TYPE_CHECKING:  # imported when serving starts: they import KServe and vLLM
+    from aim_runtime.serving.front_ends import FrontEnd, FrontEndGroup
     from aim_runtime.serving.model import AimModel
     from aim_runtime.serving.server import AimModelServer
+    from aim_runtime.serving.vllm_adapter import EngineClient
 
 log = logging.getLogger("aim_runtime")
 
@@ -116,19 +119,47 @@ def phase(name: str) -> Iterator[None]:
     log.info("phase %s: %.3f s", name, seconds)
 
 
+@dataclass(frozen=True)
+class ServerInputs:
+    """What a server is built from, as start-up produced it (picklable: each of several API
+    server processes builds its own server from it)."""
+
+    args: argparse.Namespace
+    plan: Plan
+    names: tuple[str, ...]
+    vllm_argv: tuple[str, ...]
+    api_keys: tuple[str, ...]
+    listener: ListenerOptions
+    facts: ModelFacts
+    cluster: ClusterSpec | None = None
+
+
+@dataclass(frozen=True)
+class ApiServerSpec:
+    """What each of several API server processes starts from: the server's inputs, the
+    group's shared memory, and the start-up phases timed before the processes existed."""
+
+    inputs: ServerInputs
+    group: FrontEndGroup
+    phases: dict[str, float]
+
+
 @dataclass
 class Prepared:
-    """What start-up produced before serving: the plan, the model object, the server."""
+    """What start-up produced before serving: the plan, the model object, the server, and how
+    many API server processes serve it."""
 
     plan: Plan
     model: AimModel
     server: AimModelServer
+    inputs: ServerInputs
     cluster: ClusterSpec | None = None
+    api_servers: int = 1
 
 
 def serve_main(argv: Sequence[str]) -> int:
     """`aim-runtime serve`: start-up errors are AimErrors (the CLI prints them); serving ends
-    with the server's exit code."""
+    with the server's exit code (with several API server processes, the supervisor's)."""
     from aim_runtime.serving.engine_log import tap_standard_output
 
     tap_standard_output()  # before the engine processes start: they inherit it
@@ -137,18 +168,78 @@ def serve_main(argv: Sequence[str]) -> int:
     except AimError as exc:
         write_termination_message(f"start-up failed in phase {CURRENT_PHASE[-1]}: {exc}")
         raise
+    if prepared.api_servers > 1:
+        return _serve_with_api_servers(prepared)
+    return _run(prepared.model, prepared.server)
+
+
+def _run(model: AimModel, server: AimModelServer) -> int:
+    """Serve until the server stops; its exit code."""
     try:
-        prepared.server.start([prepared.model])
+        server.start([model])
     except Exception as exc:
         log.error("serving stopped: %s: %s", type(exc).__name__, exc)
         write_termination_message(f"serving stopped: {type(exc).__name__}: {exc}")
-        prepared.model.stop()
+        model.stop()
         return 1
-    prepared.model.stop()
-    engine = prepared.model.vllm_engine
-    if prepared.server.exit_code and engine is not None and engine.dead_reason:
+    model.stop()
+    engine = model.vllm_engine
+    if server.exit_code and engine is not None and engine.dead_reason:
         write_termination_message(f"the vLLM engine died: {engine.dead_reason}")
-    return prepared.server.exit_code
+    return server.exit_code
+
+
+def _serve_with_api_servers(prepared: Prepared) -> int:
+    """Become the supervisor of `prepared.api_servers` API server processes over shared
+    engine cores (serving/front_ends.py)."""
+    from aim_runtime.serving import engine_log
+    from aim_runtime.serving.front_ends import FrontEndGroup, listening_socket, supervise
+    from aim_runtime.serving.vllm_adapter import launch_api_servers, setup_multiprocess_metrics
+
+    count, server = prepared.api_servers, prepared.server
+    group = FrontEndGroup.create(count)
+    setup_multiprocess_metrics()  # before the processes start: they inherit the directory
+    engine_log.send_phases_to(group.record_engine_phase)
+    try:
+        sock = listening_socket(prepared.inputs.args.host, server.http_port)
+    except OSError as exc:
+        raise AimError(f"cannot listen on {prepared.inputs.args.host}:{server.http_port}: {exc}",
+                       "another process holds the port; pick --http_port") from exc
+    spec = ApiServerSpec(inputs=prepared.inputs, group=group, phases=metrics.phases_recorded())
+    listen = f"{server.http_port}"
+    log.info("serving with %d API server processes on port %s over shared engine cores",
+             count, listen)
+
+    def start() -> Any:
+        return launch_api_servers(list(prepared.inputs.vllm_argv), prepared.model.env, count,
+                                  serve_api_server, spec, sock, listen)
+
+    shutdown = settings.DRAIN_SECONDS.read() + prepared.inputs.listener.graceful_shutdown_seconds
+    code = supervise(start, group, shutdown_seconds=shutdown)
+    if code:
+        write_termination_message("an API server or engine process died; see the log")
+    return code
+
+
+def serve_api_server(listen_address: str, sock: socket.socket, spec: ApiServerSpec,
+                     client_config: dict[str, Any]) -> None:
+    """One API server process (spawned by vLLM's process manager): a whole server whose
+    AsyncLLM is a client of the shared engine cores, accepting on the supervisor's socket."""
+    from aim_runtime.serving.front_ends import FrontEnd
+    from aim_runtime.serving.vllm_adapter import EngineClient
+
+    settings.configure_logging("INFO", timestamps=True)
+    client = EngineClient.from_client_config(client_config)
+    for name, seconds in spec.phases.items():
+        metrics.record_phase(name, seconds)
+    metrics.record_plan(spec.inputs.plan, spec.inputs.facts.weight_precision)
+    log.info("API server %d of %d (pid %d) on port %s", client.index + 1, client.count,
+             os.getpid(), listen_address)
+    model, server = _build_server(spec.inputs, client=client,
+                                  front_end=FrontEnd(spec.group, client.index), sock=sock)
+    code = _run(model, server)
+    if code:
+        raise SystemExit(code)
 
 
 def write_termination_message(text: str) -> None:
@@ -250,9 +341,48 @@ def prepare(argv: list[str]) -> Prepared:
     keys = [*settings.API_KEY.read(), *(vllm_args.api_key or [])]
     if keys:
         log.info("API keys required on inference routes (%d key(s))", len(keys))
-    model, server = _build_server(args, plan, names, argv_for_vllm, tuple(keys), cluster,
-                                  listener, planned.facts)
-    return Prepared(plan=plan, model=model, server=server, cluster=cluster)
+    inputs = ServerInputs(args=args, plan=plan, names=tuple(names),
+                          vllm_argv=tuple(argv_for_vllm), api_keys=tuple(keys),
+                          listener=listener, facts=planned.facts, cluster=cluster)
+    count, why = api_server_count(plan, vllm_args, explicit, args)
+    log.info("plan: front end: %d API server process%s (%s)", count,
+             "es" if count > 1 else "", why)
+    model, server = _build_server(inputs)
+    return Prepared(plan=plan, model=model, server=server, inputs=inputs, cluster=cluster,
+                    api_servers=count)
+
+
+def api_server_count(plan: Plan, vllm_args: argparse.Namespace, explicit: set[str],
+                     args: argparse.Namespace) -> tuple[int, str]:
+    """How many API server processes serve the pod, and why: `--api-server-count`, else one
+    per data-parallel rank as `vllm serve` does; one where several cannot work (a refusal when
+    the count was asked for)."""
+    asked = "api_server_count" in explicit and vllm_args.api_server_count is not None
+    count = int(vllm_args.api_server_count) if asked else plan.data_parallel_size
+    if count < 1:
+        raise AimError(f"--api-server-count {count}: at least one API server serves the pod",
+                       "give 1 or more (default: the data-parallel size)")
+    if count == 1:
+        return 1, "--api-server-count" if asked else "data parallelism 1"
+    single_reasons = {
+        "a multi-node head serves through Ray": args.role == "head",
+        "--exit-after-warmup fills caches and stops": args.exit_after_warmup,
+        "vLLM's runtime adapter API (AIM_LORA_DIR) needs one API server":
+            settings.LORA_DIR.read() is not None
+            or os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "").lower() in ("1", "true"),
+        "data-parallel ranks balanced outside the pod":
+            bool(vllm_args.data_parallel_external_lb or vllm_args.data_parallel_hybrid_lb
+                 or vllm_args.data_parallel_rank is not None),
+    }
+    reason = next((why for why, holds in single_reasons.items() if holds), None)
+    if reason is None:
+        return count, ("--api-server-count" if asked else
+                       "one per data-parallel rank, as `vllm serve`; --api-server-count "
+                       "overrides")
+    if asked:
+        raise AimError(f"--api-server-count {count}: {reason}",
+                       "drop --api-server-count (one API server then serves the pod)")
+    return 1, reason
 
 
 def _node_count(args: argparse.Namespace) -> int:
@@ -310,10 +440,13 @@ def _explicit_ours(argv: list[str]) -> set[str]:
     return set()
 
 
-def _build_server(args: argparse.Namespace, plan: Plan, names: list[str],
-                  vllm_argv: list[str], api_keys: tuple[str, ...],
-                  cluster: ClusterSpec | None, listener: ListenerOptions,
-                  facts: ModelFacts) -> tuple[AimModel, AimModelServer]:
+def _build_server(inputs: ServerInputs, client: EngineClient | None = None,
+                  front_end: FrontEnd | None = None,
+                  sock: socket.socket | None = None) -> tuple[AimModel, AimModelServer]:
+    """The model and its server; with `client`, `front_end` and `sock`, one of several API
+    server processes."""
+    args, plan, names, api_keys = inputs.args, inputs.plan, inputs.names, inputs.api_keys
+    listener, facts = inputs.listener, inputs.facts
     from aim_runtime.serving.compile_cache import CompileCache, validity
     from aim_runtime.serving.gate import GateSettings
     from aim_runtime.serving.lora import Adapters
@@ -330,9 +463,9 @@ def _build_server(args: argparse.Namespace, plan: Plan, names: list[str],
     lora_dir = settings.LORA_DIR.read()
     env = engine_env(plan, compile_cache.env() if compile_cache else {}, lora=bool(lora_dir))
     adapters = Adapters(lora_dir, facts, settings.LORA_WATCH_SECONDS.read()) if lora_dir else None
-    model = AimModel(names[0], vllm_argv, env, cluster=cluster, warmup=warmup,
-                     stall_seconds=settings.STALL_SECONDS.read(), compile_cache=compile_cache,
-                     adapters=adapters)
+    model = AimModel(names[0], list(inputs.vllm_argv), env, cluster=inputs.cluster,
+                     warmup=warmup, stall_seconds=settings.STALL_SECONDS.read(),
+                     compile_cache=compile_cache, adapters=adapters, client=client)
     gate = GateSettings(api_keys=api_keys, max_request_bytes=args.max_request_bytes,
                         max_queued=args.max_queued_requests)
     server = AimModelServer(
@@ -345,7 +478,7 @@ def _build_server(args: argparse.Namespace, plan: Plan, names: list[str],
         max_asyncio_workers=args.max_asyncio_workers, enable_grpc=args.enable_grpc,
         enable_docs_url=args.enable_docs_url, enable_latency_logging=args.enable_latency_logging,
         access_log_format=args.access_log_format, event_loop=args.event_loop,
-        timeout_keep_alive=args.timeout_keep_alive,
+        timeout_keep_alive=args.timeout_keep_alive, front_end=front_end, sock=sock,
     )
     # KServe moves a TLS listener from 8080 to 8443: warm up where it really listens.
     scheme = "https" if listener.tls else "http"

@@ -24,7 +24,7 @@ import importlib
 import io
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -326,8 +326,11 @@ class Engine:
         return int(cache.num_gpu_blocks) * int(cache.block_size)
 
     @property
-    def max_num_seqs(self) -> int:
-        return int(self.llm.vllm_config.scheduler_config.max_num_seqs)
+    def running_capacity(self) -> int:
+        """Sequences the engine cores run at once: max_num_seqs on each data-parallel rank."""
+        config = self.llm.vllm_config
+        return int(config.scheduler_config.max_num_seqs) * \
+            int(config.parallel_config.data_parallel_size)
 
     @property
     def max_model_len(self) -> int:
@@ -413,9 +416,29 @@ def _error_message(result: Any) -> str | None:
     return str(getattr(error, "message", error)) if error is not None else None
 
 
-async def start_engine(argv: list[str], env: dict[str, str]) -> Engine:
+@dataclass(frozen=True)
+class EngineClient:
+    """How one of several API server processes reaches the engine cores they share: what
+    vLLM's process manager hands each of them (`client_config`), split as `AsyncLLM` takes it."""
+
+    addresses: dict[str, Any]  # ZMQ addresses or bound listeners, stats and tensor channels
+    count: int  # API server processes in all
+    index: int  # this one's
+
+    @classmethod
+    def from_client_config(cls, client_config: Mapping[str, Any]) -> EngineClient:
+        addresses = dict(client_config)
+        count, index = int(addresses.pop("client_count")), int(addresses.pop("client_index"))
+        addresses.pop("api_server_loads", None)  # vLLM's own uvicorn accepts by it; ours not
+        return cls(addresses=addresses, count=count, index=index)
+
+
+async def start_engine(argv: list[str], env: dict[str, str],
+                       client: EngineClient | None = None) -> Engine:
     """Build the AsyncLLM (in a worker thread, so the server keeps answering probes while the
-    weights load), then vLLM's OpenAI application with its state, as `vllm serve` does."""
+    weights load), then vLLM's OpenAI application with its state, as `vllm serve` does. With
+    `client`, the AsyncLLM is one API server's client of engine cores already launched
+    (`launch_api_servers`)."""
     os.environ.update(env)
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.usage.usage_lib import UsageContext
@@ -423,13 +446,19 @@ async def start_engine(argv: list[str], env: dict[str, str]) -> Engine:
 
     args = _parse_or_raise(vllm_serve_parser(), argv)
     engine_args = AsyncEngineArgs.from_cli_args(args)
+    shared = {}
+    if client is not None:
+        engine_args._api_process_count = client.count
+        engine_args._api_process_rank = client.index
+        shared = {"client_addresses": client.addresses, "client_count": client.count,
+                  "client_index": client.index}
 
     def build() -> Any:
         config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
         return AsyncLLM.from_vllm_config(
             vllm_config=config, usage_context=UsageContext.OPENAI_API_SERVER,
             enable_log_requests=engine_args.enable_log_requests,
-            disable_log_stats=engine_args.disable_log_stats,
+            disable_log_stats=engine_args.disable_log_stats, **shared,
         )
 
     llm = await asyncio.to_thread(build)
@@ -445,3 +474,93 @@ async def start_engine(argv: list[str], env: dict[str, str]) -> Engine:
     engine = Engine(llm=llm, app=app, args=args)
     engine.log_stats_periodically()
     return engine
+
+
+# --- several API server processes over one set of engine cores ------------------------------------
+
+
+@dataclass
+class ApiServers:
+    """The engine cores (and data-parallel coordinator) launched here, and the API server
+    processes that share them, as `vllm serve --api-server-count N` runs them."""
+
+    manager: Any  # vLLM's APIServerProcessManager
+    engines: Any
+    coordinator: Any
+
+    @property
+    def processes(self) -> list[Any]:
+        return list(self.manager.processes)
+
+    def wait(self) -> None:
+        """Until every API server process has ended; raises RuntimeError as soon as any process
+        (API server, engine core or coordinator) dies."""
+        from vllm.v1.utils import wait_for_completion_or_failure
+
+        wait_for_completion_or_failure(api_server_manager=self.manager,
+                                       engine_manager=self.engines, coordinator=self.coordinator)
+
+    def shutdown(self, timeout: float) -> None:
+        """SIGTERM to the API servers, `timeout` seconds for them to drain (then SIGKILL), then
+        the engine cores."""
+        self.manager.shutdown(timeout=timeout)
+        for part in (self.engines, self.coordinator):
+            if part is not None:
+                part.shutdown(timeout=5.0)
+
+
+def setup_multiprocess_metrics() -> None:
+    """Prometheus multiprocess mode for the processes started after this (vLLM's own set-up: a
+    fresh PROMETHEUS_MULTIPROC_DIR, removed at exit)."""
+    from vllm.v1.metrics.prometheus import setup_multiprocess_prometheus
+
+    setup_multiprocess_prometheus()
+
+
+def launch_api_servers(argv: list[str], env: dict[str, str], count: int,
+                       target: Callable[..., None], spec: Any, sock: Any,
+                       listen_address: str) -> ApiServers:
+    """What `vllm serve` does with `--api-server-count N` (its run_multi_api_server), with our
+    server in each process: the engine cores start here, and `count` processes run
+    `target(listen_address, sock, spec, client_config)`; each builds its AsyncLLM from
+    `EngineClient.from_client_config(client_config)`. Returns once the engines are up."""
+    os.environ.update(env)
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.engine import utils as engine_utils
+    from vllm.v1.executor import Executor
+    from vllm.v1.utils import APIServerProcessManager
+
+    engine_args = AsyncEngineArgs.from_cli_args(_parse_or_raise(vllm_serve_parser(), argv))
+    engine_args._api_process_count = count
+    engine_args._api_process_rank = -1
+    config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+    channels: dict[str, Any]
+    if hasattr(engine_utils, "bind_engine_zmq_listeners"):  # 0.32: sockets bound here
+        listeners = engine_utils.bind_engine_zmq_listeners(config, count)
+        addresses = listeners.addresses
+        channels = {"input_listeners": listeners.inputs, "output_listeners": listeners.outputs}
+    else:  # 0.31: each API server binds, then reports its addresses
+        addresses = engine_utils.get_engine_zmq_addresses(config, count,
+                                                          defer_api_server_ports=True)
+        channels = {"input_addresses": addresses.inputs, "output_addresses": addresses.outputs}
+    manager = None
+    try:
+        with engine_utils.launch_core_engines(config, Executor.get_class(config),
+                                              not engine_args.disable_log_stats,
+                                              addresses) as launch:
+            coordinator = launch.coordinator
+            manager = APIServerProcessManager(
+                listen_address=listen_address, sock=sock, args=spec, num_servers=count,
+                target_server_fn=target, tensor_queue=launch.tensor_queue,
+                stats_update_address=(coordinator.get_stats_publish_address()
+                                      if coordinator else None), **channels)
+            if hasattr(manager, "gather_actual_addresses"):
+                launch.addresses.inputs, launch.addresses.outputs = \
+                    manager.gather_actual_addresses()
+            launch.watched_frontend_processes = manager.processes
+    except BaseException:  # an engine or an API server failed to start: stop the others
+        if manager is not None:
+            manager.shutdown(timeout=5.0)
+        raise
+    return ApiServers(manager=manager, engines=launch.engine_manager, coordinator=coordinator)

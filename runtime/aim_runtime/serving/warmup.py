@@ -25,6 +25,7 @@ import httpx
 log = logging.getLogger(__name__)
 
 CONNECT_ATTEMPTS = 50
+IN_PROCESS_URL = "http://in-process"
 CONCURRENCY_CAP = 16  # decode batch sizes beyond this are warmed by the graph capture itself
 
 
@@ -80,18 +81,25 @@ def requests_for(plan: WarmupPlan) -> list[tuple[str, dict[str, Any]]]:
     return requests
 
 
-async def warm_up(plan: WarmupPlan) -> int:
+async def warm_up(plan: WarmupPlan, app: Any = None) -> int:
     """Send the warm-up requests (and a decode batch at the planned concurrency); returns how
     many were sent. A failing warm-up request is logged, not fatal: readiness then still follows
-    the engine's health, and the user's first request pays what was not warmed."""
+    the engine's health, and the user's first request pays what was not warmed.
+
+    With `app` (the server's ASGI application), the requests go to it in process instead of
+    through the listener: one of several API server processes warms its own front end, where
+    the shared listener could hand a request to a peer."""
     if plan.extent == "off":
         return 0
     headers = {"authorization": f"Bearer {plan.api_key}"} if plan.api_key else {}
-    base = plan.url + "/openai/v1"
+    url = IN_PROCESS_URL if app is not None else plan.url
+    base = url + "/openai/v1"
+    transport = httpx.ASGITransport(app=app) if app is not None else None
     # The listener is our own, on the loopback; with TLS its certificate names the service, not
     # the loopback address, so it is not verified here.
-    async with httpx.AsyncClient(timeout=600, headers=headers, verify=False) as client:
-        await _wait_for_listener(client, plan.url)
+    async with httpx.AsyncClient(timeout=600, headers=headers, verify=False,
+                                 transport=transport) as client:
+        await _wait_for_listener(client, url)
         sent = 0
         for path, body in requests_for(plan):
             await _send(client, base + path, body)
