@@ -252,7 +252,10 @@ def _phases(url: str) -> dict[str, float]:
 
 
 def _bench(process: ServerProcess, endpoint: str, model: Path, concurrency: int, prompts: int,
-           settings: Settings, label: str) -> dict[str, Any]:
+           settings: Any, label: str,
+           frontends: list[psutil.Process] | None = None) -> dict[str, Any]:
+    """vLLM's serving benchmark against `process`; with the CPU time of its front end (the
+    main process, or the `frontends` given), in all and per process."""
     from vllm.benchmarks.serve import add_cli_args
     from vllm.benchmarks.serve import main as bench_main
     from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -268,16 +271,21 @@ def _bench(process: ServerProcess, endpoint: str, model: Path, concurrency: int,
         "--seed", str(SEED), "--percentile-metrics", "ttft,tpot,itl,e2el",
         "--metric-percentiles", "50,99", "--disable-tqdm",
     ])
-    server_process = psutil.Process(process.process.pid)
-    cpu_before = sum(server_process.cpu_times()[:2])
+    watched = frontends or [psutil.Process(process.process.pid)]
+    cpu_before = [sum(p.cpu_times()[:2]) for p in watched]
     result = bench_main(args)
-    cpu_seconds = sum(server_process.cpu_times()[:2]) - cpu_before
+    per_process = [sum(p.cpu_times()[:2]) - before
+                   for p, before in zip(watched, cpu_before, strict=True)]
+    cpu_seconds = sum(per_process)
     tokens = result.get("total_output_tokens") or 0
     figures = {key: round(float(result[key]), 3) for key in METRICS if key in result}
     figures["completed"] = result.get("completed")
     figures["failed"] = result.get("failed", 0)
     figures["frontend_cpu_ms_per_token"] = round(1000 * cpu_seconds / tokens, 4) if tokens \
         else None
+    if frontends:
+        figures["frontend_cpu_s_per_process"] = [round(c, 3) for c in per_process]
+        figures["total_output_tokens"] = tokens
     print(f"{label:>12} c={concurrency:<3} " + " ".join(f"{k}={v}" for k, v in figures.items()),
           flush=True)
     return figures

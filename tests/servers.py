@@ -111,9 +111,12 @@ def aim_server(work_dir: Path, model_dir: Path, *extra_args: str, env: dict | No
 
 
 def bare_vllm_server(work_dir: Path, model_dir: Path, engine_argv: list[str],
-                     env: dict | None = None, name: str = "tiny") -> ServerProcess:
+                     env: dict | None = None, name: str = "tiny",
+                     launcher: str = "vllm.entrypoints.openai.api_server") -> ServerProcess:
+    """Bare vLLM's OpenAI server; `launcher` is the module run (benchmarks.vllm_serve for
+    `vllm serve` itself, which honours --api-server-count)."""
     port = free_port()
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+    command = [sys.executable, "-m", launcher,
                "--model", str(model_dir), "--served-model-name", name, "--host", "127.0.0.1",
                "--port", str(port), *engine_argv]
     return ServerProcess(command, port, work_dir / f"vllm-{port}.log",

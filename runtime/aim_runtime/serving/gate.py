@@ -56,6 +56,7 @@ class GateState:
 
     engine_capacity: Callable[[], int | None] = field(default=lambda: None)
     shared_in_flight: Any = None
+    server_index: int = 0  # which of the pod's API server processes this is
     _local: int = 0
 
     @property
@@ -97,6 +98,7 @@ class RequestGate:
         self.state = state
         self.root_routes = root_routes  # vLLM's routes at the root too (not KServe's paths)
         self.keys = [key.encode() for key in settings.api_keys if key]
+        self.admitted = metrics.API_SERVER_REQUESTS.labels(server=str(state.server_index))
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or OPEN_PATHS.match(scope["path"]):
@@ -128,6 +130,7 @@ class RequestGate:
                           [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())])
             return
         metrics.IN_FLIGHT.set(admitted)
+        self.admitted.inc()
         try:
             await self.app(scope, replay_body(body, receive), send)
         finally:

@@ -51,6 +51,10 @@ ENGINE_ALIVE = Gauge("aim_engine_alive", "1 while the vLLM engine is loaded and 
 IN_FLIGHT = Gauge("aim_requests_in_flight", "Inference requests admitted and not finished",
                   multiprocess_mode=SAME_EVERYWHERE)
 REJECTED = Counter("aim_requests_rejected", "Requests refused by the gate", ["reason"])
+API_SERVER_REQUESTS = Counter(
+    "aim_api_server_requests",
+    "Inference requests each API server process admitted (server: its index; one process: 0)",
+    ["server"])
 LORA_REQUESTS = Counter("aim_lora_requests", "Inference requests per LoRA adapter", ["adapter"])
 ROOFLINE_DECODE = Gauge(
     "aim_roofline_decode_tokens_per_second",

@@ -29,7 +29,6 @@ import re
 import signal
 import socket
 import threading
-from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -129,17 +128,19 @@ class AimRESTServer(RESTServer):
     def __init__(self, *args: Any, host: str, recipe_id: str, model: AimModel,
                  gate: GateSettings, openai_root_routes: bool = False,
                  drain_seconds: float = 0.0, listener: ListenerOptions | None = None,
-                 sock: socket.socket | None = None, shared_in_flight: Any = None,
-                 on_scrape: Callable[[], None] | None = None, **kwargs: Any) -> None:
+                 sock: socket.socket | None = None, front_end: FrontEnd | None = None,
+                 **kwargs: Any) -> None:
         # Set before KServe's constructor builds the application with the methods below.
         self.recipe_id = recipe_id
         self.aim_model = model
         self.gate_settings = gate
-        self.gate_state = GateState(engine_capacity=model.engine_capacity,
-                                    shared_in_flight=shared_in_flight)
+        self.gate_state = GateState(
+            engine_capacity=model.engine_capacity,
+            shared_in_flight=front_end.group.in_flight if front_end else None,
+            server_index=front_end.index if front_end else 0)
         self.openai_root_routes = openai_root_routes
         self.sock = sock  # bound by the supervisor, shared by the pod's API servers
-        self.on_scrape = on_scrape
+        self.front_end = front_end
         super().__init__(*args, **kwargs)
         self.config.host = host
         if listener is not None:  # mutual TLS and ciphers: `vllm serve`'s flags, uvicorn's own
@@ -183,8 +184,8 @@ class AimRESTServer(RESTServer):
     async def metrics(self, request: Request) -> Response:
         """Prometheus exposition of every series: this process's, or the pod's when several
         API server processes serve it (serving/metrics.py, multiprocess mode)."""
-        if self.on_scrape is not None:
-            self.on_scrape()
+        if self.front_end is not None:
+            self.front_end.publish_engine_phases()
         encoder, content_type = exposition.choose_encoder(request.headers.get("accept"))
         return Response(content=encoder(metrics.scrape_registry()),
                         headers={"content-type": content_type})
@@ -292,8 +293,7 @@ class AimModelServer(ModelServer):
             ssl_keyfile=self.ssl_keyfile, host=self.host, recipe_id=self.recipe_id,
             model=self.aim_model, gate=self.gate, openai_root_routes=self.openai_root_routes,
             drain_seconds=self.drain_seconds, listener=self.listener, sock=self.sock,
-            shared_in_flight=self.front_end.group.in_flight if self.front_end else None,
-            on_scrape=self.front_end.publish_engine_phases if self.front_end else None,
+            front_end=self.front_end,
         )
         self.servers.append(self._rest_server.start())
         if self.enable_grpc:

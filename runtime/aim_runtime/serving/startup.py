@@ -226,10 +226,11 @@ def serve_api_server(listen_address: str, sock: socket.socket, spec: ApiServerSp
     """One API server process (spawned by vLLM's process manager): a whole server whose
     AsyncLLM is a client of the shared engine cores, accepting on the supervisor's socket."""
     from aim_runtime.serving.front_ends import FrontEnd
-    from aim_runtime.serving.vllm_adapter import EngineClient
+    from aim_runtime.serving.vllm_adapter import EngineClient, title_api_server
 
     settings.configure_logging("INFO", timestamps=True)
     client = EngineClient.from_client_config(client_config)
+    title_api_server(client.index)
     for name, seconds in spec.phases.items():
         metrics.record_phase(name, seconds)
     metrics.record_plan(spec.inputs.plan, spec.inputs.facts.weight_precision)

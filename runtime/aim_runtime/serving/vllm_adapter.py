@@ -461,7 +461,9 @@ async def start_engine(argv: list[str], env: dict[str, str],
             disable_log_stats=engine_args.disable_log_stats, **shared,
         )
 
-    llm = await asyncio.to_thread(build)
+    # A client of engine cores already up only connects: built on the event loop's own thread,
+    # as vLLM builds it (its asyncio sockets then belong to this loop from the start).
+    llm = build() if client is not None else await asyncio.to_thread(build)
     try:
         tasks = tuple(await llm.get_supported_tasks())
         # API keys are the gate's, for every listener alike; vLLM's own check would be a second.
@@ -507,6 +509,14 @@ class ApiServers:
         for part in (self.engines, self.coordinator):
             if part is not None:
                 part.shutdown(timeout=5.0)
+
+
+def title_api_server(index: int) -> None:
+    """This process's title as `vllm serve` names its API servers (VLLM::APIServer_<index>),
+    so that ps, top and the benchmarks tell them apart."""
+    from vllm.utils.system_utils import set_process_title
+
+    set_process_title("APIServer", str(index))
 
 
 def setup_multiprocess_metrics() -> None:

@@ -1,0 +1,226 @@
+"""The front end's CPU with one and two API server processes: ours against bare `vllm serve`.
+
+    python -m benchmarks.api_servers [--pairs 3] [--concurrency 16] [--prompts 96] [--smoke]
+
+For each count N (1 and 2), bare `vllm serve --api-server-count N` and `aim-runtime serve
+--api-server-count N` serve the same model with the same engine args (the plan's), one after the
+other, alternating which goes first. On the CPU engine the data-parallel size stays 1: vLLM's CPU
+build runs one engine core per rank, and on a small machine two engine cores would measure their
+own contention; N API servers over one engine core is the arrangement vLLM also allows.
+
+Each server is loaded with vLLM's serving benchmark (streaming, random prompts, fixed seed). For
+every front-end process (the main process when N is 1, else each `VLLM::APIServer_<i>`), its user
++ system CPU time over the load is read from the kernel; the supervisor's own CPU is not part of
+the front end. Reported:
+- front-end CPU per streamed token, all processes together and per process (its share);
+- requests each process served (ours: aim_api_server_requests_total{server}; bare vLLM has no
+  per-process count, so its CPU share stands in);
+- the throughput ceiling the front end sets: N / (CPU seconds per token), each process on a core.
+Ratios are ours over bare, with min-median-max over the pairs. Results go to
+`results/api_servers.{json,md}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from benchmarks.run import _bench, _default_model, _spread, machine, plan_engine_args
+from tests.servers import REPO, ServerProcess, aim_server, bare_vllm_server
+
+MODEL_NAME = "bench"
+COUNTS = (1, 2)
+BARE_FRONTEND_ARGS = ("--disable-uvicorn-access-log",)
+FRONTEND_TITLE = "APIServer"  # vLLM's process title for its API servers, and ours
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: Path
+    pairs: int
+    concurrency: int
+    prompts: int
+    input_len: int
+    output_len: int
+    out: Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse(argv)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="aim-bench-api-"))
+    try:
+        model = settings.model if settings.model.name != "default" else _default_model(work)
+        engine_argv, env, _ = plan_engine_args(model, [])
+        runs = [measure_pair(count, pair, settings, model, engine_argv, env, work)
+                for pair in range(settings.pairs) for count in COUNTS]
+        results = {
+            "machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "settings": {"model": str(model), "pairs": settings.pairs,
+                         "concurrency": settings.concurrency, "prompts": settings.prompts,
+                         "input_len": settings.input_len, "output_len": settings.output_len,
+                         "engine_args": engine_argv},
+            "runs": runs, "summary": summarize(runs)}
+        (settings.out / "api_servers.json").write_text(json.dumps(results, indent=2) + "\n")
+        (settings.out / "api_servers.md").write_text(render_markdown(results))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print((settings.out / "api_servers.md").read_text())
+    return 0
+
+
+def parse(argv: list[str] | None) -> Settings:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.api_servers", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("default"),
+                        help="model directory (default: the embedded tiny model)")
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--prompts", type=int, default=96)
+    parser.add_argument("--input-len", type=int, default=64)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one pair, few prompts: keeps the harness working")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.pairs, args.concurrency, args.prompts, args.output_len = 1, 4, 8, 32
+    return Settings(args.model, args.pairs, args.concurrency, args.prompts, args.input_len,
+                    args.output_len, args.out)
+
+
+def measure_pair(count: int, pair: int, settings: Settings, model: Path,
+                 engine_argv: list[str], env: dict[str, str], work: Path) -> dict[str, Any]:
+    """Bare vLLM and ours with `count` API servers, one after the other."""
+    order = ("bare", "ours") if pair % 2 == 0 else ("ours", "bare")
+    return {"count": count, "pair": pair,
+            **{label: measure_one(label, count, settings, model, engine_argv, env, work)
+               for label in order}}
+
+
+def measure_one(label: str, count: int, settings: Settings, model: Path,
+                engine_argv: list[str], env: dict[str, str], work: Path) -> dict[str, Any]:
+    flag = ("--api-server-count", str(count))
+    if label == "bare":
+        process = bare_vllm_server(work, model, [*engine_argv, *BARE_FRONTEND_ARGS, *flag], env,
+                                   name=MODEL_NAME, launcher="benchmarks.vllm_serve")
+        endpoint = "/v1/completions"
+    else:
+        process = aim_server(work, model, *flag, name=MODEL_NAME)
+        endpoint = "/openai/v1/completions"
+    process.start()
+    try:
+        process.wait_ready()
+        frontends = frontend_processes(process, count)
+        _bench(process, endpoint, model, 2, 4, settings, f"warmup-{label}{count}", frontends)
+        before = requests_per_process(process, count) if label == "ours" else None
+        figures = _bench(process, endpoint, model, settings.concurrency, settings.prompts,
+                         settings, f"{label}{count}", frontends)
+        if before is not None:
+            after = requests_per_process(process, count)
+            figures["requests_per_process"] = [a - b for a, b in zip(after, before, strict=True)]
+    finally:
+        process.stop()
+    return figures
+
+
+def frontend_processes(server: ServerProcess, count: int) -> list[psutil.Process]:
+    """The processes that serve HTTP: the main one alone, or each API server."""
+    main_process = psutil.Process(server.process.pid)
+    if count == 1:
+        return [main_process]
+    titled = [p for p in main_process.children(recursive=True)
+              if FRONTEND_TITLE in " ".join(p.cmdline())]
+    if len(titled) != count:
+        raise RuntimeError(f"expected {count} API server processes, found {len(titled)}")
+    return sorted(titled, key=lambda p: " ".join(p.cmdline()))
+
+
+def requests_per_process(server: ServerProcess, count: int) -> list[float]:
+    import httpx
+
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    served = [0.0] * count
+    for line in text.splitlines():
+        if line.startswith("aim_api_server_requests_total{"):
+            index = int(line.split('server="', 1)[1].split('"', 1)[0])
+            served[index] = float(line.rsplit(" ", 1)[1])
+    return served
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    summary = []
+    for count in COUNTS:
+        rows = [r for r in runs if r["count"] == count]
+        entry: dict[str, Any] = {"count": count, "pairs": len(rows)}
+        for label in ("bare", "ours"):
+            cpu = [r[label]["frontend_cpu_ms_per_token"] for r in rows]
+            entry[label] = {
+                "output_throughput": _spread([r[label]["output_throughput"] for r in rows]),
+                "frontend_cpu_ms_per_token": _spread(cpu),
+                "ceiling_tokens_per_s": _spread([count * 1000 / c for c in cpu]),
+                "cpu_share_per_process": [_share(r[label]) for r in rows],
+                "requests_per_process": [r[label].get("requests_per_process") for r in rows],
+            }
+        entry["ratio"] = {key: _spread([r["ours"][key] / r["bare"][key] for r in rows])
+                          for key in ("frontend_cpu_ms_per_token", "output_throughput")}
+        summary.append(entry)
+    return summary
+
+
+def _share(figures: dict[str, Any]) -> list[float]:
+    per_process = figures["frontend_cpu_s_per_process"]
+    total = sum(per_process) or 1.0
+    return [round(c / total, 3) for c in per_process]
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    machine_, settings = results["machine"], results["settings"]
+    lines = [
+        "# API server processes: front-end CPU per streamed token",
+        "",
+        f"{results['date']} · {machine_['cpu']}, {machine_['cores']} cores, {machine_['gpu']} · "
+        f"vllm {machine_['vllm']}, kserve {machine_['kserve']} · {settings['pairs']} pair(s), "
+        f"concurrency {settings['concurrency']}, {settings['prompts']} prompts of "
+        f"{settings['input_len']} in / {settings['output_len']} out tokens, streamed.",
+        "",
+        "Front-end CPU: user + system time of the API server processes over the load, per "
+        "output token (median of the pairs). Ceiling: API servers / CPU per token, each on its "
+        "own core. Share: each process's part of the front-end CPU (first pair). Requests: what "
+        "each of ours admitted (aim_api_server_requests_total; first pair).",
+        "",
+        "| API servers | server | CPU ms/token | ceiling tok/s | tok/s measured | CPU share "
+        "| requests |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for entry in results["summary"]:
+        for label in ("bare", "ours"):
+            side = entry[label]
+            requests = side["requests_per_process"][0]
+            lines.append(
+                f"| {entry['count']} | {'vllm serve' if label == 'bare' else 'aim-runtime'} "
+                f"| {side['frontend_cpu_ms_per_token']['median']:.3f} "
+                f"| {side['ceiling_tokens_per_s']['median']:.0f} "
+                f"| {side['output_throughput']['median']:.0f} "
+                f"| {' / '.join(f'{s:.2f}' for s in side['cpu_share_per_process'][0])} "
+                f"| {' / '.join(f'{r:g}' for r in requests) if requests else 'n/a'} |")
+    lines += ["", "| API servers | CPU per token, ours/bare (min-median-max) "
+              "| throughput, ours/bare |", "|---|---|---|"]
+    for entry in results["summary"]:
+        cpu, tput = entry["ratio"]["frontend_cpu_ms_per_token"], entry["ratio"][
+            "output_throughput"]
+        lines.append(f"| {entry['count']} | {cpu['min']:.2f}-{cpu['median']:.2f}-{cpu['max']:.2f} "
+                     f"| {tput['min']:.2f}-{tput['median']:.2f}-{tput['max']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

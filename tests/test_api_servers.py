@@ -1,0 +1,280 @@
+"""Several API server processes over one set of engine cores (serving/front_ends.py).
+
+The count's rules are checked against vLLM's own parser; the rest on the real CPU engine with two
+API server processes, watched from outside: both serve requests, /metrics aggregates them,
+admission and API keys hold for the pod, gRPC v2 answers, SIGTERM drains both, and the death of
+one process fails liveness and the pod."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import re
+import signal
+import subprocess
+import sys
+import threading
+from types import SimpleNamespace
+
+import httpx
+import psutil
+import pytest
+
+from servers import REPO, aim_server, free_port
+from test_reliability import STREAM, metric, wait_until
+
+KEY = "pod-key"
+AUTH = {"authorization": f"Bearer {KEY}"}
+SHORT = {"model": "tiny", "prompt": "Hello", "max_tokens": 4}
+
+
+# --- how many ---------------------------------------------------------------------------------
+
+
+def count_for(argv: list[str], dp: int = 1, environ: dict[str, str] | None = None,
+              monkeypatch: pytest.MonkeyPatch | None = None) -> tuple[int, str]:
+    from aim_runtime.serving.startup import api_server_count, serve_parser
+    from aim_runtime.serving.vllm_adapter import parse_vllm_args
+
+    for name, value in (environ or {}).items():
+        assert monkeypatch is not None
+        monkeypatch.setenv(name, value)
+    args, rest = serve_parser().parse_known_args(argv)
+    vllm_args, explicit = parse_vllm_args(rest)
+    return api_server_count(SimpleNamespace(data_parallel_size=dp), vllm_args, explicit, args)
+
+
+def test_one_api_server_per_data_parallel_rank_unless_told(clean_env):
+    assert count_for([], dp=1) == (1, "data parallelism 1")
+    count, why = count_for([], dp=4)
+    assert count == 4 and "one per data-parallel rank" in why
+    assert count_for(["--api-server-count", "2"], dp=1) == (2, "--api-server-count")
+    assert count_for(["--api-server-count", "1"], dp=8) == (1, "--api-server-count")
+
+
+def test_one_api_server_where_several_cannot_work_and_a_refusal_when_asked(
+        clean_env, monkeypatch, tmp_path):
+    from aim_runtime.errors import AimError
+
+    assert count_for(["--exit-after-warmup"], dp=4)[0] == 1
+    assert count_for(["--data-parallel-external-lb"], dp=4)[0] == 1
+    lora = {"AIM_LORA_DIR": str(tmp_path)}
+    count, why = count_for([], dp=4, environ=lora, monkeypatch=monkeypatch)
+    assert count == 1 and "AIM_LORA_DIR" in why
+    with pytest.raises(AimError, match="--api-server-count 2: vLLM's runtime adapter API"):
+        count_for(["--api-server-count", "2"], environ=lora, monkeypatch=monkeypatch)
+    with pytest.raises(AimError, match="at least one"):
+        count_for(["--api-server-count", "0"])
+
+
+# --- pod-wide state, pure -------------------------------------------------------------------------
+
+
+def _admit_twice(counter) -> None:
+    from aim_runtime.serving.gate import GateState
+
+    state = GateState(shared_in_flight=counter)
+    assert state.admit(limit=2) == 1 and state.admit(limit=2) == 2
+
+
+def test_admission_is_counted_for_the_pod_across_processes():
+    from aim_runtime.serving.front_ends import FrontEndGroup
+    from aim_runtime.serving.gate import GateState
+
+    group = FrontEndGroup.create(2)
+    other = multiprocessing.get_context("spawn").Process(target=_admit_twice,
+                                                         args=(group.in_flight,))
+    other.start()
+    other.join(timeout=60)
+    assert other.exitcode == 0
+    here = GateState(shared_in_flight=group.in_flight)
+    assert here.admit(limit=2) is None and here.in_flight == 2  # the other process holds both
+    assert here.admit(limit=3) == 3 and here.release() == 2
+
+
+def test_readiness_waits_for_every_api_server_and_liveness_follows_the_pod():
+    from aim_runtime.serving.front_ends import FrontEnd, FrontEndGroup
+    from aim_runtime.serving.model import AimModel
+    from aim_runtime.serving.server import AimDataPlane, NotReady
+
+    async def healthy() -> bool:
+        return True
+
+    model = AimModel("tiny", [], {})
+    model.vllm_engine = SimpleNamespace(healthy=healthy, dead_reason=None)  # type: ignore
+    group = FrontEndGroup.create(2)
+    first = FrontEnd(group, 0)
+    plane = AimDataPlane(None, model, first)
+    first.mark_ready()
+    with pytest.raises(NotReady) as refused:
+        asyncio.run(plane.ready())
+    assert refused.value.reason == "starting" and "1 of 2" in str(refused.value)
+    FrontEnd(group, 1).mark_ready()
+    assert asyncio.run(plane.ready()) is True
+    assert asyncio.run(plane.live()) == {"status": "alive"}
+    group.failed.value = 1
+    assert asyncio.run(plane.live()) == {"status": "dead"}
+
+
+# --- two API server processes on the CPU engine ---------------------------------------------
+
+
+serving = pytest.mark.serving
+
+
+@pytest.fixture(scope="module")
+def pod(work_dir, tiny_model):
+    """Two API server processes, an API key, gRPC on, and an admission limit of 2 for the pod
+    (max_num_seqs 2, nothing queued)."""
+    grpc_port = free_port()
+    process = aim_server(work_dir, tiny_model, "--api-server-count", "2", "--max-num-seqs", "2",
+                         "--max-queued-requests", "0", "--enable_grpc", "true", "--grpc_port",
+                         str(grpc_port), env={"AIM_API_KEY": KEY}).start()
+    process.grpc_port = grpc_port
+    try:
+        yield process.wait_ready()
+    finally:
+        process.stop()
+
+
+def api_servers(pod) -> list[psutil.Process]:
+    return [p for p in psutil.Process(pod.process.pid).children(recursive=True)
+            if "APIServer" in " ".join(p.cmdline())]
+
+
+def post_concurrently(url: str, count: int, body: dict, headers: dict) -> list[int]:
+    """`count` requests at once, each on its own connection."""
+    statuses: list[int] = []
+
+    def one() -> None:
+        with httpx.Client(timeout=120) as client:  # a new connection each
+            statuses.append(client.post(url, json=body, headers=headers).status_code)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return statuses
+
+
+@serving
+def test_both_api_servers_serve_and_metrics_aggregate_them(pod):
+    assert len(api_servers(pod)) == 2
+    url = pod.url + "/openai/v1/completions"
+    before = {s: metric(pod.url, "aim_api_server_requests_total", server=s) for s in "01"}
+    succeeded_before = metric(pod.url, "vllm:request_success_total")
+    statuses = []
+    for _ in range(10):  # two at a time: the pod's admission limit
+        statuses += post_concurrently(url, 2, SHORT, AUTH)
+    assert statuses == [200] * 20
+    served = {s: metric(pod.url, "aim_api_server_requests_total", server=s) - before[s]
+              for s in "01"}
+    assert served["0"] > 0 and served["1"] > 0, served
+    assert served["0"] + served["1"] == 20
+    assert metric(pod.url, "vllm:request_success_total") - succeeded_before == 20
+
+
+@serving
+def test_one_exposition_for_the_pod_with_the_supervisor_s_phases(pod):
+    text = httpx.get(pod.url + "/metrics", timeout=10).text
+    types = re.findall(r"^# TYPE (\S+)", text, flags=re.M)
+    assert len(types) == len(set(types)), "a metric family exposed twice"
+    assert text.count("aim_plan_info{") == 1 and text.count("aim_engine_config_info{") == 1
+    for phase in ("import", "plan", "engine", "warmup", "engine_init"):
+        assert metric(pod.url, "aim_startup_phase_seconds", phase=phase) > 0, phase
+    assert "pid=" not in text  # every gauge says how the processes combine
+
+
+@serving
+def test_admission_and_api_keys_hold_for_the_pod(pod):
+    url = pod.url + "/openai/v1/completions"
+    assert post_concurrently(url, 6, SHORT, {}) == [401] * 6
+    holders = []
+
+    def hold() -> None:
+        with httpx.Client(timeout=300) as client, client.stream(
+                "POST", url, json={**STREAM, "max_tokens": 400}, headers=AUTH) as stream:
+            holders.append(stream.status_code)
+            for _ in stream.iter_lines():
+                pass
+
+    threads = [threading.Thread(target=hold) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: metric(pod.url, "aim_requests_in_flight") == 2, timeout=30)
+    refused = post_concurrently(url, 4, SHORT, AUTH)  # whichever process takes them
+    for thread in threads:
+        thread.join(timeout=300)
+    assert holders == [200, 200]
+    assert refused == [503] * 4
+
+
+@serving
+def test_grpc_v2_is_served_by_the_pod(pod):
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "v2_grpc_client.py"),
+                             f"127.0.0.1:{pod.grpc_port}", KEY], capture_output=True, text=True,
+                            timeout=120)
+    outcomes = json.loads(result.stdout)
+    assert len(outcomes["infer"]["value"]) == 2
+    assert outcomes["infer_keyless"]["status"] == "StatusCode.UNAUTHENTICATED"
+
+
+@serving
+def test_sigterm_drains_every_api_server_then_exits_zero(pod):
+    """Last in this module: it stops the pod."""
+    workers = api_servers(pod)
+    outcomes: list[bool] = []
+    started = threading.Barrier(3)
+
+    def stream_to_the_end() -> None:
+        with httpx.Client(timeout=120) as client, client.stream(
+                "POST", pod.url + "/openai/v1/completions", headers=AUTH,
+                json={**STREAM, "max_tokens": 200}) as stream:
+            lines = []
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    lines.append(line)
+                    if len(lines) == 1:
+                        started.wait()
+        outcomes.append(lines[-1] == "data: [DONE]" and len(lines) == 201)
+
+    threads = [threading.Thread(target=stream_to_the_end) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    started.wait(timeout=60)
+    pod.process.send_signal(signal.SIGTERM)  # to the supervisor only, as the kubelet does
+    for thread in threads:
+        thread.join(timeout=120)
+    assert outcomes == [True, True]
+    assert pod.process.wait(timeout=120) == 0
+    assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
+                   for worker in workers)
+
+
+@serving
+def test_a_dead_api_server_fails_liveness_and_the_pod(work_dir, tiny_model):
+    process = aim_server(work_dir, tiny_model, "--api-server-count", "2",
+                         env={"AIM_DRAIN_SECONDS": "5"}).start()
+    try:
+        process.wait_ready()
+        first, second = api_servers(process)
+        engines = [p for p in psutil.Process(process.process.pid).children(recursive=True)
+                   if "VLLM::" in " ".join(p.cmdline()) and p not in (first, second)]
+        assert engines
+        second.kill()
+
+        def live_status() -> int | None:
+            try:
+                return httpx.get(process.url + "/v2/health/live", timeout=2).status_code
+            except httpx.TransportError:
+                return None
+
+        wait_until(lambda: live_status() == 503, timeout=20)
+        assert process.process.wait(timeout=60) == 1
+        assert "died with exit code" in process.log_path.read_text()
+        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                       for p in [first, *engines])
+    finally:
+        process.stop()
