@@ -189,13 +189,15 @@ def test_one_exposition_for_the_pod_with_the_supervisor_s_phases(pod):
 
 @serving
 def test_admission_and_api_keys_hold_for_the_pod(pod):
+    """Two long streams (20 logprobs per token keep them busy) fill the pod's limit of 2; four
+    more are refused, by whichever process takes them."""
     url = pod.url + "/openai/v1/completions"
     assert post_concurrently(url, 6, SHORT, {}) == [401] * 6
     holders = []
 
     def hold() -> None:
         with httpx.Client(timeout=300) as client, client.stream(
-                "POST", url, json={**STREAM, "max_tokens": 400}, headers=AUTH) as stream:
+                "POST", url, json={**STREAM, "logprobs": 20}, headers=AUTH) as stream:
             holders.append(stream.status_code)
             for _ in stream.iter_lines():
                 pass
@@ -204,7 +206,7 @@ def test_admission_and_api_keys_hold_for_the_pod(pod):
     for thread in threads:
         thread.start()
     wait_until(lambda: metric(pod.url, "aim_requests_in_flight") == 2, timeout=30)
-    refused = post_concurrently(url, 4, SHORT, AUTH)  # whichever process takes them
+    refused = post_concurrently(url, 4, SHORT, AUTH)
     for thread in threads:
         thread.join(timeout=300)
     assert holders == [200, 200]
