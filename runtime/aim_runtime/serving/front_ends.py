@@ -8,7 +8,7 @@ one API server per data-parallel rank by default, and so does `aim-runtime serve
 `--api-server-count`, else the plan's data-parallel size; the start-up log says which and why).
 
 How: the `aim-runtime serve` process plans, binds the HTTP port once, then becomes a supervisor.
-vLLM's own launcher starts the engine cores and N processes (serving/vllm_adapter.py,
+The engine cores start as vLLM's launcher starts them, then N processes (serving/vllm_adapter.py,
 `launch_api_servers`), each of them a whole AIM Runtime server (KServe's ModelServer with the
 OpenAI routes, v2 over HTTP and gRPC, the gate, /metrics) whose AsyncLLM is a client of the shared
 engine cores, all accepting connections on the one listening socket.

@@ -486,26 +486,24 @@ class ApiServers:
     """The engine cores (and data-parallel coordinator) launched here, and the API server
     processes that share them, as `vllm serve --api-server-count N` runs them."""
 
-    manager: Any  # vLLM's APIServerProcessManager
+    processes: list[Any]  # multiprocessing processes, one per API server
     engines: Any
     coordinator: Any
-
-    @property
-    def processes(self) -> list[Any]:
-        return list(self.manager.processes)
 
     def wait(self) -> None:
         """Until every API server process has ended; raises RuntimeError as soon as any process
         (API server, engine core or coordinator) dies."""
         from vllm.v1.utils import wait_for_completion_or_failure
 
-        wait_for_completion_or_failure(api_server_manager=self.manager,
+        wait_for_completion_or_failure(api_server_manager=self,
                                        engine_manager=self.engines, coordinator=self.coordinator)
 
     def shutdown(self, timeout: float) -> None:
         """SIGTERM to the API servers, `timeout` seconds for them to drain (then SIGKILL), then
         the engine cores."""
-        self.manager.shutdown(timeout=timeout)
+        from vllm.v1.utils import shutdown
+
+        shutdown(self.processes, timeout=timeout)
         for part in (self.engines, self.coordinator):
             if part is not None:
                 part.shutdown(timeout=5.0)
@@ -531,46 +529,65 @@ def launch_api_servers(argv: list[str], env: dict[str, str], count: int,
                        target: Callable[..., None], spec: Any, sock: Any,
                        listen_address: str) -> ApiServers:
     """What `vllm serve` does with `--api-server-count N` (its run_multi_api_server), with our
-    server in each process: the engine cores start here, and `count` processes run
+    server in each process: the engine cores start here, and `count` spawned processes run
     `target(listen_address, sock, spec, client_config)`; each builds its AsyncLLM from
-    `EngineClient.from_client_config(client_config)`. Returns once the engines are up."""
+    `EngineClient.from_client_config(client_config)`. Returns once the engines are up.
+
+    Each API server binds its own engine sockets (IPC paths chosen here; the engines connect
+    and retry until they exist), as every vLLM release does for a single API server. vLLM 0.32's
+    own launcher instead binds them here and hands the bound sockets down; with our server
+    starting around it, that lost the engine's connection now and then (the engine never saw
+    the first request), so it is not used."""
     os.environ.update(env)
+    import multiprocessing
+
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.usage.usage_lib import UsageContext
     from vllm.v1.engine import utils as engine_utils
     from vllm.v1.executor import Executor
-    from vllm.v1.utils import APIServerProcessManager
+    from vllm.v1.utils import shutdown
 
     engine_args = AsyncEngineArgs.from_cli_args(_parse_or_raise(vllm_serve_parser(), argv))
     engine_args._api_process_count = count
     engine_args._api_process_rank = -1
     config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
-    channels: dict[str, Any]
-    if hasattr(engine_utils, "bind_engine_zmq_listeners"):  # 0.32: sockets bound here
-        listeners = engine_utils.bind_engine_zmq_listeners(config, count)
-        addresses = listeners.addresses
-        channels = {"input_listeners": listeners.inputs, "output_listeners": listeners.outputs}
-    else:  # 0.31: each API server binds, then reports its addresses
-        addresses = engine_utils.get_engine_zmq_addresses(config, count,
-                                                          defer_api_server_ports=True)
-        channels = {"input_addresses": addresses.inputs, "output_addresses": addresses.outputs}
-    manager = None
+    addresses = _client_addresses(engine_utils, config, count)
+    context = multiprocessing.get_context("spawn")
+    processes: list[Any] = []
     try:
         with engine_utils.launch_core_engines(config, Executor.get_class(config),
                                               not engine_args.disable_log_stats,
                                               addresses) as launch:
             coordinator = launch.coordinator
-            manager = APIServerProcessManager(
-                listen_address=listen_address, sock=sock, args=spec, num_servers=count,
-                target_server_fn=target, tensor_queue=launch.tensor_queue,
-                stats_update_address=(coordinator.get_stats_publish_address()
-                                      if coordinator else None), **channels)
-            if hasattr(manager, "gather_actual_addresses"):
-                launch.addresses.inputs, launch.addresses.outputs = \
-                    manager.gather_actual_addresses()
-            launch.watched_frontend_processes = manager.processes
+            shared: dict[str, Any] = {"client_count": count}
+            if coordinator is not None:
+                shared["stats_update_address"] = coordinator.get_stats_publish_address()
+            if launch.tensor_queue is not None:
+                shared["tensor_queue"] = launch.tensor_queue
+            for index in range(count):
+                client_config = {**shared, "client_index": index,
+                                 "input_address": addresses.inputs[index],
+                                 "output_address": addresses.outputs[index]}
+                process = context.Process(target=target, name=f"ApiServer_{index}",
+                                          args=(listen_address, sock, spec, client_config))
+                process.start()
+                processes.append(process)
+            launch.watched_frontend_processes = processes
     except BaseException:  # an engine or an API server failed to start: stop the others
-        if manager is not None:
-            manager.shutdown(timeout=5.0)
+        shutdown(processes, timeout=5.0)
         raise
-    return ApiServers(manager=manager, engines=launch.engine_manager, coordinator=coordinator)
+    return ApiServers(processes=processes, engines=launch.engine_manager, coordinator=coordinator)
+
+
+def _client_addresses(engine_utils: Any, config: Any, count: int) -> Any:
+    """IPC paths for each API server's engine sockets (0.32 and 0.31 name the helper
+    differently)."""
+    choose = getattr(engine_utils, "get_engine_zmq_bind_addresses", None)
+    chosen = choose(config, count) if choose is not None else \
+        engine_utils.get_engine_zmq_addresses(config, count, defer_api_server_ports=False)
+    paths = [*chosen.inputs, *chosen.outputs]
+    if not all(path.startswith("ipc://") for path in paths):
+        raise AimError("several API server processes need every engine on this node",
+                       "use --api-server-count 1 with data-parallel engines on other nodes")
+    return engine_utils.EngineZmqAddresses(inputs=list(chosen.inputs),
+                                           outputs=list(chosen.outputs))
