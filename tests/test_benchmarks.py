@@ -51,3 +51,21 @@ def test_smoke_warm_start_benchmark_writes_its_figures(tmp_path):
     assert (pair["cold"]["cache"], pair["warm"]["cache"]) == ("miss", "hit")
     assert {"engine", "warmup"} <= set(pair["warm"]["phases"])
     assert "| warm-up | first TTFT ms |" in (out / "warm_start.md").read_text()
+
+
+def test_smoke_api_servers_benchmark_writes_its_figures(tmp_path):
+    out = tmp_path / "results"
+    result = subprocess.run([sys.executable, "-m", "benchmarks.api_servers", "--smoke", "--out",
+                             str(out)], cwd=REPO, capture_output=True, text=True, timeout=1200,
+                            env=server_environment(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((out / "api_servers.json").read_text())
+    for entry in results["summary"]:
+        count = entry["count"]
+        for label in ("bare", "ours"):
+            (share,) = entry[label]["cpu_share_per_process"]
+            assert len(share) == count and entry[label]["frontend_cpu_ms_per_token"]["median"] > 0
+        (requests,) = entry["ours"]["requests_per_process"]
+        assert len(requests) == count and sum(requests) == results["settings"]["prompts"]
+        assert entry["ratio"]["frontend_cpu_ms_per_token"]["median"] > 0
+    assert "| API servers | server | CPU ms/token |" in (out / "api_servers.md").read_text()

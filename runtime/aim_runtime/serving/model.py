@@ -157,7 +157,8 @@ class AimModel(Model):
             max_num_batched_tokens=int(config["max_num_batched_tokens"]),
             max_num_seqs=int(config["max_num_seqs"]), max_model_len=engine.max_model_len,
             tools=bool(getattr(engine.args, "enable_auto_tool_choice", False)),
-            structured_outputs=engine.completions is not None)
+            structured_outputs=engine.completions is not None,
+            warmers=self.client.count if self.client is not None else 1)
         try:
             sent = await warm_up(plan, self.warmup_app) if engine.completions is not None else 0
         except Exception as exc:  # the listener or a request failed: serve anyway

@@ -51,6 +51,7 @@ class WarmupPlan:
     max_model_len: int
     tools: bool  # the recipe enables a tool parser
     structured_outputs: bool = True
+    warmers: int = 1  # API server processes warming up at once; they share the decode batch
 
 
 def requests_for(plan: WarmupPlan) -> list[tuple[str, dict[str, Any]]]:
@@ -105,7 +106,7 @@ async def warm_up(plan: WarmupPlan, app: Any = None) -> int:
             await _send(client, base + path, body)
             sent += 1
         if plan.extent == "full":
-            batch = min(plan.max_num_seqs, CONCURRENCY_CAP)
+            batch = max(1, min(plan.max_num_seqs, CONCURRENCY_CAP) // plan.warmers)
             body = {"model": plan.model, "prompt": "Hello", "max_tokens": 4, "temperature": 0}
             await asyncio.gather(*(_send(client, base + "/completions", body)
                                    for _ in range(batch)))
