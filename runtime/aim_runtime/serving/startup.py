@@ -206,9 +206,9 @@ def _serve_with_api_servers(prepared: Prepared) -> int:
         raise AimError(f"cannot listen on {prepared.inputs.args.host}:{server.http_port}: {exc}",
                        "another process holds the port; pick --http_port") from exc
     spec = ApiServerSpec(inputs=prepared.inputs, group=group, phases=metrics.phases_recorded())
-    listen = f"{server.http_port}"
-    log.info("serving with %d API server processes on port %s over shared engine cores",
-             count, listen)
+    listen = f"{prepared.inputs.args.host}:{server.http_port}"
+    log.info("serving with %d API server processes on %s over shared engine cores", count,
+             listen)
 
     def start() -> Any:
         return launch_api_servers(list(prepared.inputs.vllm_argv), prepared.model.env, count,
@@ -234,7 +234,7 @@ def serve_api_server(listen_address: str, sock: socket.socket, spec: ApiServerSp
     for name, seconds in spec.phases.items():
         metrics.record_phase(name, seconds)
     metrics.record_plan(spec.inputs.plan, spec.inputs.facts.weight_precision)
-    log.info("API server %d of %d (pid %d) on port %s", client.index + 1, client.count,
+    log.info("API server %d of %d (pid %d) on %s", client.index + 1, client.count,
              os.getpid(), listen_address)
     model, server = _build_server(spec.inputs, client=client,
                                   front_end=FrontEnd(spec.group, client.index), sock=sock)
