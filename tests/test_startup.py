@@ -250,7 +250,7 @@ def test_graceful_shutdown_seconds_wins_over_shutdown_timeout(clean_env, tiny_mo
     (["--ssl_certfile", "/a.crt", "--ssl-certfile", "/b.crt", "--ssl-keyfile", "/k"],
      "--ssl_certfile=/a.crt (KServe's) and --ssl-certfile=/b.crt (vllm serve's) disagree"),
     (["--uds", "/tmp/s.sock"], "--uds: `vllm serve`'s option is not supported"),
-    (["--api-server-count", "2"], "--api-server-count: `vllm serve`'s option is not supported"),
+    (["--headless"], "--headless: `vllm serve`'s option is not supported"),
     (["--tensor-parallel-size=1", "--tensor-parallel-size", "2"],
      "--tensor-parallel-size is given twice: 1, then 2"),
     (["-tp", "1", "--tensor-parallel-size", "2"],
@@ -260,6 +260,11 @@ def test_listener_and_pinned_flag_conflicts_are_errors(clean_env, tiny_model, ar
     with pytest.raises(AimError) as error:
         prepare(tiny_model, *args)
     assert message in str(error.value)
+
+
+def test_api_server_count_is_the_plan_s_unless_given(clean_env, tiny_model):
+    assert prepare(tiny_model).api_servers == 1  # data parallelism 1 on this machine
+    assert prepare(tiny_model, "--api-server-count", "2").api_servers == 2
 
 
 def test_empty_arguments_from_preset_templates_are_dropped(clean_env, tiny_model):

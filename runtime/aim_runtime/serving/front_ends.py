@@ -7,11 +7,15 @@ a small model with data parallelism over 8 GPUs produces several times that. vLL
 one API server per data-parallel rank by default, and so does `aim-runtime serve` (the count is
 `--api-server-count`, else the plan's data-parallel size; the start-up log says which and why).
 
-How: the `aim-runtime serve` process plans, binds the HTTP port once, then becomes a supervisor.
+How: the `aim-runtime serve` process plans, binds the HTTP port (once per API server, with
+SO_REUSEPORT), then becomes a supervisor.
 The engine cores start as vLLM's launcher starts them, then N processes (serving/vllm_adapter.py,
 `launch_api_servers`), each of them a whole AIM Runtime server (KServe's ModelServer with the
 OpenAI routes, v2 over HTTP and gRPC, the gate, /metrics) whose AsyncLLM is a client of the shared
-engine cores, all accepting connections on the one listening socket.
+engine cores, each accepting connections on its own listening socket of the shared port. The
+kernel spreads new connections evenly over those sockets; with one socket shared by all
+processes, whichever process's event loop woke first took the connection, and under load one
+process served about three times the other's share (benchmarks/api_servers.py).
 
 What holds for the pod as a whole, through the shared memory of `FrontEndGroup` (made before the
 processes start):
@@ -102,15 +106,24 @@ class FrontEnd:
                 metrics.record_phase(phase, seconds)
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """The HTTP port, bound once by the supervisor; every API server accepts on it."""
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` listening sockets on the HTTP port (SO_REUSEPORT), one per API server, bound by
+    the supervisor so that a taken port fails start-up before any engine loads."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(LISTEN_BACKLOG)
-    sock.set_inheritable(True)
-    return sock
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def supervise(start: Callable[[], ApiServers], group: FrontEndGroup,

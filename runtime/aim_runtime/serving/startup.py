@@ -193,7 +193,7 @@ def _serve_with_api_servers(prepared: Prepared) -> int:
     """Become the supervisor of `prepared.api_servers` API server processes over shared
     engine cores (serving/front_ends.py)."""
     from aim_runtime.serving import engine_log
-    from aim_runtime.serving.front_ends import FrontEndGroup, listening_socket, supervise
+    from aim_runtime.serving.front_ends import FrontEndGroup, listening_sockets, supervise
     from aim_runtime.serving.vllm_adapter import launch_api_servers, setup_multiprocess_metrics
 
     count, server = prepared.api_servers, prepared.server
@@ -201,7 +201,7 @@ def _serve_with_api_servers(prepared: Prepared) -> int:
     setup_multiprocess_metrics()  # before the processes start: they inherit the directory
     engine_log.send_phases_to(group.record_engine_phase)
     try:
-        sock = listening_socket(prepared.inputs.args.host, server.http_port)
+        sockets = listening_sockets(prepared.inputs.args.host, server.http_port, count)
     except OSError as exc:
         raise AimError(f"cannot listen on {prepared.inputs.args.host}:{server.http_port}: {exc}",
                        "another process holds the port; pick --http_port") from exc
@@ -211,8 +211,8 @@ def _serve_with_api_servers(prepared: Prepared) -> int:
              listen)
 
     def start() -> Any:
-        return launch_api_servers(list(prepared.inputs.vllm_argv), prepared.model.env, count,
-                                  serve_api_server, spec, sock, listen)
+        return launch_api_servers(list(prepared.inputs.vllm_argv), prepared.model.env,
+                                  serve_api_server, spec, sockets, listen)
 
     shutdown = settings.DRAIN_SECONDS.read() + prepared.inputs.listener.graceful_shutdown_seconds
     code = supervise(start, group, shutdown_seconds=shutdown)

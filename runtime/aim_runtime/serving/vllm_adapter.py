@@ -525,13 +525,13 @@ def setup_multiprocess_metrics() -> None:
     setup_multiprocess_prometheus()
 
 
-def launch_api_servers(argv: list[str], env: dict[str, str], count: int,
-                       target: Callable[..., None], spec: Any, sock: Any,
-                       listen_address: str) -> ApiServers:
+def launch_api_servers(argv: list[str], env: dict[str, str], target: Callable[..., None],
+                       spec: Any, sockets: list[Any], listen_address: str) -> ApiServers:
     """What `vllm serve` does with `--api-server-count N` (its run_multi_api_server), with our
-    server in each process: the engine cores start here, and `count` spawned processes run
-    `target(listen_address, sock, spec, client_config)`; each builds its AsyncLLM from
-    `EngineClient.from_client_config(client_config)`. Returns once the engines are up.
+    server in each process: the engine cores start here, and one spawned process per listening
+    socket runs `target(listen_address, socket, spec, client_config)`; each builds its AsyncLLM
+    from `EngineClient.from_client_config(client_config)`. Each socket goes to its process only
+    (closed here once handed over). Returns once the engines are up.
 
     Each API server binds its own engine sockets (IPC paths chosen here; the engines connect
     and retry until they exist), as every vLLM release does for a single API server. vLLM 0.32's
@@ -541,6 +541,7 @@ def launch_api_servers(argv: list[str], env: dict[str, str], count: int,
     os.environ.update(env)
     import multiprocessing
 
+    count = len(sockets)
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.usage.usage_lib import UsageContext
     from vllm.v1.engine import utils as engine_utils
@@ -568,10 +569,12 @@ def launch_api_servers(argv: list[str], env: dict[str, str], count: int,
                 client_config = {**shared, "client_index": index,
                                  "input_address": addresses.inputs[index],
                                  "output_address": addresses.outputs[index]}
-                process = context.Process(target=target, name=f"ApiServer_{index}",
-                                          args=(listen_address, sock, spec, client_config))
+                process = context.Process(
+                    target=target, name=f"ApiServer_{index}",
+                    args=(listen_address, sockets[index], spec, client_config))
                 process.start()
                 processes.append(process)
+                sockets[index].close()  # the process has its own copy
             launch.watched_frontend_processes = processes
     except BaseException:  # an engine or an API server failed to start: stop the others
         shutdown(processes, timeout=5.0)
