@@ -59,8 +59,8 @@ def test_make_test_runs_the_linters_then_pytest_with_the_given_args(tmp_path):
     assert test == [".venv/bin/python", "-m", "pytest", "-x", "-k", "a b"]
     # then the tests that meet vLLM, on the oldest vLLM of the supported window
     assert oldest[:3] == [".venv-oldest/bin/python", "-m", "pytest"]
-    assert {"tests/test_serving.py", "tests/test_compatibility.py",
-            "tests/test_startup.py"} == set(oldest[3:])
+    assert {"tests/test_serving.py", "tests/test_compatibility.py", "tests/test_startup.py",
+            "tests/test_api_servers.py"} == set(oldest[3:])
     assert lint, "no lint step before the tests"
     ruff = [c for c in lint if c[:2] == [".venv/bin/ruff", "check"]]
     assert ruff and {"runtime", "tests"} <= set(ruff[0][2:])
