@@ -14,6 +14,7 @@ the protocol's shape: OpenAI's under the OpenAI prefix, KServe's elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import re
@@ -47,6 +48,16 @@ class GateSettings:
     max_queued: int | None = None  # None: as many as the engine runs at once (max_num_seqs)
 
 
+class _Count:
+    """An in-flight count for this process alone: the shape of a multiprocessing Value."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def get_lock(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
+
+
 @dataclass
 class GateState:
     """Inference requests in flight, and where the engine's capacity comes from (the model).
@@ -57,37 +68,28 @@ class GateState:
     engine_capacity: Callable[[], int | None] = field(default=lambda: None)
     shared_in_flight: Any = None
     server_index: int = 0  # which of the pod's API server processes this is
-    _local: int = 0
+
+    def __post_init__(self) -> None:
+        self._count = self.shared_in_flight if self.shared_in_flight is not None else _Count()
 
     @property
     def in_flight(self) -> int:
-        shared = self.shared_in_flight
-        return int(shared.value) if shared is not None else self._local
+        return int(self._count.value)
 
     def admit(self, limit: int | None) -> int | None:
         """Count one more request in flight unless `limit` already are: the new count, or
         None (refused)."""
-        shared = self.shared_in_flight
-        if shared is None:
-            if limit is not None and self._local >= limit:
+        with self._count.get_lock():
+            if limit is not None and self._count.value >= limit:
                 return None
-            self._local += 1
-            return self._local
-        with shared.get_lock():
-            if limit is not None and shared.value >= limit:
-                return None
-            shared.value += 1
-            return int(shared.value)
+            self._count.value += 1
+            return int(self._count.value)
 
     def release(self) -> int:
         """One request fewer in flight: the new count."""
-        shared = self.shared_in_flight
-        if shared is None:
-            self._local -= 1
-            return self._local
-        with shared.get_lock():
-            shared.value -= 1
-            return int(shared.value)
+        with self._count.get_lock():
+            self._count.value -= 1
+            return int(self._count.value)
 
 
 class RequestGate:

@@ -139,7 +139,7 @@ class AimRESTServer(RESTServer):
             shared_in_flight=front_end.group.in_flight if front_end else None,
             server_index=front_end.index if front_end else 0)
         self.openai_root_routes = openai_root_routes
-        self.sock = sock  # bound by the supervisor, shared by the pod's API servers
+        self.sock = sock  # this API server's own socket on the pod's port, bound by the supervisor
         self.front_end = front_end
         super().__init__(*args, **kwargs)
         self.config.host = host

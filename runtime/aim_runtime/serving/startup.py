@@ -223,8 +223,9 @@ def _serve_with_api_servers(prepared: Prepared) -> int:
 
 def serve_api_server(listen_address: str, sock: socket.socket, spec: ApiServerSpec,
                      client_config: dict[str, Any]) -> None:
-    """One API server process (spawned by vLLM's process manager): a whole server whose
-    AsyncLLM is a client of the shared engine cores, accepting on the supervisor's socket."""
+    """One API server process (spawned by `launch_api_servers`): a whole server whose AsyncLLM
+    is a client of the shared engine cores, accepting on the socket the supervisor bound for
+    it."""
     from aim_runtime.serving.front_ends import FrontEnd
     from aim_runtime.serving.vllm_adapter import EngineClient, title_api_server
 

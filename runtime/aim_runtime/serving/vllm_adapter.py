@@ -419,9 +419,9 @@ def _error_message(result: Any) -> str | None:
 @dataclass(frozen=True)
 class EngineClient:
     """How one of several API server processes reaches the engine cores they share: what
-    vLLM's process manager hands each of them (`client_config`), split as `AsyncLLM` takes it."""
+    `launch_api_servers` hands each of them (`client_config`), split as `AsyncLLM` takes it."""
 
-    addresses: dict[str, Any]  # ZMQ addresses or bound listeners, stats and tensor channels
+    addresses: dict[str, Any]  # its engine sockets' IPC paths, the stats and tensor channels
     count: int  # API server processes in all
     index: int  # this one's
 
@@ -429,7 +429,6 @@ class EngineClient:
     def from_client_config(cls, client_config: Mapping[str, Any]) -> EngineClient:
         addresses = dict(client_config)
         count, index = int(addresses.pop("client_count")), int(addresses.pop("client_index"))
-        addresses.pop("api_server_loads", None)  # vLLM's own uvicorn accepts by it; ours not
         return cls(addresses=addresses, count=count, index=index)
 
 
@@ -541,13 +540,13 @@ def launch_api_servers(argv: list[str], env: dict[str, str], target: Callable[..
     os.environ.update(env)
     import multiprocessing
 
-    count = len(sockets)
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.usage.usage_lib import UsageContext
     from vllm.v1.engine import utils as engine_utils
     from vllm.v1.executor import Executor
     from vllm.v1.utils import shutdown
 
+    count = len(sockets)
     engine_args = AsyncEngineArgs.from_cli_args(_parse_or_raise(vllm_serve_parser(), argv))
     engine_args._api_process_count = count
     engine_args._api_process_rank = -1
