@@ -224,6 +224,24 @@ def test_admission_and_api_keys_hold_for_the_pod(pod):
 
 
 @serving
+def test_the_openai_sdk_is_served_by_every_api_server(pod):
+    """The reference client in its default mode, a new client (connection) each time, until
+    both processes have answered it."""
+    import openai
+
+    before = {s: metric(pod.url, "aim_api_server_requests_total", server=s) for s in "01"}
+    for _ in range(12):
+        client = openai.OpenAI(base_url=pod.url + "/openai/v1", api_key=KEY)
+        stream = client.completions.create(model="tiny", prompt="Hello", max_tokens=4,
+                                           stream=True)
+        assert [chunk.choices[0].text for chunk in stream if chunk.choices]
+        client.close()
+    served = {s: metric(pod.url, "aim_api_server_requests_total", server=s) - before[s]
+              for s in "01"}
+    assert sum(served.values()) == 12 and min(served.values()) > 0, served
+
+
+@serving
 def test_grpc_v2_is_served_by_the_pod(pod):
     result = subprocess.run([sys.executable, str(REPO / "tests" / "v2_grpc_client.py"),
                              f"127.0.0.1:{pod.grpc_port}", KEY], capture_output=True, text=True,
