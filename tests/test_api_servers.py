@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from servers import REPO, aim_server, free_port
-from test_reliability import STREAM, metric, wait_until
+from test_reliability import STREAM, metric, read_completion_stream, wait_until
 
 KEY = "pod-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -255,20 +255,15 @@ def test_grpc_v2_is_served_by_the_pod(pod):
 def test_sigterm_drains_every_api_server_then_exits_zero(pod):
     """Last in this module: it stops the pod."""
     workers = api_servers(pod)
-    outcomes: list[bool] = []
+    outcomes: list[tuple[int, str, str]] = []
     started = threading.Barrier(3)
 
     def stream_to_the_end() -> None:
         with httpx.Client(timeout=120) as client, client.stream(
                 "POST", pod.url + "/openai/v1/completions", headers=AUTH,
-                json={**STREAM, "max_tokens": 200}) as stream:
-            lines = []
-            for line in stream.iter_lines():
-                if line.startswith("data:"):
-                    lines.append(line)
-                    if len(lines) == 1:
-                        started.wait()
-        outcomes.append(lines[-1] == "data: [DONE]" and len(lines) == 201)
+                json={**STREAM, "max_tokens": 200,
+                      "stream_options": {"include_usage": True}}) as stream:
+            outcomes.append(read_completion_stream(stream, started.wait))
 
     threads = [threading.Thread(target=stream_to_the_end) for _ in range(2)]
     for thread in threads:
@@ -277,7 +272,7 @@ def test_sigterm_drains_every_api_server_then_exits_zero(pod):
     pod.process.send_signal(signal.SIGTERM)  # to the supervisor only, as the kubelet does
     for thread in threads:
         thread.join(timeout=120)
-    assert outcomes == [True, True]
+    assert outcomes == [(200, "length", "data: [DONE]")] * 2, pod.log_tail(120)
     assert pod.process.wait(timeout=120) == 0
     assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
                    for worker in workers)

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,6 +32,29 @@ STREAM = {"model": "tiny", "prompt": "Tell me a story", "max_tokens": 1500, "str
           "ignore_eos": True}
 GENERATE_STREAM = {"text_input": "Tell me a story",
                    "parameters": {"max_tokens": 1500, "ignore_eos": True}}
+
+
+def read_completion_stream(stream: httpx.Response,
+                           on_first_event: Callable[[], object] | None = None,
+                           ) -> tuple[int, str, str]:
+    """A streamed completion read to its end: (completion tokens from the usage chunk, the
+    last choice's finish_reason, the last event). Tokens are counted from usage, not events:
+    vLLM merges the deltas a busy front end has not yet sent into one event."""
+    events: list[str] = []
+    tokens, finish_reason = 0, ""
+    for line in stream.iter_lines():
+        if not line.startswith("data:"):
+            continue
+        events.append(line)
+        if len(events) == 1 and on_first_event is not None:
+            on_first_event()
+        if line == "data: [DONE]":
+            continue
+        chunk = json.loads(line[len("data:"):])
+        tokens = (chunk.get("usage") or {}).get("completion_tokens", tokens)
+        for choice in chunk.get("choices") or ():
+            finish_reason = choice.get("finish_reason") or finish_reason
+    return tokens, finish_reason, events[-1] if events else ""
 
 
 def metric(url: str, name: str, **labels: str) -> float:
@@ -185,20 +209,14 @@ def test_request_bodies_are_bounded(guarded):
 def test_sigterm_drains_in_flight_streams_then_exits_zero(work_dir, tiny_model):
     process = aim_server(work_dir, tiny_model, "--graceful-shutdown-seconds", "90").start()
     process.wait_ready()
-    body = {**STREAM, "max_tokens": 300}
-    outcomes: list[tuple[int, bool]] = []
+    body = {**STREAM, "max_tokens": 300, "stream_options": {"include_usage": True}}
+    outcomes: list[tuple[int, str, str]] = []
     first_tokens = threading.Barrier(4)
 
     def stream_to_the_end():
         with httpx.stream("POST", process.url + "/openai/v1/completions", json=body,
                           timeout=120) as stream:
-            events = []
-            for line in stream.iter_lines():
-                if line.startswith("data:"):
-                    events.append(line)
-                    if len(events) == 1:
-                        first_tokens.wait()
-        outcomes.append((len(events), events[-1] == "data: [DONE]"))
+            outcomes.append(read_completion_stream(stream, first_tokens.wait))
 
     threads = [threading.Thread(target=stream_to_the_end) for _ in range(3)]
     for thread in threads:
@@ -211,7 +229,7 @@ def test_sigterm_drains_in_flight_streams_then_exits_zero(work_dir, tiny_model):
                    json={"model": "tiny", "prompt": "new", "max_tokens": 1}, timeout=5)
     for thread in threads:
         thread.join(timeout=120)
-    assert outcomes == [(301, True)] * 3  # 300 token events + [DONE], every one of them
+    assert outcomes == [(300, "length", "data: [DONE]")] * 3, process.log_tail()
     assert process.process.wait(timeout=60) == 0
 
 
