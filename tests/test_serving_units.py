@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -31,6 +32,7 @@ from aim_runtime.serving.server import (
     OpenAIApplication,
     add_generate_routes,
     install_error_handlers,
+    run_on_event_loop,
 )
 
 PREFIX = OPENAI_PREFIX
@@ -421,3 +423,34 @@ def test_the_openai_model_list_is_503_in_the_openai_shape_while_loading(http):
     response = http.get(f"{PREFIX}/v1/models")
     assert (response.status_code, response.json()) == (
         503, openai_error("The model `tiny` is not ready yet.", "ServiceUnavailableError", 503))
+
+
+# --- the event loop KServe's --event_loop names -----------------------------------------------
+
+
+def _loop_module(event_loop: str) -> str:
+    seen: list[str] = []
+
+    async def main() -> None:
+        seen.append(type(asyncio.get_running_loop()).__module__)
+
+    run_on_event_loop(event_loop, main())
+    return seen[0]
+
+
+@pytest.mark.parametrize("event_loop", ["auto", "uvloop"])
+def test_the_server_runs_on_uvloop_as_vllm_serve_does(event_loop):
+    assert _loop_module(event_loop).startswith("uvloop")
+
+
+def test_event_loop_asyncio_is_the_standard_loop():
+    assert _loop_module("asyncio").startswith("asyncio")
+
+
+def test_event_loop_uvloop_without_uvloop_is_an_error_and_auto_falls_back(monkeypatch):
+    from aim_runtime.errors import AimError
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
+    assert _loop_module("auto").startswith("asyncio")
+    with pytest.raises(AimError, match="--event_loop uvloop: uvloop is not installed"):
+        _loop_module("uvloop")
