@@ -1,12 +1,14 @@
 """The front end's CPU with one and two API server processes: ours against bare `vllm serve`.
 
-    python -m benchmarks.api_servers [--pairs 3] [--concurrency 16] [--prompts 96] [--smoke]
+    python -m benchmarks.api_servers [--pairs 3] [--concurrency 16] [--prompts 256] [--smoke]
 
 For each count N (1 and 2), bare `vllm serve --api-server-count N` and `aim-runtime serve
 --api-server-count N` serve the same model with the same engine args (the plan's), one after the
-other, alternating which goes first. On the CPU engine the data-parallel size stays 1: vLLM's CPU
-build runs one engine core per rank, and on a small machine two engine cores would measure their
-own contention; N API servers over one engine core is the arrangement vLLM also allows.
+other, alternating which goes first. The API server processes get a core of their own, the
+engine and the load generator the others (`pin_front_ends`). On the CPU engine the data-parallel
+size stays 1: vLLM's CPU build runs one engine core per rank, and on a small machine two engine
+cores would measure their own contention; N API servers over one engine core is the arrangement
+vLLM also allows.
 
 Each server is loaded with vLLM's serving benchmark (streaming, random prompts, fixed seed). For
 every front-end process (the main process when N is 1, else each `VLLM::APIServer_<i>`), its user
@@ -23,9 +25,9 @@ Ratios are ours over bare, with min-median-max over the pairs. Results go to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import shutil
-import tempfile
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +35,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.run import _bench, _default_model, _spread, machine, plan_engine_args
+from benchmarks.run import _bench, _spread, machine, plan_engine_args, workspace
 from tests.servers import REPO, ServerProcess, aim_server, bare_vllm_server
 
 MODEL_NAME = "bench"
@@ -56,9 +58,7 @@ class Settings:
 def main(argv: list[str] | None = None) -> int:
     settings = parse(argv)
     settings.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="aim-bench-api-"))
-    try:
-        model = settings.model if settings.model.name != "default" else _default_model(work)
+    with workspace("aim-bench-api-", settings.model) as (work, model):
         engine_argv, env, _ = plan_engine_args(model, [])
         runs = [measure_pair(count, pair, settings, model, engine_argv, env, work)
                 for pair in range(settings.pairs) for count in COUNTS]
@@ -67,12 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {"model": str(model), "pairs": settings.pairs,
                          "concurrency": settings.concurrency, "prompts": settings.prompts,
                          "input_len": settings.input_len, "output_len": settings.output_len,
-                         "engine_args": engine_argv},
+                         "engine_args": engine_argv, "cores": _cores_setting()},
             "runs": runs, "summary": summarize(runs)}
         (settings.out / "api_servers.json").write_text(json.dumps(results, indent=2) + "\n")
         (settings.out / "api_servers.md").write_text(render_markdown(results))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     print((settings.out / "api_servers.md").read_text())
     return 0
 
@@ -84,7 +82,7 @@ def parse(argv: list[str] | None) -> Settings:
                         help="model directory (default: the embedded tiny model)")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--prompts", type=int, default=96)
+    parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
@@ -120,6 +118,7 @@ def measure_one(label: str, count: int, settings: Settings, model: Path,
     try:
         process.wait_ready()
         frontends = frontend_processes(process, count)
+        pin_front_ends(process, frontends)
         _bench(process, endpoint, model, 2, 4, settings, f"warmup-{label}{count}", frontends)
         before = requests_per_process(process, count) if label == "ours" else None
         figures = _bench(process, endpoint, model, settings.concurrency, settings.prompts,
@@ -129,7 +128,43 @@ def measure_one(label: str, count: int, settings: Settings, model: Path,
             figures["requests_per_process"] = [a - b for a, b in zip(after, before, strict=True)]
     finally:
         process.stop()
+        _set_affinity(psutil.Process(), set(range(os.cpu_count() or 1)))
     return figures
+
+
+def _cores_setting() -> dict[str, list[int]] | None:
+    split = core_split(os.cpu_count() or 1)
+    return None if split is None else {"front_end": sorted(split[0]), "others": sorted(split[1])}
+
+
+def core_split(cores: int) -> tuple[set[int], set[int]] | None:
+    """(the front end's cores, everything else's) on a machine of `cores`: the last core for the
+    API servers, the rest for the engine and the load generator; None below two cores."""
+    if cores < 2:
+        return None
+    return {cores - 1}, set(range(cores - 1))
+
+
+def pin_front_ends(server: ServerProcess, frontends: list[psutil.Process]) -> None:
+    """The API server processes on a core of their own, the engine cores and this load generator
+    on the others (`core_split`): with all three competing for two cores, the CPU time a front
+    end spends per token grew with the contention around it and swung run to run more than
+    the servers differ. Every thread is pinned, each has its own affinity."""
+    split = core_split(os.cpu_count() or 1)
+    if split is None:
+        return
+    front, rest = split
+    main_process = psutil.Process(server.process.pid)
+    front_pids = {p.pid for p in frontends}
+    for process in [main_process, *main_process.children(recursive=True)]:
+        _set_affinity(process, front if process.pid in front_pids else rest)
+    _set_affinity(psutil.Process(), rest)
+
+
+def _set_affinity(process: psutil.Process, cores: set[int]) -> None:
+    for thread in process.threads():
+        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
+            os.sched_setaffinity(thread.id, cores)
 
 
 def frontend_processes(server: ServerProcess, count: int) -> list[psutil.Process]:
@@ -192,6 +227,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"concurrency {settings['concurrency']}, {settings['prompts']} prompts of "
         f"{settings['input_len']} in / {settings['output_len']} out tokens, streamed.",
         "",
+        f"Cores: {_cores_text(settings.get('cores'))}.",
+        "",
         "Front-end CPU: user + system time of the API server processes over the load, per "
         "output token (median of the pairs). Ceiling: API servers / CPU per token, each on its "
         "own core. Share: each process's part of the front-end CPU (first pair). Requests: what "
@@ -220,6 +257,13 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {entry['count']} | {cpu['min']:.2f}-{cpu['median']:.2f}-{cpu['max']:.2f} "
                      f"| {tput['min']:.2f}-{tput['median']:.2f}-{tput['max']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _cores_text(cores: dict[str, list[int]] | None) -> str:
+    if cores is None:
+        return "not pinned (one core)"
+    return (f"API servers pinned to {cores['front_end']}, engine cores and the load generator "
+            f"to {cores['others']}")
 
 
 if __name__ == "__main__":

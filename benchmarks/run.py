@@ -32,6 +32,8 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -70,9 +72,7 @@ class Settings:
 def main(argv: list[str] | None = None) -> int:
     settings = parse(argv)
     settings.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="aim-bench-"))
-    try:
-        model = settings.model if settings.model.name != "default" else _default_model(work)
+    with workspace("aim-bench-", settings.model) as (work, model):
         engine_argv, env, roofline = plan_engine_args(model, settings.engine_args)
         results: dict[str, Any] = {
             "machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -87,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         results["startup"], results["serving"] = measure_pairs(settings, model, engine_argv,
                                                                env, work)
         write_reports(results, settings.out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     print((settings.out / "results.md").read_text())
     return 0
 
@@ -116,6 +114,18 @@ def parse(argv: list[str] | None) -> Settings:
     extra = [a for a in args.engine_args if a != "--"]
     return Settings(args.model, args.pairs, tuple(args.concurrency), args.input_len,
                     args.output_len, args.prompt_scale, args.out, extra, args.planner_recipes)
+
+
+@contextmanager
+def workspace(prefix: str, model: Path) -> Iterator[tuple[Path, Path]]:
+    """A scratch directory for one benchmark run (removed afterwards) and the model it serves:
+    `model`, or the embedded tiny model generated in the scratch directory when it is
+    `default`."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work, model if model.name != "default" else _default_model(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _default_model(work: Path) -> Path:

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.run import _default_model, _phases, _spread, machine
+from benchmarks.run import _phases, _spread, machine, workspace
 from tests.servers import REPO, ServerProcess, aim_server
 
 MODEL_NAME = "bench"
@@ -62,9 +60,7 @@ class Settings:
 def main(argv: list[str] | None = None) -> int:
     settings = parse(argv)
     settings.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="aim-warm-"))
-    try:
-        model = settings.model if settings.model.name != "default" else _default_model(work)
+    with workspace("aim-warm-", settings.model) as (work, model):
         results: dict[str, Any] = {
             "machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "settings": {"model": str(model), "runs": settings.runs, "steady": settings.steady,
@@ -76,8 +72,6 @@ def main(argv: list[str] | None = None) -> int:
             results["compile_cache"] = compile_cache(settings, model, work)
         (settings.out / "warm_start.json").write_text(json.dumps(results, indent=2) + "\n")
         (settings.out / "warm_start.md").write_text(render_markdown(results))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     print((settings.out / "warm_start.md").read_text())
     return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,12 +16,18 @@ from servers import REPO, server_environment
 pytestmark = pytest.mark.serving
 
 
-def test_smoke_benchmark_writes_results_table_and_plot(tmp_path):
+def run_smoke(module: str, tmp_path: Path) -> Path:
+    """`python -m benchmarks.<module> --smoke` as a user runs it; the directory of its results."""
     out = tmp_path / "results"
-    result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(out)],
-                            cwd=REPO, capture_output=True, text=True, timeout=1200,
+    result = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--smoke", "--out",
+                             str(out)], cwd=REPO, capture_output=True, text=True, timeout=1200,
                             env=server_environment(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+def test_smoke_benchmark_writes_results_table_and_plot(tmp_path):
+    out = run_smoke("run", tmp_path)
     results = json.loads((out / "results.json").read_text())
     (entry,) = results["serving"]["summary"]
     assert entry["concurrency"] == 4 and entry["pairs"] == 1
@@ -38,11 +45,7 @@ def test_smoke_benchmark_writes_results_table_and_plot(tmp_path):
 
 
 def test_smoke_warm_start_benchmark_writes_its_figures(tmp_path):
-    out = tmp_path / "results"
-    result = subprocess.run([sys.executable, "-m", "benchmarks.warm_start", "--smoke", "--out",
-                             str(out)], cwd=REPO, capture_output=True, text=True, timeout=1200,
-                            env=server_environment(tmp_path))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = run_smoke("warm_start", tmp_path)
     results = json.loads((out / "warm_start.json").read_text())
     for extent in ("off", "full"):
         (run,) = results["first_request"][extent]["runs"]
@@ -54,11 +57,7 @@ def test_smoke_warm_start_benchmark_writes_its_figures(tmp_path):
 
 
 def test_smoke_api_servers_benchmark_writes_its_figures(tmp_path):
-    out = tmp_path / "results"
-    result = subprocess.run([sys.executable, "-m", "benchmarks.api_servers", "--smoke", "--out",
-                             str(out)], cwd=REPO, capture_output=True, text=True, timeout=1200,
-                            env=server_environment(tmp_path))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = run_smoke("api_servers", tmp_path)
     results = json.loads((out / "api_servers.json").read_text())
     for entry in results["summary"]:
         count = entry["count"]
