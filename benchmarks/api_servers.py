@@ -5,7 +5,7 @@
 For each count N (1 and 2), bare `vllm serve --api-server-count N` and `aim-runtime serve
 --api-server-count N` serve the same model with the same engine args (the plan's), one after the
 other, alternating which goes first. The API server processes get a core of their own, the
-engine and the load generator the others (`pin_front_ends`). On the CPU engine the data-parallel
+engine and the load generator the others (`front_ends_pinned`). On the CPU engine the data-parallel
 size stays 1: vLLM's CPU build runs one engine core per rank, and on a small machine two engine
 cores would measure their own contention; N API servers over one engine core is the arrangement
 vLLM also allows.
@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -104,31 +105,36 @@ def measure_pair(count: int, pair: int, settings: Settings, model: Path,
                for label in order}}
 
 
-def measure_one(label: str, count: int, settings: Settings, model: Path,
-                engine_argv: list[str], env: dict[str, str], work: Path) -> dict[str, Any]:
+def server_for(label: str, count: int, model: Path, engine_argv: list[str],
+               env: dict[str, str], work: Path) -> tuple[ServerProcess, str]:
+    """Bare `vllm serve` or ours (`label`) with `count` API servers, not started yet, and the
+    completions endpoint it serves."""
     flag = ("--api-server-count", str(count))
     if label == "bare":
-        process = bare_vllm_server(work, model, [*engine_argv, *BARE_FRONTEND_ARGS, *flag], env,
-                                   name=MODEL_NAME, launcher="benchmarks.vllm_serve")
-        endpoint = "/v1/completions"
-    else:
-        process = aim_server(work, model, *flag, name=MODEL_NAME)
-        endpoint = "/openai/v1/completions"
+        return bare_vllm_server(work, model, [*engine_argv, *BARE_FRONTEND_ARGS, *flag], env,
+                                name=MODEL_NAME, launcher="benchmarks.vllm_serve"), \
+            "/v1/completions"
+    return aim_server(work, model, *flag, name=MODEL_NAME), "/openai/v1/completions"
+
+
+def measure_one(label: str, count: int, settings: Settings, model: Path,
+                engine_argv: list[str], env: dict[str, str], work: Path) -> dict[str, Any]:
+    process, endpoint = server_for(label, count, model, engine_argv, env, work)
     process.start()
     try:
         process.wait_ready()
         frontends = frontend_processes(process, count)
-        pin_front_ends(process, frontends)
-        _bench(process, endpoint, model, 2, 4, settings, f"warmup-{label}{count}", frontends)
-        before = requests_per_process(process, count) if label == "ours" else None
-        figures = _bench(process, endpoint, model, settings.concurrency, settings.prompts,
-                         settings, f"{label}{count}", frontends)
+        with front_ends_pinned(process, frontends):
+            _bench(process, endpoint, model, 2, 4, settings, f"warmup-{label}{count}",
+                   frontends)
+            before = requests_per_process(process, count) if label == "ours" else None
+            figures = _bench(process, endpoint, model, settings.concurrency, settings.prompts,
+                             settings, f"{label}{count}", frontends)
         if before is not None:
             after = requests_per_process(process, count)
             figures["requests_per_process"] = [a - b for a, b in zip(after, before, strict=True)]
     finally:
         process.stop()
-        _set_affinity(psutil.Process(), set(range(os.cpu_count() or 1)))
     return figures
 
 
@@ -145,13 +151,16 @@ def core_split(cores: int) -> tuple[set[int], set[int]] | None:
     return {cores - 1}, set(range(cores - 1))
 
 
-def pin_front_ends(server: ServerProcess, frontends: list[psutil.Process]) -> None:
+@contextlib.contextmanager
+def front_ends_pinned(server: ServerProcess, frontends: list[psutil.Process]) -> Iterator[None]:
     """The API server processes on a core of their own, the engine cores and this load generator
-    on the others (`core_split`): with all three competing for two cores, the CPU time a front
-    end spends per token grew with the contention around it and swung run to run more than
-    the servers differ. Every thread is pinned, each has its own affinity."""
+    on the others (`core_split`), until the block ends (then this process gets every core back):
+    with all three competing for two cores, the CPU time a front end spends per token grew with
+    the contention around it and swung run to run more than the servers differ. Every thread is
+    pinned, each has its own affinity."""
     split = core_split(os.cpu_count() or 1)
     if split is None:
+        yield
         return
     front, rest = split
     main_process = psutil.Process(server.process.pid)
@@ -159,6 +168,10 @@ def pin_front_ends(server: ServerProcess, frontends: list[psutil.Process]) -> No
     for process in [main_process, *main_process.children(recursive=True)]:
         _set_affinity(process, front if process.pid in front_pids else rest)
     _set_affinity(psutil.Process(), rest)
+    try:
+        yield
+    finally:
+        _set_affinity(psutil.Process(), front | rest)
 
 
 def _set_affinity(process: psutil.Process, cores: set[int]) -> None:

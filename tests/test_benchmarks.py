@@ -69,3 +69,14 @@ def test_smoke_api_servers_benchmark_writes_its_figures(tmp_path):
         assert len(requests) == count and sum(requests) == results["settings"]["prompts"] + 1
         assert entry["ratio"]["frontend_cpu_ms_per_token"]["median"] > 0
     assert "| API servers | server | CPU ms/token |" in (out / "api_servers.md").read_text()
+
+
+def test_smoke_front_end_profile_writes_both_profiles(tmp_path):
+    out = run_smoke("front_end_profile", tmp_path)
+    results = json.loads((out / "front_end_profile.json").read_text())
+    for label in ("bare", "ours"):
+        run = results["runs"][label]
+        assert run["requests"] == results["settings"]["prompts"] and run["tokens"] > 0
+        assert run["calls_per_token"] > 0 and run["profiled_ms_per_token"] > 0
+        assert any("uvicorn" in row["function"] for row in run["top"])  # the HTTP server's send
+    assert "| server | Python calls per token |" in (out / "front_end_profile.md").read_text()

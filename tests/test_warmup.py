@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -65,6 +66,9 @@ def test_the_server_warmed_itself_before_ready(server):
     # The readiness probes answered 503 until then: the first 200 came after the warm-up line.
     assert any(status == 503 for _, path, status in server.probes if path.endswith("ready"))
     assert warm > 0
+    # Then, as `vllm serve` does, the start-up heap left the garbage collector's walks.
+    frozen = re.search(r"start-up heap frozen for the garbage collector: (\d+) objects", log)
+    assert frozen and int(frozen.group(1)) > 100_000 and frozen.start() > warm
 
 
 def test_start_up_failure_leaves_a_termination_message(tmp_path):

@@ -35,6 +35,7 @@ from aim_runtime.serving.vllm_adapter import (
     Engine,
     EngineClient,
     completion_request,
+    freeze_startup_heap,
     start_engine,
 )
 from aim_runtime.serving.warmup import WarmupPlan, WarmupTarget, warm_up
@@ -117,6 +118,8 @@ class AimModel(Model):
         self.vllm_engine.monitor = asyncio.create_task(self._watch_engine())
         await self._load_adapters(self.vllm_engine)
         await self._warm_up()
+        log.info("start-up heap frozen for the garbage collector: %d objects",
+                 freeze_startup_heap())
         self.warmed = True
         if self.compile_cache is not None:
             self.compile_cache.mark_complete()

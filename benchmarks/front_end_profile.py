@@ -1,0 +1,201 @@
+"""Where the front end's time goes: ours and bare `vllm serve`, one API server each, profiled
+under the same load.
+
+    python -m benchmarks.front_end_profile [--concurrency 16] [--prompts 256] [--smoke]
+
+Each server runs under cProfile (benchmarks/profiled.py), switched on after start-up and warm-up
+and off when the load ends, so the profile holds the serving alone: the main thread, where both
+run their event loop, the HTTP server, vLLM's OpenAI handlers and its output processing. The API
+server has a core of its own (benchmarks/api_servers.py `front_ends_pinned`), so a function's time
+in the profile is close to the CPU it used.
+
+Reported per streamed token: Python function calls (deterministic: the same load makes the same
+calls, however busy the machine), profiled time, and the CPU time the kernel counted for the
+process; the functions that take the most time in each; and the calls ours makes that bare vLLM
+does not (or makes more often). Results go to `results/front_end_profile.{json,md}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pstats
+import signal
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from benchmarks.api_servers import (
+    Settings,
+    front_ends_pinned,
+    frontend_processes,
+    server_for,
+)
+from benchmarks.run import _bench, machine, plan_engine_args, workspace
+from tests.servers import REPO, ServerProcess
+
+LABELS = ("bare", "ours")
+TOP = 12
+DUMP_TIMEOUT_SECONDS = 30.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse(argv)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    with workspace("aim-profile-", settings.model) as (work, model):
+        engine_argv, env, _ = plan_engine_args(model, [])
+        runs = {label: profile_one(label, settings, model, engine_argv, env, work)
+                for label in LABELS}
+        results = {
+            "machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "settings": {"model": str(model), "concurrency": settings.concurrency,
+                         "prompts": settings.prompts, "input_len": settings.input_len,
+                         "output_len": settings.output_len, "engine_args": engine_argv},
+            "runs": {label: run["figures"] for label, run in runs.items()},
+            "extra_in_ours": extra_calls(runs["ours"]["stats"], runs["bare"]["stats"],
+                                         runs["ours"]["figures"]["tokens"]),
+        }
+    (settings.out / "front_end_profile.json").write_text(json.dumps(results, indent=2) + "\n")
+    (settings.out / "front_end_profile.md").write_text(render_markdown(results))
+    print((settings.out / "front_end_profile.md").read_text())
+    return 0
+
+
+def parse(argv: list[str] | None) -> Settings:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.front_end_profile",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("default"),
+                        help="model directory (default: the embedded tiny model)")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--prompts", type=int, default=256)
+    parser.add_argument("--input-len", type=int, default=64)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--smoke", action="store_true",
+                        help="few prompts: keeps the harness working")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.concurrency, args.prompts, args.output_len = 4, 8, 32
+    return Settings(args.model, 1, args.concurrency, args.prompts, args.input_len,
+                    args.output_len, args.out)
+
+
+def profile_one(label: str, settings: Settings, model: Path, engine_argv: list[str],
+                env: dict[str, str], work: Path) -> dict[str, Any]:
+    """One server under load with the profiler on for the load only: its figures (per token)
+    and its statistics by function."""
+    process, endpoint = server_for(label, 1, model, engine_argv, env, work)
+    dump = work / f"{label}.pstats"
+    module_at = process.command.index("-m") + 1
+    process.command[module_at - 1:module_at + 1] = [
+        "-m", "benchmarks.profiled", str(dump), process.command[module_at]]
+    process.start()
+    try:
+        process.wait_ready()
+        frontends = frontend_processes(process, 1)
+        with front_ends_pinned(process, frontends):
+            _bench(process, endpoint, model, 2, 4, settings, f"warmup-{label}", frontends)
+            os.kill(process.process.pid, signal.SIGUSR2)
+            figures = _bench(process, endpoint, model, settings.concurrency, settings.prompts,
+                             settings, label, frontends)
+            os.kill(process.process.pid, signal.SIGUSR2)
+        stats = _wait_for_dump(dump, process)
+    finally:
+        process.stop()
+    tokens = figures["total_output_tokens"]
+    return {"stats": stats, "figures": {
+        "tokens": tokens, "requests": figures["completed"],
+        "cpu_ms_per_token": figures["frontend_cpu_ms_per_token"],
+        "calls_per_token": round(stats.total_calls / tokens, 1),
+        "profiled_ms_per_token": round(1000 * stats.total_tt / tokens, 4),
+        "top": top_functions(stats, tokens)}}
+
+
+def _wait_for_dump(dump: Path, process: ServerProcess) -> pstats.Stats:
+    deadline = time.monotonic() + DUMP_TIMEOUT_SECONDS
+    while not dump.exists() or dump.stat().st_size == 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no profile written to {dump}:\n" + process.log_tail())
+        time.sleep(0.2)
+    time.sleep(0.5)  # the dump is written in one go; let it finish
+    return pstats.Stats(str(dump))
+
+
+def _name(key: tuple[str, int, str]) -> str:
+    """A function as `package/module.py:line(name)`, without the install location."""
+    path, line, function = key
+    for marker in ("site-packages/", "/runtime/", "/lib/python"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{path}:{line}({function})" if path != "~" else function
+
+
+def _by_function(stats: pstats.Stats) -> dict[str, tuple[int, float]]:
+    """Calls and own time (seconds) per function, built-ins named without their address."""
+    merged: dict[str, tuple[int, float]] = {}
+    for key, (_, calls, own, _, _) in stats.stats.items():
+        name = _name(key)
+        if " at 0x" in name:
+            name = name.split(" at 0x", 1)[0] + ">"
+        previous = merged.get(name, (0, 0.0))
+        merged[name] = (previous[0] + calls, previous[1] + own)
+    return merged
+
+
+def top_functions(stats: pstats.Stats, tokens: int) -> list[dict[str, Any]]:
+    """The functions with the most own time, per token."""
+    rows = sorted(_by_function(stats).items(), key=lambda item: -item[1][1])[:TOP]
+    return [{"function": name, "calls_per_token": round(calls / tokens, 3),
+             "own_us_per_token": round(1e6 * own / tokens, 3)} for name, (calls, own) in rows]
+
+
+def extra_calls(ours: pstats.Stats, bare: pstats.Stats, tokens: int) -> list[dict[str, Any]]:
+    """The functions ours calls more often than bare vLLM under the same load (per token),
+    with the own time of those extra calls."""
+    ours_by, bare_by = _by_function(ours), _by_function(bare)
+    rows = []
+    for name, (calls, own) in ours_by.items():
+        extra = calls - bare_by.get(name, (0, 0.0))[0]
+        if extra > 0:
+            rows.append({"function": name, "extra_calls_per_token": round(extra / tokens, 3),
+                         "own_us_per_token": round(1e6 * own * extra / calls / tokens, 3)})
+    return sorted(rows, key=lambda row: -row["own_us_per_token"])[:TOP]
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    machine_, settings, runs = results["machine"], results["settings"], results["runs"]
+    lines = [
+        "# Where the front end's time goes: ours and bare `vllm serve`, one API server",
+        "",
+        f"{results['date']} · {machine_['cpu']}, {machine_['cores']} cores, {machine_['gpu']} · "
+        f"vllm {machine_['vllm']}, kserve {machine_['kserve']} · concurrency "
+        f"{settings['concurrency']}, {settings['prompts']} prompts of {settings['input_len']} in "
+        f"/ {settings['output_len']} out tokens, streamed; cProfile on the main thread during "
+        "the load only, the API server on a core of its own.",
+        "",
+        "| server | Python calls per token | profiled µs per token | process CPU µs per token |",
+        "|---|---|---|---|",
+    ]
+    for label in LABELS:
+        run = runs[label]
+        lines.append(f"| {'vllm serve' if label == 'bare' else 'aim-runtime'} "
+                     f"| {run['calls_per_token']} | {1000 * run['profiled_ms_per_token']:.1f} "
+                     f"| {1000 * run['cpu_ms_per_token']:.1f} |")
+    lines += ["", "What ours calls more often than bare vLLM, by the time of the extra calls:", "",
+              "| function | extra calls per token | µs per token |", "|---|---|---|"]
+    lines += [f"| `{row['function']}` | {row['extra_calls_per_token']} "
+              f"| {row['own_us_per_token']} |" for row in results["extra_in_ours"]]
+    for label in LABELS:
+        lines += ["", f"Most own time, {'vllm serve' if label == 'bare' else 'aim-runtime'}:", "",
+                  "| function | calls per token | µs per token |", "|---|---|---|"]
+        lines += [f"| `{row['function']}` | {row['calls_per_token']} "
+                  f"| {row['own_us_per_token']} |" for row in runs[label]["top"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
