@@ -4,11 +4,11 @@
 
 For each count N (1 and 2), bare `vllm serve --api-server-count N` and `aim-runtime serve
 --api-server-count N` serve the same model with the same engine args (the plan's), one after the
-other, alternating which goes first. The API server processes get a core of their own, the
-engine and the load generator the others (`front_ends_pinned`). On the CPU engine the data-parallel
-size stays 1: vLLM's CPU build runs one engine core per rank, and on a small machine two engine
-cores would measure their own contention; N API servers over one engine core is the arrangement
-vLLM also allows.
+other, alternating which goes first. The API server processes get a core of their own (one for all
+of them), the engine and the load generator the others (`front_ends_pinned`). On the CPU engine the
+data-parallel size stays 1: vLLM's CPU build runs one engine core per rank, and on a small machine
+two engine cores would measure their own contention; N API servers over one engine core is the
+arrangement vLLM also allows.
 
 Each server is loaded with vLLM's serving benchmark (streaming, random prompts, fixed seed). For
 every front-end process (the main process when N is 1, else each `VLLM::APIServer_<i>`), its user
@@ -139,26 +139,29 @@ def measure_one(label: str, count: int, settings: Settings, model: Path,
 
 
 def _cores_setting() -> dict[str, list[int]] | None:
-    split = core_split(os.cpu_count() or 1)
+    split = core_split(os.sched_getaffinity(0))
     return None if split is None else {"front_end": sorted(split[0]), "others": sorted(split[1])}
 
 
-def core_split(cores: int) -> tuple[set[int], set[int]] | None:
-    """(the front end's cores, everything else's) on a machine of `cores`: the last core for the
-    API servers, the rest for the engine and the load generator; None below two cores."""
-    if cores < 2:
+def core_split(allowed: set[int]) -> tuple[set[int], set[int]] | None:
+    """(the front end's cores, everything else's) out of the cores this process may use: the
+    highest for the API servers (all of them share it), the rest for the engine and the load
+    generator; None below two cores."""
+    if len(allowed) < 2:
         return None
-    return {cores - 1}, set(range(cores - 1))
+    front = max(allowed)
+    return {front}, allowed - {front}
 
 
 @contextlib.contextmanager
 def front_ends_pinned(server: ServerProcess, frontends: list[psutil.Process]) -> Iterator[None]:
     """The API server processes on a core of their own, the engine cores and this load generator
-    on the others (`core_split`), until the block ends (then this process gets every core back):
+    on the others (`core_split`), until the block ends (then this process gets its cores back):
     with all three competing for two cores, the CPU time a front end spends per token grew with
     the contention around it and swung run to run more than the servers differ. Every thread is
     pinned, each has its own affinity."""
-    split = core_split(os.cpu_count() or 1)
+    allowed = os.sched_getaffinity(0)
+    split = core_split(allowed)
     if split is None:
         yield
         return
@@ -171,13 +174,14 @@ def front_ends_pinned(server: ServerProcess, frontends: list[psutil.Process]) ->
     try:
         yield
     finally:
-        _set_affinity(psutil.Process(), front | rest)
+        _set_affinity(psutil.Process(), allowed)
 
 
 def _set_affinity(process: psutil.Process, cores: set[int]) -> None:
-    for thread in process.threads():
-        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
-            os.sched_setaffinity(thread.id, cores)
+    with contextlib.suppress(psutil.NoSuchProcess):  # a process that has just ended
+        for thread in process.threads():
+            with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
+                os.sched_setaffinity(thread.id, cores)
 
 
 def frontend_processes(server: ServerProcess, count: int) -> list[psutil.Process]:

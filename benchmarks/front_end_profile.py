@@ -9,8 +9,9 @@ run their event loop, the HTTP server, vLLM's OpenAI handlers and its output pro
 server has a core of its own (benchmarks/api_servers.py `front_ends_pinned`), so a function's time
 in the profile is close to the CPU it used.
 
-Reported per streamed token: Python function calls (deterministic: the same load makes the same
-calls, however busy the machine), profiled time, and the CPU time the kernel counted for the
+Reported per streamed token: Python function calls (they move little with the machine's load,
+unlike times; vLLM merges the deltas of a lagging front end, so not at all is too strong),
+profiled time, and the CPU time the kernel counted for the
 process; the functions that take the most time in each; and the calls ours makes that bare vLLM
 does not (or makes more often). Results go to `results/front_end_profile.{json,md}`.
 """
@@ -116,11 +117,10 @@ def profile_one(label: str, settings: Settings, model: Path, engine_argv: list[s
 
 def _wait_for_dump(dump: Path, process: ServerProcess) -> pstats.Stats:
     deadline = time.monotonic() + DUMP_TIMEOUT_SECONDS
-    while not dump.exists() or dump.stat().st_size == 0:
+    while not dump.exists():  # benchmarks/profiled.py renames it into place once written
         if time.monotonic() > deadline:
             raise RuntimeError(f"no profile written to {dump}:\n" + process.log_tail())
         time.sleep(0.2)
-    time.sleep(0.5)  # the dump is written in one go; let it finish
     return pstats.Stats(str(dump))
 
 

@@ -31,8 +31,8 @@ from aim_runtime.serving.model import (
 from aim_runtime.serving.server import (
     OpenAIApplication,
     add_generate_routes,
+    event_loop_runner,
     install_error_handlers,
-    run_on_event_loop,
 )
 
 PREFIX = OPENAI_PREFIX
@@ -425,7 +425,7 @@ def test_the_openai_model_list_is_503_in_the_openai_shape_while_loading(http):
         503, openai_error("The model `tiny` is not ready yet.", "ServiceUnavailableError", 503))
 
 
-# --- the event loop KServe's --event_loop names -----------------------------------------------
+# --- the event loop KServe's --event-loop names -----------------------------------------------
 
 
 def _loop_module(event_loop: str) -> str:
@@ -434,7 +434,7 @@ def _loop_module(event_loop: str) -> str:
     async def main() -> None:
         seen.append(type(asyncio.get_running_loop()).__module__)
 
-    run_on_event_loop(event_loop, main())
+    event_loop_runner(event_loop)(main())
     return seen[0]
 
 
@@ -452,5 +452,12 @@ def test_event_loop_uvloop_without_uvloop_is_an_error_and_auto_falls_back(monkey
 
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
     assert _loop_module("auto").startswith("asyncio")
-    with pytest.raises(AimError, match="--event_loop uvloop: uvloop is not installed"):
-        _loop_module("uvloop")
+    with pytest.raises(AimError, match="--event-loop uvloop: uvloop is not installed"):
+        event_loop_runner("uvloop")
+
+
+def test_event_loop_is_kserves_flag_as_users_spell_it():
+    from aim_runtime.serving.startup import serve_parser
+
+    args, rest = serve_parser().parse_known_args(["--event-loop", "asyncio"])
+    assert args.event_loop == "asyncio" and rest == []

@@ -118,8 +118,10 @@ class AimModel(Model):
         self.vllm_engine.monitor = asyncio.create_task(self._watch_engine())
         await self._load_adapters(self.vllm_engine)
         await self._warm_up()
-        log.info("start-up heap frozen for the garbage collector: %d objects",
-                 freeze_startup_heap())
+        frozen_at = time.monotonic()
+        frozen = freeze_startup_heap()
+        log.info("start-up heap frozen for the garbage collector: %d objects (%.2f s)", frozen,
+                 time.monotonic() - frozen_at)
         self.warmed = True
         if self.compile_cache is not None:
             self.compile_cache.mark_complete()

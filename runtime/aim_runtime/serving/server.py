@@ -29,7 +29,7 @@ import re
 import signal
 import socket
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from http import HTTPStatus
 from typing import Any
 
@@ -286,6 +286,7 @@ class AimModelServer(ModelServer):
             self._rest_server.stop_serving()
 
     def start(self, models: list[Any]) -> None:
+        run = event_loop_runner(self.event_loop)  # a refusal before anything is built
         self._register_and_check_atleast_one_model_is_ready(models)
         self._rest_server = AimRESTServer(
             FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
@@ -307,7 +308,7 @@ class AimModelServer(ModelServer):
                 api_keys=self.gate.api_keys)
             self.servers.append(self._grpc_server.start(self.max_threads))
         self.register_signal_handler()
-        run_on_event_loop(self.event_loop, self._serve_on_this_loop())
+        run(self._serve_on_this_loop())
 
     async def _serve_on_this_loop(self) -> None:
         # KServe sets the loop's exception handler and executor before asyncio.run makes a new
@@ -316,29 +317,26 @@ class AimModelServer(ModelServer):
         await self._serve()
 
 
-def run_on_event_loop(event_loop: str, main: Coroutine[Any, Any, None]) -> None:
-    """Run `main` on the event loop KServe's `--event_loop` names: uvloop for `auto` (the
-    default) and `uvloop`, as `vllm serve` runs its server; the standard library's for
+def event_loop_runner(event_loop: str) -> Callable[[Coroutine[Any, Any, None]], None]:
+    """What runs the server on the event loop KServe's `--event-loop` names: uvloop for `auto`
+    (the default) and `uvloop`, as `vllm serve` runs its server; the standard library's for
     `asyncio`.
 
     KServe passes the flag to uvicorn's config, but uvicorn installs a loop only when it runs
     the server itself; KServe runs it inside `asyncio.run`, so its server always ran on the
-    standard loop. Per streamed token uvloop costs the front end less CPU
-    (benchmarks/results/api_servers.md)."""
+    standard loop."""
     if event_loop != "asyncio":
         try:
             import uvloop
         except ImportError as exc:
             if event_loop == "uvloop":
-                main.close()
-                raise AimError("--event_loop uvloop: uvloop is not installed",
-                               "install uvloop, or use --event_loop asyncio") from exc
+                raise AimError("--event-loop uvloop: uvloop is not installed",
+                               "install uvloop, or use --event-loop asyncio") from exc
         else:
-            log.info("event loop: uvloop (--event_loop %s)", event_loop)
-            uvloop.run(main)
-            return
-    log.info("event loop: asyncio (--event_loop %s)", event_loop)
-    asyncio.run(main)
+            log.info("event loop: uvloop (--event-loop %s)", event_loop)
+            return uvloop.run
+    log.info("event loop: asyncio (--event-loop %s)", event_loop)
+    return asyncio.run
 
 
 # --- gRPC ----------------------------------------------------------------------------------------
