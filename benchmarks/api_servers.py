@@ -28,7 +28,7 @@ import argparse
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -76,12 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def parse(argv: list[str] | None) -> Settings:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.api_servers", description=__doc__,
+def parse(argv: list[str] | None, prog: str = "python -m benchmarks.api_servers",
+          description: str | None = __doc__, pairs: bool = True) -> Settings:
+    """The load's settings from the command line (also benchmarks/front_end_profile.py's,
+    which runs one pair and has no --pairs)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("default"),
                         help="model directory (default: the embedded tiny model)")
-    parser.add_argument("--pairs", type=int, default=3)
+    if pairs:
+        parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--input-len", type=int, default=64)
@@ -92,8 +96,8 @@ def parse(argv: list[str] | None) -> Settings:
     args = parser.parse_args(argv)
     if args.smoke:
         args.pairs, args.concurrency, args.prompts, args.output_len = 1, 4, 8, 32
-    return Settings(args.model, args.pairs, args.concurrency, args.prompts, args.input_len,
-                    args.output_len, args.out)
+    return Settings(args.model, getattr(args, "pairs", 1), args.concurrency, args.prompts,
+                    args.input_len, args.output_len, args.out)
 
 
 def measure_pair(count: int, pair: int, settings: Settings, model: Path,
@@ -117,9 +121,17 @@ def server_for(label: str, count: int, model: Path, engine_argv: list[str],
     return aim_server(work, model, *flag, name=MODEL_NAME), "/openai/v1/completions"
 
 
-def measure_one(label: str, count: int, settings: Settings, model: Path,
-                engine_argv: list[str], env: dict[str, str], work: Path) -> dict[str, Any]:
+@contextlib.contextmanager
+def warmed_server(label: str, count: int, settings: Settings, model: Path,
+                  engine_argv: list[str], env: dict[str, str], work: Path,
+                  prepare: Callable[[ServerProcess], None] | None = None,
+                  ) -> Iterator[tuple[ServerProcess, str, list[psutil.Process]]]:
+    """`server_for`'s server started (after `prepare` has seen it), ready, its front ends
+    pinned (`front_ends_pinned`) and warmed by a small load; yields it, its endpoint and its
+    front-end processes, and stops it when the block ends."""
     process, endpoint = server_for(label, count, model, engine_argv, env, work)
+    if prepare is not None:
+        prepare(process)
     process.start()
     try:
         process.wait_ready()
@@ -127,14 +139,21 @@ def measure_one(label: str, count: int, settings: Settings, model: Path,
         with front_ends_pinned(process, frontends):
             _bench(process, endpoint, model, 2, 4, settings, f"warmup-{label}{count}",
                    frontends)
-            before = requests_per_process(process, count) if label == "ours" else None
-            figures = _bench(process, endpoint, model, settings.concurrency, settings.prompts,
-                             settings, f"{label}{count}", frontends)
+            yield process, endpoint, frontends
+    finally:
+        process.stop()
+
+
+def measure_one(label: str, count: int, settings: Settings, model: Path,
+                engine_argv: list[str], env: dict[str, str], work: Path) -> dict[str, Any]:
+    with warmed_server(label, count, settings, model, engine_argv, env, work) as (
+            process, endpoint, frontends):
+        before = requests_per_process(process, count) if label == "ours" else None
+        figures = _bench(process, endpoint, model, settings.concurrency, settings.prompts,
+                         settings, f"{label}{count}", frontends)
         if before is not None:
             after = requests_per_process(process, count)
             figures["requests_per_process"] = [a - b for a, b in zip(after, before, strict=True)]
-    finally:
-        process.stop()
     return figures
 
 

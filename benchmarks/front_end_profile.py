@@ -6,7 +6,7 @@ under the same load.
 Each server runs under cProfile (benchmarks/profiled.py), switched on after start-up and warm-up
 and off when the load ends, so the profile holds the serving alone: the main thread, where both
 run their event loop, the HTTP server, vLLM's OpenAI handlers and its output processing. The API
-server has a core of its own (benchmarks/api_servers.py `front_ends_pinned`), so a function's time
+server has a core of its own (benchmarks/api_servers.py `warmed_server`), so a function's time
 in the profile is close to the CPU it used.
 
 Reported per streamed token: Python function calls (they move little with the machine's load,
@@ -18,7 +18,6 @@ does not (or makes more often). Results go to `results/front_end_profile.{json,m
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pstats
@@ -28,14 +27,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks.api_servers import (
-    Settings,
-    front_ends_pinned,
-    frontend_processes,
-    server_for,
-)
+from benchmarks import api_servers
+from benchmarks.api_servers import Settings
 from benchmarks.run import _bench, machine, plan_engine_args, workspace
-from tests.servers import REPO, ServerProcess
+from tests.servers import ServerProcess
 
 LABELS = ("bare", "ours")
 TOP = 12
@@ -65,47 +60,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parse(argv: list[str] | None) -> Settings:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.front_end_profile",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path("default"),
-                        help="model directory (default: the embedded tiny model)")
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--prompts", type=int, default=256)
-    parser.add_argument("--input-len", type=int, default=64)
-    parser.add_argument("--output-len", type=int, default=128)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    parser.add_argument("--smoke", action="store_true",
-                        help="few prompts: keeps the harness working")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.concurrency, args.prompts, args.output_len = 4, 8, 32
-    return Settings(args.model, 1, args.concurrency, args.prompts, args.input_len,
-                    args.output_len, args.out)
+    return api_servers.parse(argv, prog="python -m benchmarks.front_end_profile",
+                             description=__doc__, pairs=False)
 
 
 def profile_one(label: str, settings: Settings, model: Path, engine_argv: list[str],
                 env: dict[str, str], work: Path) -> dict[str, Any]:
     """One server under load with the profiler on for the load only: its figures (per token)
     and its statistics by function."""
-    process, endpoint = server_for(label, 1, model, engine_argv, env, work)
     dump = work / f"{label}.pstats"
-    module_at = process.command.index("-m") + 1
-    process.command[module_at - 1:module_at + 1] = [
-        "-m", "benchmarks.profiled", str(dump), process.command[module_at]]
-    process.start()
-    try:
-        process.wait_ready()
-        frontends = frontend_processes(process, 1)
-        with front_ends_pinned(process, frontends):
-            _bench(process, endpoint, model, 2, 4, settings, f"warmup-{label}", frontends)
-            os.kill(process.process.pid, signal.SIGUSR2)
-            figures = _bench(process, endpoint, model, settings.concurrency, settings.prompts,
-                             settings, label, frontends)
-            os.kill(process.process.pid, signal.SIGUSR2)
+
+    def under_profiler(process: ServerProcess) -> None:  # python -m benchmarks.profiled ...
+        module_at = process.command.index("-m") + 1
+        process.command[module_at - 1:module_at + 1] = [
+            "-m", "benchmarks.profiled", str(dump), process.command[module_at]]
+
+    with api_servers.warmed_server(label, 1, settings, model, engine_argv, env, work,
+                                   prepare=under_profiler) as (process, endpoint, frontends):
+        os.kill(process.process.pid, signal.SIGUSR2)
+        figures = _bench(process, endpoint, model, settings.concurrency, settings.prompts,
+                         settings, label, frontends)
+        os.kill(process.process.pid, signal.SIGUSR2)
         stats = _wait_for_dump(dump, process)
-    finally:
-        process.stop()
     tokens = figures["total_output_tokens"]
     return {"stats": stats, "figures": {
         "tokens": tokens, "requests": figures["completed"],
