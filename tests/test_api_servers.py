@@ -178,6 +178,22 @@ def test_both_api_servers_serve_and_metrics_aggregate_them(pod):
 
 
 @serving
+def test_every_response_names_the_recipe_once(pod):
+    """Without an access log the header is uvicorn's default one: on KServe's routes, on vLLM's
+    (streamed too) and on the gate's refusals alike."""
+    url = pod.url + "/openai/v1/completions"
+    with httpx.Client(timeout=60) as client:
+        responses = [client.get(pod.url + "/v2/health/live"), client.get(pod.url + "/metrics"),
+                     client.post(url, json=SHORT), client.post(url, json=SHORT, headers=AUTH)]
+        with client.stream("POST", url, json=STREAM, headers=AUTH) as stream:
+            responses.append(stream)
+    assert [r.status_code for r in responses] == [200, 200, 401, 200, 200]
+    for response in responses:
+        assert response.headers.get_list("x-aim-recipe") == ["aim-tiny-random-cpu"], \
+            response.url
+
+
+@serving
 def test_one_exposition_for_the_pod_with_the_supervisor_s_phases(pod):
     text = httpx.get(pod.url + "/metrics", timeout=10).text
     types = re.findall(r"^# TYPE (\S+)", text, flags=re.M)

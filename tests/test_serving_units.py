@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady, ServerNotReady
 from kserve.protocol.infer_type import InferInput, InferRequest
@@ -30,6 +30,7 @@ from aim_runtime.serving.model import (
 )
 from aim_runtime.serving.server import (
     OpenAIApplication,
+    VllmFastPath,
     add_generate_routes,
     event_loop_runner,
     install_error_handlers,
@@ -423,6 +424,55 @@ def test_the_openai_model_list_is_503_in_the_openai_shape_while_loading(http):
     response = http.get(f"{PREFIX}/v1/models")
     assert (response.status_code, response.json()) == (
         503, openai_error("The model `tiny` is not ready yet.", "ServiceUnavailableError", 503))
+
+
+# --- the fast path to vLLM's application ---------------------------------------------------------
+
+
+def fast_path_client(root_routes: bool) -> TestClient:
+    """VllmFastPath over two small applications standing in for KServe's and vLLM's: each
+    answers which one it is and the path its own router saw."""
+    started: list[str] = []
+
+    def application(name: str, paths: list[str]) -> FastAPI:
+        app = FastAPI(on_startup=[lambda: started.append(name)])
+        for path in paths:
+            async def where(request: Request, path: str = path) -> dict:
+                return {"app": name, "route": path, "root_path": request.scope["root_path"]}
+            app.add_api_route(path, where, methods=["GET", "POST"])
+        return app
+
+    kserve = application("kserve", ["/v1/models/{name}:predict", "/v1/models/{name}", "/v2/x",
+                                    "/tokenize", "/openai"])
+    vllm = application("vllm", ["/v1/models", "/v1/completions", "/tokenize"])
+    client = TestClient(VllmFastPath(kserve, vllm, root_routes))
+    client.started = started  # type: ignore[attr-defined]
+    return client
+
+
+@pytest.mark.parametrize(("root_routes", "path", "app", "route", "root_path"), [
+    (False, f"{PREFIX}/v1/completions", "vllm", "/v1/completions", PREFIX),
+    (False, f"{PREFIX}/v1/models", "vllm", "/v1/models", PREFIX),
+    (False, "/v1/models/tiny", "kserve", "/v1/models/{name}", ""),
+    (False, "/v2/x", "kserve", "/v2/x", ""),
+    (False, PREFIX, "kserve", "/openai", ""),  # the prefix alone is no route of vLLM's
+    (True, "/v1/completions", "vllm", "/v1/completions", ""),
+    (True, "/v1/models", "vllm", "/v1/models", ""),
+    (True, f"{PREFIX}/v1/completions", "vllm", "/v1/completions", PREFIX),
+    (True, "/v1/models/tiny", "kserve", "/v1/models/{name}", ""),  # KServe's v1 protocol
+    (True, "/v1/models/tiny:predict", "kserve", "/v1/models/{name}:predict", ""),
+    (True, "/tokenize", "kserve", "/tokenize", ""),  # vLLM's through KServe's root mount
+])
+def test_the_fast_path_sends_vllm_routes_to_vllm_as_if_mounted(root_routes, path, app, route,
+                                                                root_path):
+    response = fast_path_client(root_routes).post(path)
+    assert response.json() == {"app": app, "route": route, "root_path": root_path}
+
+
+def test_the_fast_path_leaves_the_lifespan_to_kserve():
+    client = fast_path_client(False)
+    with client:
+        assert client.started == ["kserve"]  # type: ignore[attr-defined]
 
 
 # --- the event loop KServe's --event-loop names -----------------------------------------------

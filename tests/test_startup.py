@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,24 +131,50 @@ def test_start_up_needs_no_kserve_openai_layer(clean_env, tiny_model, monkeypatc
     assert prepared.model.openai_app is None  # vLLM's application comes with the engine
 
 
-def test_the_middleware_stack_is_ours_without_kserve_timing(tiny_model):
-    """KServe's TimingMiddleware (route re-matching, CPU timing, trace logs per request) is left
-    out of the serving path; the gate and the recipe header are in."""
+def listener_of(tiny_model: Path, access_log_format: str | None = None) -> tuple[Any, Any, Any]:
+    """(REST server, its KServe FastAPI application, what uvicorn serves) over an engine-less
+    model."""
     from fastapi import FastAPI
 
-    from aim_runtime.serving.gate import GateSettings, RequestGate
+    from aim_runtime.serving.gate import GateSettings
     from aim_runtime.serving.model import AimModel
-    from aim_runtime.serving.server import AimRESTServer, RecipeHeaderMiddleware, WholeBodyIsJson
+    from aim_runtime.serving.server import AimRESTServer
 
     prepared = startup.prepare(["--model_dir", str(tiny_model), "--enable_grpc", "false"])
     rest = AimRESTServer("kserve.model_server:app", prepared.server.dataplane,
                          prepared.server.model_repository_extension, 0, host="127.0.0.1",
-                         recipe_id="r", model=AimModel("tiny", [], {}), gate=GateSettings())
+                         recipe_id="r", model=AimModel("tiny", [], {}), gate=GateSettings(),
+                         access_log_format=access_log_format)
     app = FastAPI()
     rest._add_middlewares(app)
-    names = [entry.cls.__name__ for entry in app.user_middleware]
-    assert names == [RecipeHeaderMiddleware.__name__, RequestGate.__name__,
-                     WholeBodyIsJson.__name__]
+    return rest, app, rest.listener_app(app)
+
+
+def test_the_middleware_stack_is_ours_without_kserve_timing(tiny_model):
+    """KServe's TimingMiddleware (route re-matching, CPU timing, trace logs per request) is left
+    out of the serving path; the gate is in, and vLLM's routes skip KServe's stack."""
+    from aim_runtime.serving.gate import RequestGate
+    from aim_runtime.serving.server import OpenAIApplication, VllmFastPath, WholeBodyIsJson
+
+    rest, app, served = listener_of(tiny_model)
+    assert [entry.cls.__name__ for entry in app.user_middleware] == [
+        RequestGate.__name__, WholeBodyIsJson.__name__]
+    assert isinstance(served, VllmFastPath) and served.kserve_app is app
+    assert isinstance(served.openai, RequestGate)
+    assert isinstance(served.openai.app, OpenAIApplication)
+    assert rest.config.headers == [("x-aim-recipe", "r")]  # uvicorn's, on every response
+
+
+def test_with_an_access_log_the_recipe_header_is_where_the_log_reads_it(tiny_model):
+    from asgi_logger import AccessLoggerMiddleware
+
+    from aim_runtime.serving.server import RecipeHeaderMiddleware, VllmFastPath
+
+    rest, _, served = listener_of(tiny_model, "%(s)s recipe=%({x-aim-recipe}o)s")
+    assert isinstance(served, AccessLoggerMiddleware)
+    assert isinstance(served.app, RecipeHeaderMiddleware)
+    assert isinstance(served.app.app, VllmFastPath)
+    assert rest.config.headers == []  # not twice
 
 
 def test_model_id_without_hub_access_is_a_clear_error(tmp_path):

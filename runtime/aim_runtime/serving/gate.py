@@ -30,7 +30,8 @@ OPEN_PATHS = re.compile(
     r"^/(?:metrics|health|v2/health/(?:live|ready)|v2/models/[^/]+/ready)?$")
 OPENAI_PREFIX = "/openai"  # KServe's prefix for OpenAI routes
 # KServe's own routes; with root routes every other path is vLLM's.
-KSERVE_PATHS = re.compile(r"^/(?:v2(?:/.*)?|v1/models/[^/]+:(?:predict|explain)|metrics)?$")
+KSERVE_PATHS = re.compile(
+    r"^/(?:v2(?:/.*)?|v1/models/[^/]+(?::(?:predict|explain))?|metrics)?$")
 RETRY_AFTER_SECONDS = 1
 
 

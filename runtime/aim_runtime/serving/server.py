@@ -8,10 +8,11 @@
   client mistake.
 - The v2 generate extension (`/generate`, `/generate_stream`) is added.
 - Every response names the recipe in `x-aim-recipe`, so canary versions can be told apart.
-- The OpenAI surface is vLLM's own application (serving/vllm_adapter.py), mounted under
+- The OpenAI surface is vLLM's own application (serving/vllm_adapter.py), served under
   `/openai` (KServe's prefix: `/openai/v1/chat/completions`...) and, with `--openai-root-routes`,
   at the root exactly where `vllm serve` serves it (`/v1/...`, `/tokenize`, `/health`...). Until
-  the engine is loaded those paths answer 503 in OpenAI's shape.
+  the engine is loaded those paths answer 503 in OpenAI's shape. Its hot paths bypass KServe's
+  FastAPI stack (`VllmFastPath`), so a streamed token costs what it costs under `vllm serve`.
 
 `GET /v1/models` belongs to two protocols: KServe's v1 (a list of model names) and OpenAI's (the
 models with their metadata). Without root routes it is KServe's; with them it is OpenAI's, which is
@@ -58,6 +59,7 @@ from aim_runtime.errors import AimError
 from aim_runtime.serving import metrics
 from aim_runtime.serving.front_ends import FrontEnd
 from aim_runtime.serving.gate import (
+    KSERVE_PATHS,
     OPENAI_PREFIX,
     GateSettings,
     GateState,
@@ -179,9 +181,27 @@ class AimRESTServer(RESTServer):
         await self._server.serve(sockets=[self.sock] if self.sock is not None else None)
 
     def create_application(self) -> None:
+        """KServe's FastAPI application with our routes, behind the listener's application
+        (`listener_app`), which uvicorn serves."""
         super().create_application()
+        self.config.app = self.listener_app(import_from_string(FASTAPI_APP_IMPORT_STRING))
         if self.sock is not None:  # one of several API servers: warm this one, in process
-            self.aim_model.warmup_app = import_from_string(FASTAPI_APP_IMPORT_STRING)
+            self.aim_model.warmup_app = self.config.app
+
+    def listener_app(self, kserve_app: FastAPI) -> Any:
+        """What uvicorn serves: vLLM's routes straight to vLLM's application through the gate
+        (`VllmFastPath`), everything else to KServe's. The recipe header is uvicorn's default
+        response header, added once per response where it writes the status line; with an
+        access log it is a middleware instead, inside the log, which reads it from the
+        response (asgi-logger sees only the application's headers)."""
+        openai = RequestGate(OpenAIApplication(self.aim_model), settings=self.gate_settings,
+                             state=self.gate_state, root_routes=self.openai_root_routes)
+        app: Any = VllmFastPath(kserve_app, openai, self.openai_root_routes)
+        if not self.access_log_format:
+            self.config.headers = [(RECIPE_HEADER, self.recipe_id)]
+            return app
+        return access_logged(RecipeHeaderMiddleware(app, self.recipe_id),
+                             self.access_log_format)
 
     async def metrics(self, request: Request) -> Response:
         """Prometheus exposition of every series: this process's, or the pod's when several
@@ -210,35 +230,32 @@ class AimRESTServer(RESTServer):
                              if not getattr(r, "path", "").startswith("/v2/repository")
                              and getattr(r, "path", "") != "/metrics"]
         app.add_api_route("/metrics", self.metrics, methods=["GET"])
-        openai = OpenAIApplication(self.aim_model)
-        app.mount(OPENAI_PREFIX, openai)
         if self.openai_root_routes:
             # vLLM's /health, for probes that know `vllm serve` (LLMInferenceService presets):
             # 200 once loaded and warmed, 503 with the reason otherwise (also while draining).
             app.add_api_route("/health", self.dataplane_ready, methods=["GET"])
-            # `vllm serve`'s paths at the root; OpenAI's GET /v1/models wins over KServe's v1.
+            # `vllm serve`'s paths at the root: those under /v1 take the fast path (GET
+            # /v1/models is OpenAI's, not KServe's v1), the rest (`/tokenize`, `/ping`...) this
+            # mount, behind KServe's own routes.
             app.router.routes = [r for r in app.router.routes
                                  if getattr(r, "path", None) != "/v1/models"]
-            app.mount("", openai)
+            app.mount("", OpenAIApplication(self.aim_model))
 
     def _add_exception_handlers(self, app: FastAPI) -> None:
         super()._add_exception_handlers(app)
         install_error_handlers(app, self.openai_root_routes)
 
     def _add_middlewares(self, app: FastAPI) -> None:
-        """Our gate and header, and the access log when `--access_log_format` asks for one
-        (outermost, so that requests the gate refuses are logged too). KServe's own
-        TimingMiddleware is left out on purpose: per request it re-matches the route table to
-        name a metric, measures CPU time and writes two `kserve.trace` log lines, which cost ~6%
-        of the front end's CPU under streaming load (py-spy, see the README's Performance
-        section). Request latencies are in vLLM's Prometheus histograms
-        (`vllm:e2e_request_latency_seconds`, `vllm:time_to_first_token_seconds`)."""
+        """Our gate (the recipe header and the access log are the listener's, see
+        `listener_app`). KServe's own TimingMiddleware is left out on purpose: per request it
+        re-matches the route table to name a metric, measures CPU time and writes two
+        `kserve.trace` log lines, which cost ~6% of the front end's CPU under streaming load
+        (py-spy, see the README's Performance section). Request latencies are in vLLM's
+        Prometheus histograms (`vllm:e2e_request_latency_seconds`,
+        `vllm:time_to_first_token_seconds`)."""
         app.add_middleware(WholeBodyIsJson)
         app.add_middleware(RequestGate, settings=self.gate_settings, state=self.gate_state,
                            root_routes=self.openai_root_routes)
-        app.add_middleware(RecipeHeaderMiddleware, recipe_id=self.recipe_id)
-        if self.access_log_format:
-            add_access_log(app, self.access_log_format)
 
 
 class AimModelServer(ModelServer):
@@ -415,28 +432,16 @@ class AimGRPCServer(GRPCServer):
         await self._server.wait_for_termination()
 
 
-def add_access_log(app: FastAPI, log_format: str) -> None:
+def access_logged(app: Any, log_format: str) -> Any:
     """`--access_log_format`: one line per request on stdout in asgi-logger's format (e.g.
-    `%(h)s "%(r)s" %(s)s %(M)sms`); uvicorn's own access handlers are cleared so that no line is
-    written twice."""
+    `%(h)s "%(r)s" %(s)s %(M)sms`), for every request, the gate's refusals included. uvicorn's
+    own access handlers are cleared so that no line is written twice."""
     from asgi_logger import AccessLoggerMiddleware
 
     logging.getLogger("uvicorn.access").handlers = []
-    app.add_middleware(PrivateScope)
-    app.add_middleware(AccessLoggerMiddleware, format=log_format)
+    logged = AccessLoggerMiddleware(app, format=log_format)
     logging.getLogger("access").propagate = False
-
-
-class PrivateScope:
-    """Hands the application below a copy of the request's scope. Starlette's routing updates
-    the scope in place when it enters a mount (`root_path` grows by `/openai`), which would make
-    the access log above it write the mounted prefix twice."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        await self.app(dict(scope), receive, send)
+    return logged
 
 
 V2_INFER_PATH = re.compile(r"^/v2/models/[^/]+(?:/versions/[^/]+)?/infer$")
@@ -512,6 +517,53 @@ def add_generate_routes(app: FastAPI, model: AimModel) -> None:
                       tags=["V2"])
     app.add_api_route("/v2/models/{model_name}/generate_stream", generate_stream,
                       methods=["POST"], tags=["V2"])
+
+
+class VllmFastPath:
+    """The listener's application: requests for vLLM's OpenAI routes go through the gate
+    (`openai`) straight to vLLM's application, as if mounted at their prefix; all others to
+    KServe's FastAPI application (`kserve_app`).
+
+    Why not KServe's mount alone: a streamed response passes every chunk through each layer
+    above the mount (Starlette's error and exception middleware), and every request is matched
+    against KServe's route table first. Skipping them brings the front end's CPU per streamed
+    token to `vllm serve`'s (benchmarks/results/front_end_profile.md). Errors keep their shape:
+    the gate answers its refusals in OpenAI's shape, and vLLM's application has its own error
+    handlers, as under `vllm serve`."""
+
+    def __init__(self, kserve_app: Any, openai: Any, root_routes: bool) -> None:
+        self.kserve_app = kserve_app
+        self.openai = openai
+        self.root_routes = root_routes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            prefix = vllm_mount_point(route_path(scope), self.root_routes)
+            if prefix is not None:
+                root_path = scope.get("root_path", "")
+                await self.openai({**scope, "app_root_path": scope.get("app_root_path", root_path),
+                                   "root_path": root_path + prefix}, receive, send)
+                return
+        await self.kserve_app(scope, receive, send)
+
+
+def vllm_mount_point(path: str, root_routes: bool) -> str | None:
+    """Where vLLM's application is mounted for this request path, if the fast path takes it:
+    `/openai` for KServe's OpenAI prefix; with root routes, the root for the paths under `/v1`
+    that are not KServe's v1 protocol. (Other root paths of vLLM's, like `/tokenize`, reach it
+    through KServe's application.)"""
+    if path.startswith(OPENAI_PREFIX + "/"):
+        return OPENAI_PREFIX
+    if root_routes and path.startswith("/v1/") and not KSERVE_PATHS.match(path):
+        return ""
+    return None
+
+
+def route_path(scope: dict) -> str:
+    """The request's path below the server's root path (uvicorn's `--root-path`)."""
+    path: str = scope["path"]
+    root_path = scope.get("root_path", "")
+    return path[len(root_path):] if root_path and path.startswith(root_path + "/") else path
 
 
 class OpenAIApplication:
