@@ -35,6 +35,7 @@ from tests.servers import ServerProcess
 LABELS = ("bare", "ours")
 TOP = 12
 DUMP_TIMEOUT_SECONDS = 30.0
+ENGINE_OUTPUTS_FUNCTION = ("vllm/v1/engine/output_processor.py:", "(process_outputs)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +88,7 @@ def profile_one(label: str, settings: Settings, model: Path, engine_argv: list[s
         "tokens": tokens, "requests": figures["completed"],
         "cpu_ms_per_token": figures["frontend_cpu_ms_per_token"],
         "calls_per_token": round(stats.total_calls / tokens, 1),
+        "engine_outputs_per_token": round(engine_outputs(stats) / tokens, 4),
         "profiled_ms_per_token": round(1000 * stats.total_tt / tokens, 4),
         "top": top_functions(stats, tokens)}}
 
@@ -122,6 +124,14 @@ def _by_function(stats: pstats.Stats) -> dict[str, tuple[int, float]]:
     return merged
 
 
+def engine_outputs(stats: pstats.Stats) -> int:
+    """How many batches of outputs the engine sent (vLLM's OutputProcessor.process_outputs
+    calls): fewer, fuller batches cost the front end less per token, whoever serves them."""
+    return sum(calls for name, (calls, _) in _by_function(stats).items()
+               if name.startswith(ENGINE_OUTPUTS_FUNCTION[0])
+               and name.endswith(ENGINE_OUTPUTS_FUNCTION[1]))
+
+
 def top_functions(stats: pstats.Stats, tokens: int) -> list[dict[str, Any]]:
     """The functions with the most own time, per token."""
     rows = sorted(_by_function(stats).items(), key=lambda item: -item[1][1])[:TOP]
@@ -153,14 +163,19 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"/ {settings['output_len']} out tokens, streamed; cProfile on the main thread during "
         "the load only, the API server on a core of its own.",
         "",
-        "| server | Python calls per token | profiled µs per token | process CPU µs per token |",
-        "|---|---|---|---|",
+        "| server | Python calls per token | profiled µs per token | process CPU µs per token "
+        "| engine output batches per token |",
+        "|---|---|---|---|---|",
     ]
     for label in LABELS:
         run = runs[label]
         lines.append(f"| {'vllm serve' if label == 'bare' else 'aim-runtime'} "
                      f"| {run['calls_per_token']} | {1000 * run['profiled_ms_per_token']:.1f} "
-                     f"| {1000 * run['cpu_ms_per_token']:.1f} |")
+                     f"| {1000 * run['cpu_ms_per_token']:.1f} "
+                     f"| {run.get('engine_outputs_per_token', 'n/a')} |")
+    lines += ["", "Each batch of engine outputs costs the front end a fixed amount (decoding the "
+              "message, output processing, stats), so a run whose engine steps carried fewer "
+              "tokens costs more per token on either server."]
     lines += ["", "What ours calls more often than bare vLLM, by the time of the extra calls:", "",
               "| function | extra calls per token | µs per token |", "|---|---|---|"]
     lines += [f"| `{row['function']}` | {row['extra_calls_per_token']} "
