@@ -77,15 +77,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parse(argv: list[str] | None, prog: str = "python -m benchmarks.api_servers",
-          description: str | None = __doc__, pairs: bool = True) -> Settings:
-    """The load's settings from the command line (also benchmarks/front_end_profile.py's,
-    which runs one pair and has no --pairs)."""
+          description: str | None = __doc__) -> Settings:
+    """The load's settings from the command line (also benchmarks/front_end_profile.py's)."""
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("default"),
                         help="model directory (default: the embedded tiny model)")
-    if pairs:
-        parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--input-len", type=int, default=64)
@@ -96,7 +94,7 @@ def parse(argv: list[str] | None, prog: str = "python -m benchmarks.api_servers"
     args = parser.parse_args(argv)
     if args.smoke:
         args.pairs, args.concurrency, args.prompts, args.output_len = 1, 4, 8, 32
-    return Settings(args.model, getattr(args, "pairs", 1), args.concurrency, args.prompts,
+    return Settings(args.model, args.pairs, args.concurrency, args.prompts,
                     args.input_len, args.output_len, args.out)
 
 

@@ -1,7 +1,8 @@
 """Where the front end's time goes: ours and bare `vllm serve`, one API server each, profiled
 under the same load.
 
-    python -m benchmarks.front_end_profile [--concurrency 16] [--prompts 256] [--smoke]
+    python -m benchmarks.front_end_profile [--pairs 3] [--concurrency 16] [--prompts 256]
+                                           [--smoke]
 
 Each server runs under cProfile (benchmarks/profiled.py), switched on after start-up and warm-up
 and off when the load ends, so the profile holds the serving alone: the main thread, where both
@@ -9,11 +10,14 @@ run their event loop, the HTTP server, vLLM's OpenAI handlers and its output pro
 server has a core of its own (benchmarks/api_servers.py `warmed_server`), so a function's time
 in the profile is close to the CPU it used.
 
-Reported per streamed token: Python function calls (they move little with the machine's load,
-unlike times; vLLM merges the deltas of a lagging front end, so not at all is too strong),
-profiled time, and the CPU time the kernel counted for the
-process; the functions that take the most time in each; and the calls ours makes that bare vLLM
-does not (or makes more often). Results go to `results/front_end_profile.{json,md}`.
+The servers take turns, pair after pair (bare first in even pairs, ours first in odd ones): on
+a shared machine one run's times can be a third off the next one's, for both servers alike.
+Reported per streamed token, over all pairs: Python function calls (they move little with the
+machine's load, unlike times; vLLM merges the deltas of a lagging front end, so not at all is too
+strong), profiled time, the engine's output batches, and the CPU time the kernel counted for the
+process (the pairs' median); each pair's figures; the functions that take the most time in each;
+and the calls ours makes that bare vLLM does not (or makes more often). Results go to
+`results/front_end_profile.{json,md}`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import os
 import pstats
 import signal
+import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,14 +48,21 @@ def main(argv: list[str] | None = None) -> int:
     settings.out.mkdir(parents=True, exist_ok=True)
     with workspace("aim-profile-", settings.model) as (work, model):
         engine_argv, env, _ = plan_engine_args(model, [])
-        runs = {label: profile_one(label, settings, model, engine_argv, env, work)
-                for label in LABELS}
+        pairs: dict[str, list[dict[str, Any]]] = {label: [] for label in LABELS}
+        for pair in range(settings.pairs):
+            for label in LABELS if pair % 2 == 0 else LABELS[::-1]:
+                pairs[label].append(profile_one(label, pair, settings, model, engine_argv,
+                                                env, work))
+        runs = {label: combined(profiles) for label, profiles in pairs.items()}
         results = {
             "machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "settings": {"model": str(model), "concurrency": settings.concurrency,
+            "settings": {"model": str(model), "pairs": settings.pairs,
+                         "concurrency": settings.concurrency,
                          "prompts": settings.prompts, "input_len": settings.input_len,
                          "output_len": settings.output_len, "engine_args": engine_argv},
             "runs": {label: run["figures"] for label, run in runs.items()},
+            "pairs": [{label: pairs[label][pair]["figures"] for label in LABELS}
+                      for pair in range(settings.pairs)],
             "extra_in_ours": extra_calls(runs["ours"]["stats"], runs["bare"]["stats"],
                                          runs["ours"]["figures"]["tokens"]),
         }
@@ -62,14 +74,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def parse(argv: list[str] | None) -> Settings:
     return api_servers.parse(argv, prog="python -m benchmarks.front_end_profile",
-                             description=__doc__, pairs=False)
+                             description=__doc__)
 
 
-def profile_one(label: str, settings: Settings, model: Path, engine_argv: list[str],
+def profile_one(label: str, pair: int, settings: Settings, model: Path, engine_argv: list[str],
                 env: dict[str, str], work: Path) -> dict[str, Any]:
     """One server under load with the profiler on for the load only: its figures (per token)
     and its statistics by function."""
-    dump = work / f"{label}.pstats"
+    dump = work / f"{label}-{pair}.pstats"
 
     def under_profiler(process: ServerProcess) -> None:  # python -m benchmarks.profiled ...
         module_at = process.command.index("-m") + 1
@@ -83,14 +95,31 @@ def profile_one(label: str, settings: Settings, model: Path, engine_argv: list[s
                          settings, label, frontends)
         os.kill(process.process.pid, signal.SIGUSR2)
         stats = _wait_for_dump(dump, process)
-    tokens = figures["total_output_tokens"]
-    return {"stats": stats, "figures": {
-        "tokens": tokens, "requests": figures["completed"],
-        "cpu_ms_per_token": figures["frontend_cpu_ms_per_token"],
-        "calls_per_token": round(stats.total_calls / tokens, 1),
-        "engine_outputs_per_token": round(engine_outputs(stats) / tokens, 4),
-        "profiled_ms_per_token": round(1000 * stats.total_tt / tokens, 4),
-        "top": top_functions(stats, tokens)}}
+    return {"stats": stats, "figures": per_token(stats, figures["total_output_tokens"],
+                                                 figures["completed"],
+                                                 figures["frontend_cpu_ms_per_token"])}
+
+
+def per_token(stats: pstats.Stats, tokens: int, requests: int,
+              cpu_ms_per_token: float) -> dict[str, Any]:
+    """A profile's figures per streamed token."""
+    return {"tokens": tokens, "requests": requests, "cpu_ms_per_token": cpu_ms_per_token,
+            "calls_per_token": round(stats.total_calls / tokens, 1),
+            "engine_outputs_per_token": round(engine_outputs(stats) / tokens, 4),
+            "profiled_ms_per_token": round(1000 * stats.total_tt / tokens, 4),
+            "top": top_functions(stats, tokens)}
+
+
+def combined(profiles: list[dict[str, Any]]) -> dict[str, Any]:
+    """One server's pairs as one: the statistics summed (function tables, extra calls), the
+    figures per token over all of them, the CPU per token the pairs' median."""
+    stats = profiles[0]["stats"]
+    for profile in profiles[1:]:
+        stats.add(profile["stats"])
+    figures = [profile["figures"] for profile in profiles]
+    return {"stats": stats, "figures": per_token(
+        stats, sum(f["tokens"] for f in figures), sum(f["requests"] for f in figures),
+        statistics.median(f["cpu_ms_per_token"] for f in figures))}
 
 
 def _wait_for_dump(dump: Path, process: ServerProcess) -> pstats.Stats:
@@ -158,7 +187,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "# Where the front end's time goes: ours and bare `vllm serve`, one API server",
         "",
         f"{results['date']} · {machine_['cpu']}, {machine_['cores']} cores, {machine_['gpu']} · "
-        f"vllm {machine_['vllm']}, kserve {machine_['kserve']} · concurrency "
+        f"vllm {machine_['vllm']}, kserve {machine_['kserve']} · {settings['pairs']} pair(s), "
+        "concurrency "
         f"{settings['concurrency']}, {settings['prompts']} prompts of {settings['input_len']} in "
         f"/ {settings['output_len']} out tokens, streamed; cProfile on the main thread during "
         "the load only, the API server on a core of its own.",
@@ -175,7 +205,17 @@ def render_markdown(results: dict[str, Any]) -> str:
                      f"| {run.get('engine_outputs_per_token', 'n/a')} |")
     lines += ["", "Each batch of engine outputs costs the front end a fixed amount (decoding the "
               "message, output processing, stats), so a run whose engine steps carried fewer "
-              "tokens costs more per token on either server."]
+              "tokens costs more per token on either server.", "",
+              "Each pair, ours over bare:", "",
+              "| pair | process CPU per token | Python calls per token | engine output batches "
+              "per token |", "|---|---|---|---|"]
+    for index, pair in enumerate(results["pairs"]):
+        ours, bare = pair["ours"], pair["bare"]
+        lines.append(" | ".join([
+            f"| {index + 1}",
+            *(f"{ours[key]:.4g} / {bare[key]:.4g} ({ours[key] / bare[key]:.3f})"
+              for key in ("cpu_ms_per_token", "calls_per_token", "engine_outputs_per_token")),
+        ]) + " |")
     lines += ["", "What ours calls more often than bare vLLM, by the time of the extra calls:", "",
               "| function | extra calls per token | µs per token |", "|---|---|---|"]
     lines += [f"| `{row['function']}` | {row['extra_calls_per_token']} "

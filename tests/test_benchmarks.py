@@ -80,4 +80,6 @@ def test_smoke_front_end_profile_writes_both_profiles(tmp_path):
         assert run["calls_per_token"] > 0 and run["profiled_ms_per_token"] > 0
         assert 0 < run["engine_outputs_per_token"] <= 1
         assert any("uvicorn" in row["function"] for row in run["top"])  # the HTTP server's send
-    assert "| server | Python calls per token |" in (out / "front_end_profile.md").read_text()
+    markdown = (out / "front_end_profile.md").read_text()
+    assert "| server | Python calls per token |" in markdown
+    assert len(results["pairs"]) == 1 and "\n| 1 | " in markdown
