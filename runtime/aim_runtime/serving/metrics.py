@@ -258,15 +258,21 @@ def scrape_registry() -> CollectorRegistry:
     return registry
 
 
+PROGRESS_SERIES = ("vllm:num_requests_running", "vllm:generation_tokens_total")
+
+
 def engine_progress() -> tuple[float, float]:
-    """(requests running, tokens generated so far), summed from vLLM's own series in this
-    process's registry: what the stall watch compares between two looks."""
+    """(requests running, tokens generated so far), summed from vLLM's own series: what the
+    stall watch compares between two looks. In one process only those two series are collected,
+    not the whole registry (several hundred samples, every few seconds while serving)."""
+    registry = series_registry()
+    source = registry.restricted_registry(PROGRESS_SERIES) if registry is REGISTRY else registry
     running = generated = 0.0
-    for family in series_registry().collect():
+    for family in source.collect():
         for sample in family.samples:
-            if sample.name == "vllm:num_requests_running":
+            if sample.name == PROGRESS_SERIES[0]:
                 running += sample.value
-            elif sample.name == "vllm:generation_tokens_total":
+            elif sample.name == PROGRESS_SERIES[1]:
                 generated += sample.value
     return running, generated
 
