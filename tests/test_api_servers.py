@@ -1,9 +1,10 @@
 """Several API server processes over one set of engine cores (serving/front_ends.py).
 
-The count's rules are checked against vLLM's own parser; the rest on the real CPU engine with two
-API server processes, watched from outside: both serve requests, /metrics aggregates them,
-admission and API keys hold for the pod, gRPC v2 answers, SIGTERM drains both, and the death of
-one process fails liveness and the pod."""
+The count's rules are checked against vLLM's own parser; the rest on the real CPU engine with
+data parallelism 2 (two engine ranks, hence two API server processes), watched from outside: both
+processes and both ranks serve requests, /metrics aggregates them, admission and API keys hold
+for the pod, gRPC v2 answers, SIGTERM drains both; and, with two API servers over one rank, the
+death of any process fails liveness and the pod."""
 
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ def test_readiness_waits_for_every_api_server_and_liveness_follows_the_pod():
     assert asyncio.run(plane.live()) == {"status": "dead"}
 
 
-# --- two API server processes on the CPU engine ---------------------------------------------
+# --- data parallelism 2 on the CPU engine: two engine ranks, two API server processes --------
 
 
 serving = pytest.mark.serving
@@ -125,12 +126,13 @@ serving = pytest.mark.serving
 
 @pytest.fixture(scope="module")
 def pod(work_dir, tiny_model):
-    """Two API server processes, an API key, gRPC on, and an admission limit of 2 for the pod
-    (max_num_seqs 2, nothing queued)."""
+    """Data parallelism 2 as vLLM's CPU build runs it (two engine cores), hence two API server
+    processes by default; an API key, gRPC on, and an admission limit of 2 for the pod
+    (max_num_seqs 1 on each rank, nothing queued)."""
     grpc_port = free_port()
-    process = aim_server(work_dir, tiny_model, "--api-server-count", "2", "--max-num-seqs", "2",
-                         "--max-queued-requests", "0", "--enable_grpc", "true", "--grpc_port",
-                         str(grpc_port), env={"AIM_API_KEY": KEY}).start()
+    process = aim_server(work_dir, tiny_model, "--data-parallel-size", "2", "--max-num-seqs",
+                         "1", "--max-queued-requests", "0", "--enable_grpc", "true",
+                         "--grpc_port", str(grpc_port), env={"AIM_API_KEY": KEY}).start()
     process.grpc_port = grpc_port
     try:
         yield process.wait_ready()
@@ -160,10 +162,13 @@ def post_concurrently(url: str, count: int, body: dict, headers: dict) -> list[i
 
 
 @serving
-def test_both_api_servers_serve_and_metrics_aggregate_them(pod):
+def test_both_api_servers_and_both_engine_ranks_serve_and_metrics_aggregate_them(pod):
     assert len(api_servers(pod)) == 2
+    assert len([p for p in psutil.Process(pod.process.pid).children(recursive=True)
+                if "EngineCore_DP" in " ".join(p.cmdline())]) == 2
     url = pod.url + "/openai/v1/completions"
     before = {s: metric(pod.url, "aim_api_server_requests_total", server=s) for s in "01"}
+    by_engine = {e: metric(pod.url, "vllm:request_success_total", engine=e) for e in "01"}
     succeeded_before = metric(pod.url, "vllm:request_success_total")
     statuses = []
     for _ in range(10):  # two at a time: the pod's admission limit
@@ -174,6 +179,11 @@ def test_both_api_servers_serve_and_metrics_aggregate_them(pod):
     assert served["0"] > 0 and served["1"] > 0, served
     assert served["0"] + served["1"] == 20
     assert metric(pod.url, "vllm:request_success_total") - succeeded_before == 20
+    ranks = {e: metric(pod.url, "vllm:request_success_total", engine=e) - by_engine[e]
+             for e in "01"}
+    assert ranks["0"] > 0 and ranks["1"] > 0, ranks
+    assert "plan: front end: 2 API server processes (one per data-parallel rank" in \
+        pod.log_path.read_text()
     assert "answered 503" not in pod.log_path.read_text()  # the warm-ups shared the limit
 
 

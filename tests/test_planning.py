@@ -254,6 +254,32 @@ def test_cpu_plan_uses_the_cpu_recipe(catalog, models):
     assert "gpu_memory_utilization" not in plan.engine_args
 
 
+def cpu_inventory(cores: int, ram_gib: int):
+    """This machine's CPU inventory with a fixed number of cores and amount of memory."""
+    inventory = detect(simulate=None, environ={}, sys_root=Path("/nonexistent"),
+                       amdsmi_module=None)
+    host = inventory.host.model_copy(update={"cpu_cores": cores, "ram_bytes": ram_gib << 30,
+                                             "memory_limit_bytes": None})
+    return inventory.model_copy(update={"host": host})
+
+
+def test_data_parallelism_on_cpus_is_an_engine_per_rank_with_its_share_of_memory(catalog,
+                                                                                  models):
+    inventory, facts = cpu_inventory(cores=4, ram_gib=128), models["mistral-7b-instruct-v0.3"]
+    one = make_plan(inventory, facts, catalog)
+    two = make_plan(inventory, facts, catalog, collect_overrides({"data_parallel_size": 2}, {}))
+    assert (one.data_parallel_size, two.data_parallel_size) == (1, 2)
+    assert (two.tensor_parallel_size, two.pipeline_parallel_size, two.recipe_id) == (
+        1, 1, "cpu-general")
+    assert two.memory.device_memory_bytes == one.memory.device_memory_bytes // 2 == 64 << 30
+    with pytest.raises(OverrideError) as error:
+        make_plan(inventory, facts, catalog, collect_overrides({"data_parallel_size": 5}, {}))
+    assert str(error.value) == ("--data-parallel-size 5: 5 CPU engines need a core each; "
+                                "this pod has 4\n  hint: use at most 4")
+    with pytest.raises(OverrideError, match="needs 2 devices but this pod has 1"):
+        make_plan(inventory, facts, catalog, collect_overrides({"tensor_parallel_size": 2}, {}))
+
+
 # --- overrides -----------------------------------------------------------------------------------
 
 

@@ -193,6 +193,11 @@ def _check_parallel_overrides(setting: PlanSetting) -> None:
     for size in pinned.values():
         product *= size
     origins = ", ".join(overrides.origin(name) for name in pinned)
+    ranks, cores = sizes["data_parallel_size"], setting.inventory.host.cpu_cores
+    if not setting.on_gpu and ranks is not None and ranks > cores:
+        raise OverrideError(
+            f"{overrides.origin('data_parallel_size')}: {ranks} CPU engines need a core each; "
+            f"this pod has {cores}", f"use at most {cores}")
     if product > setting.devices:
         raise OverrideError(
             f"{origins}: needs {product} devices but this pod has {setting.devices}",

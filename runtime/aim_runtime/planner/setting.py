@@ -48,14 +48,17 @@ class PlanSetting:
                overrides: Overrides) -> PlanSetting:
         """The setting of a plan for this inventory, model and overrides."""
         on_gpu = inventory.accelerator == "rocm"
+        # On CPUs each data-parallel rank vLLM is asked for is an engine of its own, with its
+        # share of the host's memory; without the flag the CPU is one engine.
+        cpu_ranks = overrides.data_parallel_size or 1
         return cls(
             inventory=inventory, facts=facts, overrides=overrides,
             objective=overrides.objective or DEFAULT_OBJECTIVE,
             min_concurrency=overrides.min_concurrency or DEFAULT_MIN_CONCURRENCY,
-            devices=inventory.device_count if on_gpu else 1,
+            devices=inventory.device_count if on_gpu else cpu_ranks,
             on_gpu=on_gpu, product=inventory.product, isa=inventory.isa,
             device_memory_bytes=(inventory.vram_bytes_per_device if on_gpu
-                                 else inventory.host.usable_memory_bytes),
+                                 else inventory.host.usable_memory_bytes // cpu_ranks),
             nodes=inventory.nodes,
             devices_per_node=inventory.devices_per_node if on_gpu else 1,
         )
