@@ -128,6 +128,7 @@ def test_the_load_api_is_behind_the_key_and_reads_only_the_directory(lora_server
     (lambda d, m: make_adapter(d / ".wide", m, rank=32), "rank 32 exceeds the server's"),
     (lambda d, m: (d / ".empty").mkdir(exist_ok=True) or d / ".empty", "has no adapter_config"),
     (lambda d, m: d.parent, "is outside the adapter directory"),
+    (lambda d, m: f"{d}/a\x00b", "ValueError: embedded null byte"),  # what the OS refuses
 ])
 def test_bad_adapters_get_a_400_and_the_server_keeps_serving(lora_server, tiny_model, make,
                                                               message):

@@ -274,8 +274,8 @@ def test_data_parallelism_on_cpus_is_an_engine_per_rank_with_its_share_of_memory
     assert two.memory.device_memory_bytes == one.memory.device_memory_bytes // 2 == 64 << 30
     with pytest.raises(OverrideError) as error:
         make_plan(inventory, facts, catalog, collect_overrides({"data_parallel_size": 5}, {}))
-    assert str(error.value) == ("--data-parallel-size 5: 5 CPU engines need a core each; "
-                                "this pod has 4\n  hint: use at most 4")
+    assert str(error.value) == ("--data-parallel-size 5: 5 CPU engines would share 4 cores"
+                                "\n  hint: use at most 4")
     with pytest.raises(OverrideError, match="needs 2 devices but this pod has 1"):
         make_plan(inventory, facts, catalog, collect_overrides({"tensor_parallel_size": 2}, {}))
 

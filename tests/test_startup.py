@@ -167,13 +167,15 @@ def test_the_middleware_stack_is_ours_without_kserve_timing(tiny_model):
 
 def test_with_an_access_log_the_recipe_header_is_where_the_log_reads_it(tiny_model):
     from asgi_logger import AccessLoggerMiddleware
+    from starlette.middleware.errors import ServerErrorMiddleware
 
     from aim_runtime.serving.server import RecipeHeaderMiddleware, VllmFastPath
 
     rest, _, served = listener_of(tiny_model, "%(s)s recipe=%({x-aim-recipe}o)s")
-    assert isinstance(served, AccessLoggerMiddleware)
-    assert isinstance(served.app, RecipeHeaderMiddleware)
-    assert isinstance(served.app.app, VllmFastPath)
+    assert isinstance(served, ServerErrorMiddleware)
+    assert isinstance(served.app, AccessLoggerMiddleware)
+    assert isinstance(served.app.app, RecipeHeaderMiddleware)
+    assert isinstance(served.app.app.app, VllmFastPath)
     assert rest.config.headers == []  # not twice
 
 

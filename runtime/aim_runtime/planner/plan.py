@@ -196,8 +196,8 @@ def _check_parallel_overrides(setting: PlanSetting) -> None:
     ranks, cores = sizes["data_parallel_size"], setting.inventory.host.cpu_cores
     if not setting.on_gpu and ranks is not None and ranks > cores:
         raise OverrideError(
-            f"{overrides.origin('data_parallel_size')}: {ranks} CPU engines need a core each; "
-            f"this pod has {cores}", f"use at most {cores}")
+            f"{overrides.origin('data_parallel_size')}: {ranks} CPU engines would share "
+            f"{cores} cores", f"use at most {cores}")
     if product > setting.devices:
         raise OverrideError(
             f"{origins}: needs {product} devices but this pod has {setting.devices}",

@@ -49,7 +49,8 @@ class PlanSetting:
         """The setting of a plan for this inventory, model and overrides."""
         on_gpu = inventory.accelerator == "rocm"
         # On CPUs each data-parallel rank vLLM is asked for is an engine of its own, with its
-        # share of the host's memory; without the flag the CPU is one engine.
+        # share of the host's memory; without the flag the CPU is one engine. (Which cores each
+        # rank's threads use is vLLM's automatic binding.)
         cpu_ranks = overrides.data_parallel_size or 1
         return cls(
             inventory=inventory, facts=facts, overrides=overrides,

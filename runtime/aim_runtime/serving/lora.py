@@ -185,8 +185,15 @@ class AdapterGuard:
         if not isinstance(lora_path, str) or not lora_path:
             return None
         adapters = self.adapters
-        resolved = await asyncio.to_thread(adapters.resolve, lora_path)
-        await asyncio.to_thread(adapters.check, resolved)
+        try:
+            resolved = await asyncio.to_thread(adapters.resolve, lora_path)
+            await asyncio.to_thread(adapters.check, resolved)
+        except AdapterRefused:
+            raise
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+            # A path the file system refuses (a NUL byte, a symlink loop) or an adapter whose
+            # files do not say what they hold: the request's fault, answered 400.
+            raise AdapterRefused(f"{lora_path}: {type(exc).__name__}: {exc}") from exc
         return resolved
 
 
@@ -194,7 +201,7 @@ def _json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object; {} for anything else (vLLM answers malformed bodies)."""
     try:
         document = json.loads(body) if body else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # vLLM answers what is malformed
         return {}
     return document if isinstance(document, dict) else {}
 

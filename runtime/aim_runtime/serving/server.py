@@ -53,6 +53,7 @@ from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.server import RESTServer
 from prometheus_client import exposition
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.errors import ServerErrorMiddleware
 from uvicorn.importer import import_from_string
 
 from aim_runtime.errors import AimError
@@ -200,8 +201,11 @@ class AimRESTServer(RESTServer):
         if not self.access_log_format:
             self.config.headers = [(RECIPE_HEADER, self.recipe_id)]
             return app
-        return access_logged(RecipeHeaderMiddleware(app, self.recipe_id),
-                             self.access_log_format)
+        # Inside Starlette's error middleware, where KServe's application had its access log:
+        # directly under uvicorn, abruptly dropped streams went unnoticed (and ran to their
+        # end) in about half the runs of tests/test_reliability.py's fifty disconnects.
+        return ServerErrorMiddleware(access_logged(RecipeHeaderMiddleware(app, self.recipe_id),
+                                                   self.access_log_format))
 
     async def metrics(self, request: Request) -> Response:
         """Prometheus exposition of every series: this process's, or the pod's when several
@@ -528,8 +532,9 @@ class VllmFastPath:
     above the mount (Starlette's error and exception middleware), and every request is matched
     against KServe's route table first. Skipping them brings the front end's CPU per streamed
     token to `vllm serve`'s (benchmarks/results/front_end_profile.md). Errors keep their shape:
-    the gate answers its refusals in OpenAI's shape, and vLLM's application has its own error
-    handlers, as under `vllm serve`."""
+    the gate and the adapter guard (serving/lora.py) answer their refusals in OpenAI's shape, and
+    vLLM's application has its own error handlers, as under `vllm serve`; anything else raised
+    on the way is a bug, which uvicorn answers 500 and logs with its traceback."""
 
     def __init__(self, kserve_app: Any, openai: Any, root_routes: bool) -> None:
         self.kserve_app = kserve_app
@@ -590,9 +595,9 @@ class OpenAIApplication:
 
 
 def install_error_handlers(app: FastAPI, openai_root_routes: bool = False) -> None:
-    """For each exception: an OpenAI-shaped answer on vLLM's paths (as `vllm serve` gives it),
-    a KServe-shaped one elsewhere. (Errors inside vLLM's mounted application get vLLM's own
-    handlers; these cover what happens before a request reaches it.)"""
+    """For each exception in KServe's application: an OpenAI-shaped answer on vLLM's paths that
+    reach it (root routes outside `/v1`, like `/tokenize`), a KServe-shaped one elsewhere.
+    (Errors inside vLLM's application get vLLM's own handlers.)"""
     def dispatch(for_openai: Any, for_kserve: Any) -> Any:
         async def handle(request: Request, exc: Exception) -> JSONResponse:
             if openai_shaped(request.url.path, openai_root_routes):
