@@ -280,6 +280,17 @@ def test_data_parallelism_on_cpus_is_an_engine_per_rank_with_its_share_of_memory
         make_plan(inventory, facts, catalog, collect_overrides({"tensor_parallel_size": 2}, {}))
 
 
+def test_cpu_engines_that_do_not_fit_their_share_are_told_to_use_fewer(catalog, models):
+    """Mistral 7B (14 GiB of bf16 weights) fits one engine on a 32 GiB host, not two."""
+    inventory, facts = cpu_inventory(cores=4, ram_gib=32), models["mistral-7b-instruct-v0.3"]
+    assert make_plan(inventory, facts, catalog).data_parallel_size == 1
+    with pytest.raises(NoFitError) as error:
+        make_plan(inventory, facts, catalog, collect_overrides({"data_parallel_size": 2}, {}))
+    assert "(16 GiB usable memory for each of 2 data-parallel engines)" in str(error.value)
+    assert "fewer data-parallel engines (--data-parallel-size)" in error.value.hint
+    assert "tensor" not in error.value.hint and "--min-concurrency" not in error.value.hint
+
+
 # --- overrides -----------------------------------------------------------------------------------
 
 

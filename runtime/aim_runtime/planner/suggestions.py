@@ -41,9 +41,11 @@ def no_fit_message(setting: PlanSetting, reasons: list[Reason]) -> tuple[str, st
                 "use a GPU that supports the checkpoint's format, or a 16-bit checkpoint")
     dtype = compute_dtype(facts, precision, setting.on_gpu)
     total = sum(weight_bytes_by_role(facts, precision, dtype))
+    engines = setting.devices
     where = (f"{setting.devices}x {setting.product} ({setting.device_memory_bytes / GIB:.0f} GiB "
              f"each)" if setting.on_gpu else
-             f"the CPU host ({setting.device_memory_bytes / GIB:.0f} GiB usable memory)")
+             f"the CPU host ({setting.device_memory_bytes / GIB:.0f} GiB usable memory"
+             + (f" for each of {engines} data-parallel engines)" if engines > 1 else ")"))
     tried = sum(1 for r in reasons if r.outcome == "refused")
     lora = setting.lora()
     with_lora = "" if lora is None else (
@@ -53,6 +55,9 @@ def no_fit_message(setting: PlanSetting, reasons: list[Reason]) -> tuple[str, st
                f"{total / GIB:.0f} GiB of {precision} weights){with_lora} does not fit {where}; "
                f"{tried} candidate(s) refused (see --explain)")
     options = what_would_fit(setting)
+    if not setting.on_gpu and engines > 1:
+        options.append("fewer data-parallel engines (--data-parallel-size), each with a larger "
+                       "share of the host's memory")
     hint = "what would fit: " + "; ".join(options) if options else (
         "no configuration of this product fits; use a quantized checkpoint or a larger GPU")
     return message, hint
@@ -141,6 +146,8 @@ def _fits(setting: PlanSetting, precision: str, devices: int, context: int, sequ
 
 
 def _layouts(setting: PlanSetting, devices: int) -> list[Layout]:
+    if not setting.on_gpu:  # each CPU engine holds the whole model in its share of memory
+        return [Layout(tp=1)]
     if devices <= GPUS_PER_NODE:
         return layouts(setting.facts, devices, "latency")
     return layouts(setting.facts, devices, "latency", per_node=GPUS_PER_NODE)
