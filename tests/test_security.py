@@ -212,6 +212,29 @@ def test_paths_that_only_resemble_open_ones_need_the_key(path):
     assert app.received == []
 
 
+def test_websockets_need_the_key_too():
+    """vLLM's realtime routes are websockets: without the key the handshake is refused."""
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("served")
+        await websocket.close()
+
+    app = gated(Starlette(routes=[WebSocketRoute("/openai/v1/realtime", echo)]), keys=KEYS)
+    before = rejected("unauthorized")
+    with pytest.raises(WebSocketDisconnect) as refused, \
+            TestClient(app).websocket_connect("/openai/v1/realtime"):
+        pass
+    assert refused.value.code == 1008 and rejected("unauthorized") == before + 1
+    with TestClient(app).websocket_connect("/openai/v1/realtime",
+                                           headers={"Authorization": "Bearer new-key"}) as ws:
+        assert ws.receive_text() == "served"
+
+
 def test_without_keys_the_gate_lets_everyone_in():
     app = StandIn()
     response = send(gated(app), "POST", "/openai/v1/completions", content=b"{}")

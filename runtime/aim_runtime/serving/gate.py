@@ -33,6 +33,7 @@ OPENAI_PREFIX = "/openai"  # KServe's prefix for OpenAI routes
 KSERVE_PATHS = re.compile(
     r"^/(?:v2(?:/.*)?|v1/models/[^/]+(?::(?:predict|explain))?|metrics)?$")
 RETRY_AFTER_SECONDS = 1
+WS_POLICY_VIOLATION = 1008  # RFC 6455's close code for a refused policy
 
 
 def openai_shaped(path: str, root_routes: bool) -> bool:
@@ -104,6 +105,12 @@ class RequestGate:
         self.admitted = metrics.API_SERVER_REQUESTS.labels(server=str(state.server_index))
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket" and self.keys and not self._authorized(scope):
+            # vLLM's realtime routes: the handshake is refused (HTTP 403), as `vllm serve
+            # --api-key` refuses it.
+            metrics.REJECTED.labels(reason="unauthorized").inc()
+            await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION})
+            return
         if scope["type"] != "http" or OPEN_PATHS.match(scope["path"]):
             await self.app(scope, receive, send)
             return
