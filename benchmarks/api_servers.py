@@ -1,14 +1,17 @@
 """The front end's CPU with one and two API server processes: ours against bare `vllm serve`.
 
-    python -m benchmarks.api_servers [--pairs 3] [--concurrency 16] [--prompts 256] [--smoke]
+    python -m benchmarks.api_servers [--pairs 3] [--concurrency 16] [--prompts 256]
+                                     [--data-parallel] [--smoke]
 
 For each count N (1 and 2), bare `vllm serve --api-server-count N` and `aim-runtime serve
 --api-server-count N` serve the same model with the same engine args (the plan's), one after the
 other, alternating which goes first. The API server processes get a core of their own (one for all
-of them), the engine and the load generator the others (`front_ends_pinned`). On the CPU engine the
+of them), the engine and the load generator the others (`front_ends_pinned`). By default the
 data-parallel size stays 1: vLLM's CPU build runs one engine core per rank, and on a small machine
-two engine cores would measure their own contention; N API servers over one engine core is the
-arrangement vLLM also allows.
+two engine cores measure their own contention; N API servers over one engine core is the
+arrangement vLLM also allows. `--data-parallel` runs the arrangement the count follows by default
+instead, `--data-parallel-size N` on both servers (N engine cores, N API servers), and writes
+`results/api_servers_dp.{json,md}`.
 
 Each server is loaded with vLLM's serving benchmark (streaming, random prompts, fixed seed). For
 every front-end process (the main process when N is 1, else each `VLLM::APIServer_<i>`), its user
@@ -54,6 +57,11 @@ class Settings:
     input_len: int
     output_len: int
     out: Path
+    data_parallel: bool = False  # N engine ranks (and so N API servers), not N over one rank
+
+    @property
+    def stem(self) -> str:
+        return "api_servers_dp" if self.data_parallel else "api_servers"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,11 +76,12 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {"model": str(model), "pairs": settings.pairs,
                          "concurrency": settings.concurrency, "prompts": settings.prompts,
                          "input_len": settings.input_len, "output_len": settings.output_len,
-                         "engine_args": engine_argv, "cores": _cores_setting()},
+                         "engine_args": engine_argv, "cores": _cores_setting(),
+                         "data_parallel": settings.data_parallel},
             "runs": runs, "summary": summarize(runs)}
-        (settings.out / "api_servers.json").write_text(json.dumps(results, indent=2) + "\n")
-        (settings.out / "api_servers.md").write_text(render_markdown(results))
-    print((settings.out / "api_servers.md").read_text())
+        (settings.out / f"{settings.stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+        (settings.out / f"{settings.stem}.md").write_text(render_markdown(results))
+    print((settings.out / f"{settings.stem}.md").read_text())
     return 0
 
 
@@ -89,13 +98,15 @@ def parse(argv: list[str] | None, prog: str = "python -m benchmarks.api_servers"
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--data-parallel", action="store_true",
+                        help="N engine ranks with N API servers, not N API servers over one")
     parser.add_argument("--smoke", action="store_true",
                         help="one pair, few prompts: keeps the harness working")
     args = parser.parse_args(argv)
     if args.smoke:
         args.pairs, args.concurrency, args.prompts, args.output_len = 1, 4, 8, 32
     return Settings(args.model, args.pairs, args.concurrency, args.prompts,
-                    args.input_len, args.output_len, args.out)
+                    args.input_len, args.output_len, args.out, args.data_parallel)
 
 
 def measure_pair(count: int, pair: int, settings: Settings, model: Path,
@@ -108,15 +119,27 @@ def measure_pair(count: int, pair: int, settings: Settings, model: Path,
 
 
 def server_for(label: str, count: int, model: Path, engine_argv: list[str],
-               env: dict[str, str], work: Path) -> tuple[ServerProcess, str]:
-    """Bare `vllm serve` or ours (`label`) with `count` API servers, not started yet, and the
-    completions endpoint it serves."""
+               env: dict[str, str], work: Path,
+               data_parallel: bool = False) -> tuple[ServerProcess, str]:
+    """Bare `vllm serve` or ours (`label`) with `count` API servers (over `count` engine ranks
+    with `data_parallel`), not started yet, and the completions endpoint it serves."""
     flag = ("--api-server-count", str(count))
+    if data_parallel:  # both servers start one API server per rank by default
+        flag = ("--data-parallel-size", str(count))
+        engine_argv = _without_option(engine_argv, "--data-parallel-size")
     if label == "bare":
         return bare_vllm_server(work, model, [*engine_argv, *BARE_FRONTEND_ARGS, *flag], env,
                                 name=MODEL_NAME, launcher="benchmarks.vllm_serve"), \
             "/v1/completions"
     return aim_server(work, model, *flag, name=MODEL_NAME), "/openai/v1/completions"
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """`argv` without `option` and its value."""
+    if option not in argv:
+        return argv
+    at = argv.index(option)
+    return argv[:at] + argv[at + 2:]
 
 
 @contextlib.contextmanager
@@ -127,7 +150,8 @@ def warmed_server(label: str, count: int, settings: Settings, model: Path,
     """`server_for`'s server started (after `prepare` has seen it), ready, its front ends
     pinned (`front_ends_pinned`) and warmed by a small load; yields it, its endpoint and its
     front-end processes, and stops it when the block ends."""
-    process, endpoint = server_for(label, count, model, engine_argv, env, work)
+    process, endpoint = server_for(label, count, model, engine_argv, env, work,
+                                   settings.data_parallel)
     if prepare is not None:
         prepare(process)
     process.start()
@@ -262,6 +286,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"{settings['input_len']} in / {settings['output_len']} out tokens, streamed.",
         "",
         f"Cores: {_cores_text(settings.get('cores'))}.",
+        "",
+        ("Arrangement: N engine ranks (`--data-parallel-size N`), hence N API servers, on both "
+         "servers." if settings.get("data_parallel") else
+         "Arrangement: N API servers (`--api-server-count N`) over one engine rank."),
         "",
         "Front-end CPU: user + system time of the API server processes over the load, per "
         "output token (median of the pairs). Ceiling: API servers / CPU per token, each on its "

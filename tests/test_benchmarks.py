@@ -16,12 +16,12 @@ from servers import REPO, server_environment
 pytestmark = pytest.mark.serving
 
 
-def run_smoke(module: str, tmp_path: Path) -> Path:
+def run_smoke(module: str, tmp_path: Path, *extra: str) -> Path:
     """`python -m benchmarks.<module> --smoke` as a user runs it; the directory of its results."""
     out = tmp_path / "results"
     result = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--smoke", "--out",
-                             str(out)], cwd=REPO, capture_output=True, text=True, timeout=1200,
-                            env=server_environment(tmp_path))
+                             str(out), *extra], cwd=REPO, capture_output=True, text=True,
+                            timeout=1200, env=server_environment(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 
@@ -56,9 +56,12 @@ def test_smoke_warm_start_benchmark_writes_its_figures(tmp_path):
     assert "| warm-up | first TTFT ms |" in (out / "warm_start.md").read_text()
 
 
-def test_smoke_api_servers_benchmark_writes_its_figures(tmp_path):
-    out = run_smoke("api_servers", tmp_path)
-    results = json.loads((out / "api_servers.json").read_text())
+@pytest.mark.parametrize(("extra", "stem"), [((), "api_servers"),
+                                             (("--data-parallel",), "api_servers_dp")])
+def test_smoke_api_servers_benchmark_writes_its_figures(tmp_path, extra, stem):
+    out = run_smoke("api_servers", tmp_path, *extra)
+    results = json.loads((out / f"{stem}.json").read_text())
+    assert results["settings"]["data_parallel"] == bool(extra)
     for entry in results["summary"]:
         count = entry["count"]
         for label in ("bare", "ours"):
@@ -68,7 +71,7 @@ def test_smoke_api_servers_benchmark_writes_its_figures(tmp_path):
         # vLLM's serving benchmark sends one test prompt before the load
         assert len(requests) == count and sum(requests) == results["settings"]["prompts"] + 1
         assert entry["ratio"]["frontend_cpu_ms_per_token"]["median"] > 0
-    assert "| API servers | server | CPU ms/token |" in (out / "api_servers.md").read_text()
+    assert "| API servers | server | CPU ms/token |" in (out / f"{stem}.md").read_text()
 
 
 def test_smoke_front_end_profile_writes_both_profiles(tmp_path):
