@@ -103,11 +103,12 @@ def profile_one(label: str, pair: int, settings: Settings, model: Path, engine_a
 def per_token(stats: pstats.Stats, tokens: int, requests: int,
               cpu_ms_per_token: float) -> dict[str, Any]:
     """A profile's figures per streamed token."""
+    by_function = _by_function(stats)
     return {"tokens": tokens, "requests": requests, "cpu_ms_per_token": cpu_ms_per_token,
             "calls_per_token": round(stats.total_calls / tokens, 1),
-            "engine_outputs_per_token": round(engine_outputs(stats) / tokens, 4),
+            "engine_outputs_per_token": round(engine_outputs(by_function) / tokens, 4),
             "profiled_ms_per_token": round(1000 * stats.total_tt / tokens, 4),
-            "top": top_functions(stats, tokens)}
+            "top": top_functions(by_function, tokens)}
 
 
 def combined(profiles: list[dict[str, Any]]) -> dict[str, Any]:
@@ -153,17 +154,18 @@ def _by_function(stats: pstats.Stats) -> dict[str, tuple[int, float]]:
     return merged
 
 
-def engine_outputs(stats: pstats.Stats) -> int:
+def engine_outputs(by_function: dict[str, tuple[int, float]]) -> int:
     """How many batches of outputs the engine sent (vLLM's OutputProcessor.process_outputs
     calls): fewer, fuller batches cost the front end less per token, whoever serves them."""
-    return sum(calls for name, (calls, _) in _by_function(stats).items()
+    return sum(calls for name, (calls, _) in by_function.items()
                if name.startswith(ENGINE_OUTPUTS_FUNCTION[0])
                and name.endswith(ENGINE_OUTPUTS_FUNCTION[1]))
 
 
-def top_functions(stats: pstats.Stats, tokens: int) -> list[dict[str, Any]]:
+def top_functions(by_function: dict[str, tuple[int, float]],
+                  tokens: int) -> list[dict[str, Any]]:
     """The functions with the most own time, per token."""
-    rows = sorted(_by_function(stats).items(), key=lambda item: -item[1][1])[:TOP]
+    rows = sorted(by_function.items(), key=lambda item: -item[1][1])[:TOP]
     return [{"function": name, "calls_per_token": round(calls / tokens, 3),
              "own_us_per_token": round(1e6 * own / tokens, 3)} for name, (calls, own) in rows]
 
