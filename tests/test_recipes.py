@@ -177,3 +177,20 @@ def test_model_match_uses_ids_then_shape_then_architecture():
     assert model_match_score(wrong_shape, renamed) is None
     assert model_match_score(ModelMatch(architectures=("MistralForCausalLM",)), facts) is None
     assert model_match_score(ModelMatch(), facts) == 0
+
+
+@pytest.mark.parametrize("recipe_id", ["aim-tiny-random-cpu", "smollm2-135m-instruct-cpu"])
+def test_the_embedded_models_serve_in_float32_on_every_cpu(catalog, recipe_id):
+    """float32, which keeps vLLM's CPU attention off its AMX path and the answers off each ISA's
+    bf16 rounding (docs/cpu-dev-stack.md, "One model, every CPU"): the recipes and the
+    checkpoints they serve."""
+    from aim_runtime.checkpoint import default_model, tiny_model
+
+    recipe = catalog.get(recipe_id)
+    assert recipe is not None and recipe.precision == "fp32"
+    assert tiny_model.DTYPE == default_model.DTYPE == "float32"
+
+
+def test_the_default_models_tool_calls_follow_the_schema_without_strict(catalog):
+    recipe = catalog.get("smollm2-135m-instruct-cpu")
+    assert recipe is not None and recipe.engine_args["tool_strict_level"] == "parameter"

@@ -265,7 +265,7 @@ def test_metrics_have_vllm_and_aim_series(http, client):
         assert name in text, name
     info = next(line for line in text.splitlines() if line.startswith("aim_plan_info{"))
     for label in ('recipe="aim-tiny-random-cpu"', 'source="curated"', 'product="CPU"',
-                  'devices="1"', 'tp="1"', 'pp="1"', 'dp="1"', 'dtype="bfloat16"',
+                  'devices="1"', 'tp="1"', 'pp="1"', 'dp="1"', 'dtype="float32"',
                   'quantization="none"', 'kv_cache_dtype="auto"'):
         assert label in info
     for phase in ("import", "detect", "inspect", "plan", "engine", "engine_load_weights",

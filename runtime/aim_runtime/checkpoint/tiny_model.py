@@ -50,6 +50,11 @@ ARCHITECTURE = {
     "head_dim": 32,  # vLLM's CPU attention needs head_dim >= 32
     "max_position_embeddings": 2048,
 }
+# float32, not bf16: vLLM's CPU attention takes its AMX path for bf16 on hosts with AMX, where this
+# model's first request could die with SIGILL (docs/cpu-dev-stack.md, "One model, every CPU"), and
+# bf16 kernels round differently per ISA. float32 runs the same portable kernels everywhere; its
+# recipe (recipes/aim-tiny-random/cpu.yaml) serves it at fp32.
+DTYPE = "float32"
 
 
 def default_cache_dir() -> Path:
@@ -59,21 +64,35 @@ def default_cache_dir() -> Path:
 def ensure_default_model(target: Path | None = None) -> Path:
     """The default model's directory, building it first if it is not there yet."""
     target = target or default_cache_dir()
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if _is_current(target):
         return target
+    if target.exists():
+        log.info("rebuilding the embedded default model at %s (built by an older runtime)", target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
         build_model(staging)
+        if target.exists() and not _is_current(target):
+            shutil.rmtree(target, ignore_errors=True)
         try:
             staging.rename(target)  # atomic: concurrent builders leave one complete copy
         except OSError:
-            if not (target / "config.json").is_file():
+            if not _is_current(target):
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("built the embedded default model at %s", target)
     return target
+
+
+def _is_current(directory: Path) -> bool:
+    """A complete build of this version of the model (its weights in DTYPE)."""
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    built_dtype = config.get("dtype", config.get("torch_dtype"))
+    return built_dtype == DTYPE and (directory / "model.safetensors").is_file()
 
 
 def build_model(directory: Path, seed: int = 0) -> None:
@@ -89,11 +108,11 @@ def build_model(directory: Path, seed: int = 0) -> None:
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         tie_word_embeddings=False,
-        torch_dtype="bfloat16",
+        torch_dtype=DTYPE,
         **ARCHITECTURE,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model = LlamaForCausalLM(config).to(getattr(torch, DTYPE))
     model.save_pretrained(directory, safe_serialization=True)
     config_path = directory / "config.json"
     saved = json.loads(config_path.read_text())
