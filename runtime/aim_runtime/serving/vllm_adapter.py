@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # The newest vLLM release and the two minors before it: [lowest, first unsupported) major.minor.
 # Moving the window: README "Keeping pace with vLLM".
-SUPPORTED_VLLM = ((0, 31), (0, 34))
+SUPPORTED_VLLM = ((0, 32), (0, 35))
 SUPPORTED_KSERVE = ((0, 21), (0, 22))
 
 
@@ -96,13 +96,21 @@ def supported_pair() -> str:
     return f"vllm {_window(SUPPORTED_VLLM)} with kserve {_window(SUPPORTED_KSERVE)}"
 
 
-# Where vLLM keeps what the runtime uses, newest layout first (0.31 moved the launchers).
-MAKE_ARG_PARSER = (("vllm.entrypoints.launchers.cli_args", "make_arg_parser"),
-                   ("vllm.entrypoints.openai.cli_args", "make_arg_parser"))
-BUILD_APP = (("vllm.entrypoints.launchers.app", "build_app"),
-             ("vllm.entrypoints.openai.api_server", "build_app"))
-INIT_APP_STATE = (("vllm.entrypoints.launchers.api_server.app_state", "init_app_state"),
-                  ("vllm.entrypoints.openai.api_server", "init_app_state"))
+# `vllm serve` destinations that the runtime reads from the parsed namespace outside this module
+# (start-up: names, keys, API servers and data parallelism; the listener: TLS and shutdown; the
+# model: tools; the engine: logging). tests/vllm_release.py checks each against every release.
+PARSER_DESTS_READ = (
+    "model_tag", "served_model_name", "api_key", "api_server_count", "data_parallel_size",
+    "data_parallel_rank", "data_parallel_external_lb", "data_parallel_hybrid_lb",
+    "ssl_certfile", "ssl_keyfile", "ssl_ca_certs", "ssl_cert_reqs", "ssl_ciphers",
+    "shutdown_timeout", "enable_auto_tool_choice", "disable_log_stats", "enable_log_requests",
+)
+
+# Where vLLM keeps what the runtime uses, newest layout first (0.34 moved the serve parser).
+MAKE_ARG_PARSER = (("vllm.entrypoints.common.cli_args", "make_arg_parser"),
+                   ("vllm.entrypoints.launchers.cli_args", "make_arg_parser"))
+BUILD_APP = (("vllm.entrypoints.launchers.app", "build_app"),)
+INIT_APP_STATE = (("vllm.entrypoints.launchers.api_server.app_state", "init_app_state"),)
 
 
 def _entry(locations: tuple[tuple[str, str], ...]) -> Any:
@@ -565,7 +573,7 @@ def launch_api_servers(argv: list[str], env: dict[str, str], target: Callable[..
     engine_args._api_process_count = count
     engine_args._api_process_rank = -1
     config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
-    addresses = _client_addresses(engine_utils, config, count)
+    addresses = _client_addresses(config, count)
     context = multiprocessing.get_context("spawn")
     processes: list[Any] = []
     try:
@@ -595,12 +603,11 @@ def launch_api_servers(argv: list[str], env: dict[str, str], target: Callable[..
     return ApiServers(processes=processes, engines=launch.engine_manager, coordinator=coordinator)
 
 
-def _client_addresses(engine_utils: Any, config: Any, count: int) -> Any:
-    """IPC paths for each API server's engine sockets (0.32 and 0.31 name the helper
-    differently)."""
-    choose = getattr(engine_utils, "get_engine_zmq_bind_addresses", None)
-    chosen = choose(config, count) if choose is not None else \
-        engine_utils.get_engine_zmq_addresses(config, count, defer_api_server_ports=False)
+def _client_addresses(config: Any, count: int) -> Any:
+    """IPC paths for each API server's engine sockets."""
+    from vllm.v1.engine import utils as engine_utils
+
+    chosen = engine_utils.get_engine_zmq_bind_addresses(config, count)
     paths = [*chosen.inputs, *chosen.outputs]
     if not all(path.startswith("ipc://") for path in paths):
         raise AimError("several API server processes need every engine on this node",
