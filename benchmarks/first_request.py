@@ -58,7 +58,7 @@ def report(results: list[dict[str, Any]]) -> dict[str, Any]:
             "runs": results}
 
 
-def markdown(summary: dict[str, Any]) -> str:
+def render_markdown(summary: dict[str, Any]) -> str:
     host = summary["machine"]
     return "\n".join([
         "# First request on a bf16 model, the moment it is ready",
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = report(results)
     arguments.out.mkdir(parents=True, exist_ok=True)
     (arguments.out / "first_request.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (arguments.out / "first_request.md").write_text(markdown(summary))
-    print(markdown(summary))
+    (arguments.out / "first_request.md").write_text(render_markdown(summary))
+    print(render_markdown(summary))
     return 0 if summary["died"] == 0 else 1
 
 

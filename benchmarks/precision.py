@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pair {pair + 1}: {runs[-1]}", flush=True)
     summary = summarize(runs, arguments.tokens)
     (arguments.out / "precision.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (arguments.out / "precision.md").write_text(markdown(summary))
-    print(markdown(summary))
+    (arguments.out / "precision.md").write_text(render_markdown(summary))
+    print(render_markdown(summary))
     return 0
 
 
@@ -98,7 +98,7 @@ def summarize(runs: list[dict[str, Any]], tokens: int) -> dict[str, Any]:
     return figures
 
 
-def markdown(summary: dict[str, Any]) -> str:
+def render_markdown(summary: dict[str, Any]) -> str:
     host = summary["machine"]
     rows = [f"| {load} | {summary[load]['fp32']} | {summary[load]['bf16']} | "
             f"{summary[load]['fp32/bf16']['median']} ({summary[load]['fp32/bf16']['min']} to "

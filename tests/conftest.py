@@ -1,14 +1,20 @@
 """Shared fixtures: the recipe library, an environment without the runtime's settings, the
-generated tiny model, the embedded default model and one real server per test session."""
+generated tiny model, the embedded default model and one real server per test session; and the
+guard that keeps `make test-fast` free of servers: a test that starts a serving process (the
+runtime's `serve` or `worker`, bare vLLM, Ray) must be marked `serving` or `slow`."""
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from servers import ServerProcess, aim_server
+from servers import ServerProcess, aim_server, free_port, server_environment
 from testkit import RECIPES, is_runtime_setting
 
 ACCESS_LOG_FORMAT = 'access %(h)s "%(r)s" %(s)s %(M)sms recipe=%({x-aim-recipe}o)s'
@@ -56,6 +62,23 @@ def default_model_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smol(default_model_cache, tmp_path_factory) -> Iterator[ServerProcess]:
+    """`aim-runtime serve` as `make serve` runs it, without a model directory: the embedded
+    default model (the README's curl and the default model's tests). It must exit cleanly."""
+    work = tmp_path_factory.mktemp("smol")
+    port = free_port()
+    command = [sys.executable, "-m", "aim_runtime", "serve", "--http_port", str(port),
+               "--host", "127.0.0.1", "--enable_grpc", "false"]
+    env = server_environment(work, {"AIM_CACHE_DIR": str(default_model_cache)})
+    process = ServerProcess(command, port, work / "serve.log", env).start()
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        assert process.stop() == 0, process.log_tail()
+
+
+@pytest.fixture(scope="session")
 def server(work_dir, tiny_model) -> ServerProcess:
     """`aim-runtime serve` on the tiny model: real KServe ModelServer, real vLLM CPU engine,
     with an access log."""
@@ -65,3 +88,41 @@ def server(work_dir, tiny_model) -> ServerProcess:
         yield process
     finally:
         process.stop()
+
+
+# --- the marker guard ----------------------------------------------------------------------------
+
+COSTLY_MARKERS = ("serving", "slow")
+SERVING_COMMAND = re.compile(
+    r"aim_runtime\b.* (serve|worker)\b|aim-runtime (serve|worker)\b|vllm\.entrypoints|"
+    r"benchmarks\.vllm_serve|/ray/|\bray start\b")
+_running_unmarked: list[str] = []  # the node id of an unmarked test while it runs
+
+
+def starts_a_server(command: object) -> bool:
+    words = command if isinstance(command, (list, tuple)) else [command]
+    return bool(SERVING_COMMAND.search(" ".join(map(str, words))))
+
+
+class _GuardedPopen(subprocess.Popen):  # type: ignore[type-arg]
+    def __init__(self, args: object, *rest: object, **options: object) -> None:
+        if _running_unmarked and starts_a_server(args):
+            raise pytest.fail.Exception(
+                f"{_running_unmarked[0]} starts a serving process ({args!r}) but is not marked "
+                f"{' or '.join(COSTLY_MARKERS)}")
+        super().__init__(args, *rest, **options)  # type: ignore[arg-type]
+
+
+subprocess.Popen = _GuardedPopen  # type: ignore[misc]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    marked = any(item.get_closest_marker(name) for name in COSTLY_MARKERS)
+    if not marked:
+        _running_unmarked.append(item.nodeid)
+    try:
+        return (yield)
+    finally:
+        if not marked:
+            _running_unmarked.pop()

@@ -1,9 +1,12 @@
-"""The benchmark harness keeps working: a smoke run (one pair, one concurrency, few prompts) of
-the real command against both real servers writes its JSON, table and plot. No timing is asserted
-here; performance is judged from full runs (README, "Performance")."""
+"""The benchmark harnesses keep working. One real smoke run (one pair, one concurrency, few
+prompts) of `make bench`'s command against both real servers writes its JSON, table and plot;
+every harness's report is rendered in-process from its recorded results and must equal the
+committed report. No timing is asserted here; performance is judged from full runs (README,
+"Performance")."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -13,7 +16,11 @@ import pytest
 
 from servers import REPO, server_environment
 
-pytestmark = pytest.mark.serving
+RESULTS = REPO / "benchmarks" / "results"
+# (harness module, results stem) for every report the benchmarks write
+REPORTS = [("report", "results"), ("warm_start", "warm_start"), ("api_servers", "api_servers"),
+           ("api_servers", "api_servers_dp"), ("front_end_profile", "front_end_profile"),
+           ("first_request", "first_request"), ("precision", "precision")]
 
 
 def run_smoke(module: str, tmp_path: Path, *extra: str) -> Path:
@@ -26,6 +33,7 @@ def run_smoke(module: str, tmp_path: Path, *extra: str) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_smoke_benchmark_writes_results_table_and_plot(tmp_path):
     out = run_smoke("run", tmp_path)
     results = json.loads((out / "results.json").read_text())
@@ -44,45 +52,15 @@ def test_smoke_benchmark_writes_results_table_and_plot(tmp_path):
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_smoke_warm_start_benchmark_writes_its_figures(tmp_path):
-    out = run_smoke("warm_start", tmp_path)
-    results = json.loads((out / "warm_start.json").read_text())
-    for extent in ("off", "full"):
-        (run,) = results["first_request"][extent]["runs"]
-        assert run["first_ms"] > 0 and run["steady_ms"] > 0
-    (pair,) = results["compile_cache"]["pairs"]
-    assert (pair["cold"]["cache"], pair["warm"]["cache"]) == ("miss", "hit")
-    assert {"engine", "warmup"} <= set(pair["warm"]["phases"])
-    assert "| warm-up | first TTFT ms |" in (out / "warm_start.md").read_text()
+@pytest.mark.parametrize(("module", "stem"), REPORTS, ids=[stem for _, stem in REPORTS])
+def test_each_report_renders_from_its_recorded_results(module, stem):
+    harness = importlib.import_module(f"benchmarks.{module}")
+    results = json.loads((RESULTS / f"{stem}.json").read_text())
+    assert harness.render_markdown(results) == (RESULTS / f"{stem}.md").read_text()
 
 
-@pytest.mark.parametrize(("extra", "stem"), [((), "api_servers"),
-                                             (("--data-parallel",), "api_servers_dp")])
-def test_smoke_api_servers_benchmark_writes_its_figures(tmp_path, extra, stem):
-    out = run_smoke("api_servers", tmp_path, *extra)
-    results = json.loads((out / f"{stem}.json").read_text())
-    assert results["settings"]["data_parallel"] == bool(extra)
-    for entry in results["summary"]:
-        count = entry["count"]
-        for label in ("bare", "ours"):
-            (share,) = entry[label]["cpu_share_per_process"]
-            assert len(share) == count and entry[label]["frontend_cpu_ms_per_token"]["median"] > 0
-        (requests,) = entry["ours"]["requests_per_process"]
-        # vLLM's serving benchmark sends one test prompt before the load
-        assert len(requests) == count and sum(requests) == results["settings"]["prompts"] + 1
-        assert entry["ratio"]["frontend_cpu_ms_per_token"]["median"] > 0
-    assert "| API servers | server | CPU ms/token |" in (out / f"{stem}.md").read_text()
+def test_the_plot_renders_from_the_recorded_results(tmp_path):
+    from benchmarks import report
 
-
-def test_smoke_front_end_profile_writes_both_profiles(tmp_path):
-    out = run_smoke("front_end_profile", tmp_path)
-    results = json.loads((out / "front_end_profile.json").read_text())
-    for label in ("bare", "ours"):
-        run = results["runs"][label]
-        assert run["requests"] == results["settings"]["prompts"] and run["tokens"] > 0
-        assert run["calls_per_token"] > 0 and run["profiled_ms_per_token"] > 0
-        assert 0 < run["engine_outputs_per_token"] <= 1
-        assert any("uvicorn" in row["function"] for row in run["top"])  # the HTTP server's send
-    markdown = (out / "front_end_profile.md").read_text()
-    assert "| server | Python calls per token |" in markdown
-    assert len(results["pairs"]) == 1 and "\n| 1 | " in markdown
+    report.plot(json.loads((RESULTS / "results.json").read_text()), tmp_path / "results.png")
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

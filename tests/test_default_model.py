@@ -13,13 +13,11 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import sys
 
 import pytest
 
 from aim_runtime.checkpoint import default_model
 from aim_runtime.errors import AimError
-from servers import ServerProcess, free_port, server_environment
 
 QUESTION = [{"role": "user", "content": default_model.CHECK_QUESTION}]
 # Naming the tool: the template shows the model no tools, and a bare weather question leaves
@@ -34,22 +32,6 @@ def weather_tool(strict: bool | None) -> dict:
                                "required": ["city"]}}
     return {"type": "function", "function": function | ({} if strict is None else
                                                          {"strict": strict})}
-
-
-@pytest.fixture(scope="module")
-def smol(default_model_cache, tmp_path_factory) -> ServerProcess:
-    """`aim-runtime serve` without a model directory: the embedded default."""
-    work = tmp_path_factory.mktemp("smol")
-    port = free_port()
-    command = [sys.executable, "-m", "aim_runtime", "serve", "--http_port", str(port),
-               "--host", "127.0.0.1", "--enable_grpc", "false"]
-    env = server_environment(work, {"AIM_CACHE_DIR": str(default_model_cache)})
-    process = ServerProcess(command, port, work / "serve.log", env).start()
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")

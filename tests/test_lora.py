@@ -107,6 +107,21 @@ def test_adapters_added_to_and_removed_from_the_directory_follow(lora_server, ti
 
 
 @pytest.mark.serving
+def test_a_symlink_out_of_the_directory_is_refused_as_the_load_api_refuses_it(
+        lora_server, tiny_model, tmp_path):
+    server, adapters = lora_server
+    outside = make_adapter(tmp_path / "outside", tiny_model, rank=4, seed=3)
+    (adapters / "escape").symlink_to(outside, target_is_directory=True)
+    try:
+        assert wait_for(lambda: "adapter escape not loaded: lora_path" in
+                        server.log_path.read_text())
+        assert "escape" not in listed(server)
+        assert "outside the adapter directory" in server.log_path.read_text()
+    finally:
+        (adapters / "escape").unlink()
+
+
+@pytest.mark.serving
 def test_the_load_api_is_behind_the_key_and_reads_only_the_directory(lora_server, tiny_model):
     server, adapters = lora_server
     staging = adapters / ".staging-gamma"  # hidden: the watcher leaves it alone

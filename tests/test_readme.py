@@ -9,13 +9,12 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from aim_runtime.checkpoint import default_model
-from servers import REPO, ServerProcess, free_port, server_environment
+from servers import REPO
 
 README = (REPO / "README.md").read_text()
 
@@ -117,26 +116,16 @@ def readme_curl() -> list[str]:
 
 
 @pytest.mark.serving
-def test_serving_the_embedded_default_answers_the_documented_curl(tmp_path, default_model_cache):
-    port = free_port()
-    # What `make serve` runs, with a free port and loopback only; the model converted once per
-    # test session (the first start converts it the same way).
-    command = [sys.executable, "-m", "aim_runtime", "serve", "--http_port", str(port),
-               "--host", "127.0.0.1", "--enable_grpc", "false"]
-    env = server_environment(tmp_path, {"AIM_CACHE_DIR": str(default_model_cache)})
-    server = ServerProcess(command, port, tmp_path / "serve.log", env)
-    server.start()
-    try:
-        server.wait_ready()
-        curl = [part.replace("localhost:8080", f"127.0.0.1:{port}") for part in readme_curl()]
-        assert curl[0] == "curl"
-        result = subprocess.run(curl, capture_output=True, text=True, timeout=60)
-        events = [line[6:] for line in result.stdout.splitlines() if line.startswith("data: ")]
-        assert len(events) >= 3 and events[-1] == "[DONE]", result.stdout
-        text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
-                       for e in events[:-1] if json.loads(e)["choices"])
-        assert text.startswith(default_model.CHECK_ANSWER)  # as the README says
-        assert "serving the embedded default model, HuggingFaceTB/SmolLM2-135M-Instruct" in \
-            server.log_path.read_text()
-    finally:
-        assert server.stop() == 0
+def test_serving_the_embedded_default_answers_the_documented_curl(smol):
+    """What `make serve` runs (the session's `smol` server: the embedded default, a free port,
+    loopback only), asked with the README's curl."""
+    curl = [part.replace("localhost:8080", f"127.0.0.1:{smol.port}") for part in readme_curl()]
+    assert curl[0] == "curl"
+    result = subprocess.run(curl, capture_output=True, text=True, timeout=60)
+    events = [line[6:] for line in result.stdout.splitlines() if line.startswith("data: ")]
+    assert len(events) >= 3 and events[-1] == "[DONE]", result.stdout
+    text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
+                   for e in events[:-1] if json.loads(e)["choices"])
+    assert text.startswith(default_model.CHECK_ANSWER)  # as the README says
+    assert "serving the embedded default model, HuggingFaceTB/SmolLM2-135M-Instruct" in \
+        smol.log_path.read_text()

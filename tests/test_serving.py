@@ -336,6 +336,18 @@ BAD_REQUESTS = [
     ("empty messages", "/openai/v1/chat/completions",
      {"model": "tiny", "messages": []}, 400, OPENAI),
     ("missing prompt", "/openai/v1/completions", {"model": "tiny"}, 400, OPENAI),
+    # A lone UTF-16 surrogate is a valid JSON escape but no string vLLM can encode.
+    ("lone surrogate in stop", "/openai/v1/completions",
+     b'{"model": "tiny", "prompt": "x", "max_tokens": 2, "stop": ["\\ud800"]}', 400, OPENAI),
+    ("lone surrogate in bad_words", "/openai/v1/completions",
+     b'{"model": "tiny", "prompt": "x", "max_tokens": 2, "bad_words": ["\\ud800"]}', 400,
+     OPENAI),
+    ("lone surrogate in stop (chat)", "/openai/v1/chat/completions",
+     b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, '
+     b'"stop": ["\\ud800"]}', 400, OPENAI),
+    ("lone surrogate in stop (generate)", "/v2/models/tiny/generate",
+     b'{"text_input": "x", "parameters": {"max_tokens": 2, "stop": ["\\ud800"]}}', 400,
+     KSERVE),
 ]
 
 
@@ -375,3 +387,23 @@ def test_openai_client_raises_its_own_error_types(client):
     with pytest.raises(openai.BadRequestError) as error:
         client.completions.create(model="tiny", prompt=LONG_PROMPT, max_tokens=5)
     assert "maximum context length" in str(error.value)
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/v2/models/tiny?model_version=7", 404),
+    ("GET", "/v2/models/tiny/versions/7", 404),
+    ("GET", "/v2/models/tiny/versions/7/ready", 404),
+    ("POST", "/v2/models/tiny/versions/7/infer", 404),
+    ("GET", "/v2/models/nope/versions/7", 404),
+    ("POST", "/v1/models/tiny:explain", 404),
+    ("GET", "/v2/models/tiny", 200),  # the unversioned routes serve
+    ("GET", "/v2/models/tiny?model_version=", 200),
+])
+def test_versions_the_model_lacks_and_explain_are_4xx_not_501(http, method, path, status):
+    body = {"inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
+    response = http.request(method, path, json=body if method == "POST" else None)
+    assert response.status_code == status, response.text
+    if status == 404:
+        assert isinstance(response.json()["error"], str) and response.json()["error"]
+    else:
+        assert response.json()["name"] == "tiny"

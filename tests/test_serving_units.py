@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
 from vllm.exceptions import VLLMNotFoundError, VLLMValidationError
 
-from aim_runtime.serving.gate import OPENAI_PREFIX
+from aim_runtime.serving.gate import OPENAI_PREFIX, lone_surrogate_field
 from aim_runtime.serving.model import (
     SAMPLING_PARAMETERS,
     AimModel,
@@ -511,3 +511,15 @@ def test_event_loop_is_kserves_flag_as_users_spell_it():
 
     args, rest = serve_parser().parse_known_args(["--event-loop", "asyncio"])
     assert args.event_loop == "asyncio" and rest == []
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    (b'{"stop": ["ok", "\\ud800"]}', "body.stop[1]"),
+    (b'{"parameters": {"bad_words": ["\\uDFFF x"]}}', "body.parameters.bad_words[0]"),
+    (b'{"\\ud800": 1}', "body"),  # a key
+    (b'{"prompt": "\\ud83d\\ude00 a pair is one character"}', None),
+    (b'{"prompt": "plain"}', None),
+    (b'{not json \\ud800', None),  # the application answers malformed JSON itself
+])
+def test_the_gate_names_the_field_holding_a_lone_surrogate(body, field):
+    assert lone_surrogate_field(body) == field

@@ -4,6 +4,8 @@
   so keys can be rotated; fed from a Secret) or vLLM's `--api-key`, compared in constant time.
   Health, readiness and metrics stay open for probes and Prometheus.
 - Body size: larger than `max_request_bytes` -> 413 before anything parses it.
+- Text: a string holding a lone UTF-16 surrogate (`"\\ud800"`, valid JSON, no valid text) -> 400
+  naming the field; past the gate vLLM failed to encode it and answered 500.
 - Admission: at most `max_num_seqs + max_queued` inference requests in flight; beyond that the
   answer is 503 with `Retry-After` at once, instead of an unbounded queue that times every client
   out (the OpenAI SDK retries 503 with `Retry-After` by itself).
@@ -33,6 +35,8 @@ OPENAI_PREFIX = "/openai"  # KServe's prefix for OpenAI routes
 KSERVE_PATHS = re.compile(
     r"^/(?:v2(?:/.*)?|v1/models/[^/]+(?::(?:predict|explain))?|metrics)?$")
 RETRY_AFTER_SECONDS = 1
+# A JSON escape in the surrogate range; most bodies have none, and only those are parsed here.
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 WS_POLICY_VIOLATION = 1008  # RFC 6455's close code for a refused policy
 
 
@@ -130,6 +134,13 @@ class RequestGate:
             await reject(send, openai, 413, "RequestTooLarge",
                           f"request body larger than {self.settings.max_request_bytes} bytes")
             return
+        field_name = lone_surrogate_field(body)
+        if field_name is not None:
+            metrics.REJECTED.labels(reason="invalid_text").inc()
+            await reject(send, openai, 400, "BadRequestError",
+                          f"{field_name}: a lone UTF-16 surrogate is not text (a JSON \\ud800 to "
+                          "\\udfff escape without its pair)")
+            return
         limit = self._limit()
         admitted = self.state.admit(limit)
         if admitted is None:
@@ -160,6 +171,35 @@ class RequestGate:
             return None
         queued = self.settings.max_queued if self.settings.max_queued is not None else capacity
         return capacity + queued
+
+
+def lone_surrogate_field(body: bytes) -> str | None:
+    """The JSON path of the first string in `body` holding a lone surrogate, else None (also for
+    bodies that are not JSON: the application answers those)."""
+    if not SURROGATE_ESCAPE.search(body):
+        return None
+    try:
+        return _surrogate_in(json.loads(body), "body")
+    except (ValueError, RecursionError):
+        return None
+
+
+def _surrogate_in(value: Any, where: str) -> str | None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    items = value.items() if isinstance(value, dict) else \
+        enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _surrogate_in(key, where) if isinstance(key, str) else None
+        found = found or _surrogate_in(item, f"{where}.{key}" if isinstance(key, str)
+                                       else f"{where}[{key}]")
+        if found:
+            return found
+    return None
 
 
 async def read_body(receive: Any, limit: int) -> bytes | None:

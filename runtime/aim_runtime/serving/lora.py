@@ -99,7 +99,8 @@ class Adapters:
             known = self.from_directory.get(name)
             if known == modified and name in serving:
                 continue
-            try:
+            try:  # the load API's rule: resolved, then inside the directory (no symlink out)
+                path = await asyncio.to_thread(self.resolve, str(path))
                 await asyncio.to_thread(self.check, path)
             except AdapterRefused as exc:
                 log.warning("adapter %s not loaded: %s", name, exc)

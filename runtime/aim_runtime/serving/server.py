@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import re
 import signal
@@ -37,7 +36,7 @@ from typing import Any
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from kserve import ModelServer
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 from kserve.errors import (
@@ -69,6 +68,7 @@ from aim_runtime.serving.gate import (
 )
 from aim_runtime.serving.listener import ListenerOptions
 from aim_runtime.serving.model import AimModel, EngineErrorResponse
+from aim_runtime.serving.v2_routes import add_generate_routes, add_version_routes
 from aim_runtime.serving.vllm_adapter import error_response, vllm_error_type
 
 log = logging.getLogger(__name__)
@@ -227,6 +227,7 @@ class AimRESTServer(RESTServer):
 
     def _register_endpoints(self, app: FastAPI) -> None:
         add_generate_routes(app, self.aim_model)
+        add_version_routes(app, self.dataplane)  # before KServe's, which answer 501
         super()._register_endpoints(app)
         # One model per server, chosen at start-up: KServe's repository (load/unload) is not
         # served, on HTTP as on gRPC.
@@ -301,10 +302,13 @@ class AimModelServer(ModelServer):
             self._rest_server.stop_serving()
 
     def _engine_died(self, reason: str) -> None:
+        """Stop every listener, so that the process ends (KServe waits on all of them)."""
         log.error("stopping: the engine is dead (%s); exiting non-zero for a restart", reason)
         self.exit_code = 1
         if self._rest_server is not None:
             self._rest_server.stop_serving()
+        if self._grpc_server is not None:
+            self._grpc_stopping = asyncio.ensure_future(self._grpc_server.stop())
 
     def start(self, models: list[Any]) -> None:
         run = event_loop_runner(self.event_loop)  # a refusal before anything is built
@@ -490,37 +494,6 @@ class RecipeHeaderMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_header)
-
-
-# --- the v2 generate extension ------------------------------------------------------------------
-
-
-def add_generate_routes(app: FastAPI, model: AimModel) -> None:
-    """POST /v2/models/{name}/generate and /generate_stream (Triton's generate extension)."""
-
-    def check_name(model_name: str) -> None:
-        if model_name != model.name and model_name not in model.adapter_names():
-            raise ModelNotFound(model_name)
-
-    async def body_of(request: Request) -> Any:
-        try:
-            return json.loads(await request.body())
-        except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, absurd nesting
-            raise InvalidInput(f"request body is not valid JSON: {str(exc)[:200]}") from exc
-
-    async def generate(model_name: str, request: Request) -> JSONResponse:
-        check_name(model_name)
-        return JSONResponse(await model.generate(await body_of(request), model_name))
-
-    async def generate_stream(model_name: str, request: Request) -> StreamingResponse:
-        check_name(model_name)
-        events = await model.generate_stream(await body_of(request), request, model_name)
-        return StreamingResponse(events, media_type="text/event-stream")
-
-    app.add_api_route("/v2/models/{model_name}/generate", generate, methods=["POST"],
-                      tags=["V2"])
-    app.add_api_route("/v2/models/{model_name}/generate_stream", generate_stream,
-                      methods=["POST"], tags=["V2"])
 
 
 class VllmFastPath:

@@ -477,6 +477,11 @@ async def start_engine(argv: list[str], env: dict[str, str],
         app_args = argparse.Namespace(**{**vars(args), "api_key": None})
         app = _entry(BUILD_APP)(app_args, tasks, llm.vllm_config.model_config)
         await _entry(INIT_APP_STATE)(llm, app.state, app_args, tasks)
+        # vLLM's engine-error handler reads `vllm serve`'s uvicorn server here and sets its
+        # should_exit once the engine has errored; without it the handler itself failed (a 500
+        # for a client's bad string). Nothing reads this one: the runtime's engine watch
+        # (serving/model.py) sees the same death and stops every listener with exit code 1.
+        app.state.server = argparse.Namespace(should_exit=False)
     except BaseException:
         llm.shutdown()
         raise
