@@ -100,8 +100,9 @@ _running_unmarked: list[str] = []  # the node id of an unmarked test while it ru
 
 
 def starts_a_server(command: object) -> bool:
-    words = command if isinstance(command, (list, tuple)) else [command]
-    return bool(SERVING_COMMAND.search(" ".join(map(str, words))))
+    """A serving process, also one started to watch it fail (`--help` is no start)."""
+    words = [str(w) for w in (command if isinstance(command, (list, tuple)) else [command])]
+    return bool(SERVING_COMMAND.search(" ".join(words))) and not {"--help", "-h"} & set(words)
 
 
 class _GuardedPopen(subprocess.Popen):  # type: ignore[type-arg]

@@ -74,5 +74,5 @@ def test_recipe_lora_limits_are_planned(tmp_path, tiny_model):
     planned = pipeline.run(pipeline.PlanRequest(model=tiny_model, environ={}), catalog=catalog)
     facts = load_model_facts(tiny_model)
     assert planned.plan.memory.lora_bytes_per_device == lora_bytes_per_device(
-        facts, LoraShape(4, 8), "bfloat16", Layout(tp=1))
+        facts, LoraShape(4, 8), "float32", Layout(tp=1))  # the tiny model's recipe: fp32
     assert planned.plan.engine_args["max_loras"] == 4  # and vLLM gets what was planned

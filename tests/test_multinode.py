@@ -32,6 +32,8 @@ from aim_runtime.serving.cluster import (
 )
 from servers import free_port, server_environment
 
+pytestmark = pytest.mark.slow  # Ray processes and workers of its own
+
 pytest.importorskip("ray")
 
 

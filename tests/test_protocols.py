@@ -237,3 +237,33 @@ def test_v2_grpc_typed_contents_and_parameters(keyed):
     # Typed contents in, typed contents out (raw output contents answer raw inputs).
     assert len(output.contents.bytes_contents) == 2 and not response.raw_output_contents
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(("parameters", "prompt"), [
+    ({"max_tokens": -1}, b"Hello"),
+    ({"max_tokens": 2**62}, b"Hello"),
+    ({"max_tokens": 2}, b"word " * 40_000),  # 200k characters: longer than the context
+], ids=["negative max_tokens", "absurd max_tokens", "prompt past the context"])
+def test_v2_grpc_bad_requests_are_invalid_argument_not_internal(keyed, parameters, prompt):
+    """What HTTP answers 400 is INVALID_ARGUMENT over gRPC, naming the problem; the server
+    keeps serving."""
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    def request(text: bytes, **values: int) -> pb.ModelInferRequest:
+        return pb.ModelInferRequest(
+            model_name="tiny", inputs=[pb.ModelInferRequest.InferInputTensor(
+                name="text_input", datatype="BYTES", shape=[1],
+                contents=pb.InferTensorContents(bytes_contents=[text]))],
+            parameters={k: pb.InferParameter(int64_param=v) for k, v in values.items()})
+
+    metadata = [("authorization", f"Bearer {KEY}")]
+    with grpc.insecure_channel(f"127.0.0.1:{keyed.grpc_port}") as channel:
+        stub = GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(request(prompt, **parameters), metadata=metadata, timeout=60)
+        still = stub.ModelInfer(request(b"Hello", max_tokens=2), metadata=metadata, timeout=60)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+    assert refused.value.details() and refused.value.details() != "Internal server error"
+    assert still.outputs[0].name == "text_output"

@@ -407,3 +407,17 @@ def test_versions_the_model_lacks_and_explain_are_4xx_not_501(http, method, path
         assert isinstance(response.json()["error"], str) and response.json()["error"]
     else:
         assert response.json()["name"] == "tiny"
+
+
+@pytest.mark.parametrize(("path", "shape"), [("/openai/v1/completions", OPENAI),
+                                             ("/v2/models/tiny/generate", KSERVE)])
+def test_too_many_headers_are_431_in_the_protocols_shape(http, client, path, shape):
+    """vLLM's default --h11-max-header-count (256) holds on uvicorn's httptools parser too."""
+    headers = {f"x-filler-{index}": "x" for index in range(300)}
+    response = http.post(path, json={"model": "tiny", "prompt": "x", "text_input": "x"},
+                         headers=headers)
+    assert response.status_code == 431, response.text
+    error = response.json()["error"]
+    message = error["message"] if shape == OPENAI else error
+    assert "--h11-max-header-count" in message
+    assert client.completions.create(model="tiny", prompt="x", max_tokens=2).choices

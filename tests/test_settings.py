@@ -48,6 +48,7 @@ def test_secrets_are_not_echoed():
     assert "hunter2" not in str(caught.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("command", "env"), [
     (["serve"], {"AIM_MAX_REQUEST_BYTES": "32MiB"}),
     (["serve"], {"AIM_GRACEFUL_SHUTDOWN_SECONDS": "soon"}),

@@ -179,6 +179,7 @@ def test_with_an_access_log_the_recipe_header_is_where_the_log_reads_it(tiny_mod
     assert rest.config.headers == []  # not twice
 
 
+@pytest.mark.slow
 def test_model_id_without_hub_access_is_a_clear_error(tmp_path):
     """As a user meets it: the command exits 2 with one clear line (no hub here)."""
     env = server_environment(tmp_path, {"HF_HUB_OFFLINE": "1"})
@@ -266,6 +267,14 @@ def test_vllm_listener_flags_configure_our_listener(clean_env, tiny_model, tmp_p
     assert prepared.model.warmup.url.startswith("https://127.0.0.1:8000")
     vllm_args, _ = engine.parse_vllm_args(prepared.model.engine_argv)
     assert vllm_args.shutdown_timeout == 15  # the engine drains for as long
+
+
+def test_vllm_header_limit_flags_reach_our_listener(clean_env, tiny_model):
+    listener = prepare(tiny_model, "--h11-max-incomplete-event-size", "65536",
+                       "--h11-max-header-count", "32").server.listener
+    assert (listener.max_header_bytes, listener.max_header_count) == (65536, 32)
+    defaults = prepare(tiny_model).server.listener
+    assert (defaults.max_header_bytes, defaults.max_header_count) == (4 * 1024 * 1024, 256)
 
 
 def test_graceful_shutdown_seconds_wins_over_shutdown_timeout(clean_env, tiny_model):

@@ -71,6 +71,7 @@ def test_the_server_warmed_itself_before_ready(server):
     assert frozen and int(frozen.group(1)) > 100_000 and frozen.start() > warm
 
 
+@pytest.mark.slow
 def test_start_up_failure_leaves_a_termination_message(tmp_path):
     message = tmp_path / "termination-log"
     env = server_environment(tmp_path, {"AIM_TERMINATION_LOG": str(message)})

@@ -37,6 +37,7 @@ from aim_runtime.planner.memory import (
     Layout,
     LoraShape,
     MemoryEstimate,
+    default_block_size,
     estimate,
     lora_bytes_per_device,
 )
@@ -567,12 +568,17 @@ def _rocm(setting: PlanSetting, candidate: Candidate, batch: BatchShape | None =
 
 
 def _block_size(setting: PlanSetting, candidate: Candidate) -> int | None:
-    """KV-cache block size when something sets it: the user's flag, the recipe, or a ROCm rule
-    (AITER's MLA kernels: 1, AMD's vLLM guide); None leaves vLLM's default."""
+    """KV-cache block size: the user's flag, the recipe, or a ROCm rule (AITER's MLA kernels: 1,
+    AMD's vLLM guide); else, on GPUs, the size the memory estimate assumed, stated, because
+    vLLM's own default moved (16 up to 0.33; 64 in 0.34 for most ROCm backends,
+    vllm/config/cache.py), and the KV and state block counts the plan rests on must hold on
+    every release of the window. None leaves vLLM's CPU default."""
     if setting.overrides.block_size is not None:
         return setting.overrides.block_size
     block = _rocm(setting, candidate).engine_args.get("block_size")
-    return block if isinstance(block, int) else None
+    if isinstance(block, int):
+        return block
+    return default_block_size(True, setting.facts.mla is not None) if setting.on_gpu else None
 
 
 def _trust_remote_code(setting: PlanSetting, recipe: Recipe | None, notes: list[str]) -> bool:

@@ -5,7 +5,9 @@ vLLM unchanged; the flags that configure `vllm serve`'s own HTTP listener (TLS, 
 log) would reach nothing, because the listener is KServe's. They are translated here, so that a
 command line written for `vllm serve` (KServe's LLMInferenceService presets pass `--ssl-certfile`,
 `--ssl-keyfile`, `--enable-ssl-refresh`, `--shutdown-timeout`) does what it says, and the flags
-that cannot be honoured are refused by name instead of being dropped.
+that cannot be honoured are refused by name instead of being dropped. vLLM's request-header limits
+(`--h11-max-incomplete-event-size`, `--h11-max-header-count`) hold whichever HTTP parser uvicorn
+uses (httptools has no limit of its own): a request past them is answered 431 before the gate.
 
 Some hold without translation: KServe's listener refreshes its certificate whenever TLS is on
 (`--enable-ssl-refresh`), and writes no access log unless `--access_log_format` asks for one
@@ -40,6 +42,10 @@ class ListenerOptions:
     ssl_cert_reqs: int | None = None
     ssl_ciphers: str | None = None
     graceful_shutdown_seconds: int = 100
+    # `vllm serve`'s request-header limits (--h11-max-incomplete-event-size, a request head's
+    # bytes; --h11-max-header-count), vLLM's defaults unless given.
+    max_header_bytes: int = 4 * 1024 * 1024
+    max_header_count: int = 256
 
     @property
     def tls(self) -> bool:
@@ -70,7 +76,9 @@ def listener_options(ours: argparse.Namespace, vllm: argparse.Namespace,
         ssl_ca_certs=vllm.ssl_ca_certs if "ssl_ca_certs" in explicit_vllm else None,
         ssl_cert_reqs=vllm.ssl_cert_reqs if "ssl_cert_reqs" in explicit_vllm else None,
         ssl_ciphers=vllm.ssl_ciphers if "ssl_ciphers" in explicit_vllm else None,
-        graceful_shutdown_seconds=grace)
+        graceful_shutdown_seconds=grace,
+        max_header_bytes=int(vllm.h11_max_incomplete_event_size),
+        max_header_count=int(vllm.h11_max_header_count))
 
 
 def _one_of(dest: str, ours: argparse.Namespace, vllm: argparse.Namespace,

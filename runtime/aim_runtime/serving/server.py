@@ -48,6 +48,7 @@ from kserve.errors import (
 )
 from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.server import RESTServer
 from prometheus_client import exposition
@@ -66,6 +67,7 @@ from aim_runtime.serving.gate import (
     RequestGate,
     openai_shaped,
 )
+from aim_runtime.serving.header_limits import HeaderLimits
 from aim_runtime.serving.listener import ListenerOptions
 from aim_runtime.serving.model import AimModel, EngineErrorResponse
 from aim_runtime.serving.v2_routes import add_generate_routes, add_version_routes
@@ -144,6 +146,7 @@ class AimRESTServer(RESTServer):
             shared_in_flight=front_end.group.in_flight if front_end else None,
             server_index=front_end.index if front_end else 0)
         self.openai_root_routes = openai_root_routes
+        self.listener = listener
         self.sock = sock  # this API server's own socket on the pod's port, bound by the supervisor
         self.front_end = front_end
         super().__init__(*args, **kwargs)
@@ -198,6 +201,9 @@ class AimRESTServer(RESTServer):
         openai = RequestGate(OpenAIApplication(self.aim_model), settings=self.gate_settings,
                              state=self.gate_state, root_routes=self.openai_root_routes)
         app: Any = VllmFastPath(kserve_app, openai, self.openai_root_routes)
+        limits = self.listener or ListenerOptions()
+        app = HeaderLimits(app, limits.max_header_bytes, limits.max_header_count,
+                           self.openai_root_routes)
         if not self.access_log_format:
             self.config.headers = [(RECIPE_HEADER, self.recipe_id)]
             return app
@@ -406,6 +412,30 @@ def _grpc_refusal(code: grpc.StatusCode, message: str) -> Any:
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
+# HTTP statuses of vLLM's error responses, as gRPC status codes (the gRPC mapping HTTP/JSON
+# gateways use); anything else a vLLM error response carries is INTERNAL.
+GRPC_STATUS_OF_HTTP = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
+                       413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       503: grpc.StatusCode.UNAVAILABLE}
+
+
+class AimExceptionToStatus(ExceptionToStatusInterceptor):
+    """KServe's exception-to-status interceptor, plus what vLLM says of a request: its error
+    responses by their HTTP status, its validation errors (and ValueError, TypeError, as the
+    HTTP routes answer them 400) INVALID_ARGUMENT; where KServe answered INTERNAL."""
+
+    async def handle_exception(self, ex: Exception, request_or_iterator: Any,
+                               context: grpc.aio.ServicerContext, method_name: str) -> None:
+        if isinstance(ex, EngineErrorResponse):
+            await context.abort(GRPC_STATUS_OF_HTTP.get(ex.status_code,
+                                                        grpc.StatusCode.INTERNAL), str(ex))
+        elif isinstance(ex, (vllm_error_type(), ValueError, TypeError)) and \
+                not isinstance(ex, InvalidInput):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(ex))
+        await super().handle_exception(ex, request_or_iterator, context, method_name)
+
+
 class AimGRPCServer(GRPCServer):
     """KServe's gRPC v2 server with the API-key interceptor in front of KServe's own."""
 
@@ -417,17 +447,14 @@ class AimGRPCServer(GRPCServer):
         from concurrent import futures
 
         from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
-        from kserve.protocol.grpc.interceptors import (
-            ExceptionToStatusInterceptor,
-            LoggingInterceptor,
-        )
+        from kserve.protocol.grpc.interceptors import LoggingInterceptor
         from kserve.protocol.grpc.servicer import InferenceServicer
 
         servicer = InferenceServicer(self._data_plane, self._model_repository_extension)
         self._server = grpc.aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=(AuthInterceptor(self.api_keys), LoggingInterceptor(),
-                          ExceptionToStatusInterceptor()),
+                          AimExceptionToStatus()),
             options=[(f"grpc.{name}", self._kwargs.get(f"grpc_{name}")) for name in (
                 "max_send_message_length", "max_receive_message_length")],
         )

@@ -1,0 +1,40 @@
+"""`vllm serve`'s request-header limits, held by our listener whichever HTTP parser uvicorn runs.
+
+vLLM bounds a request's head with `--h11-max-incomplete-event-size` (bytes) and
+`--h11-max-header-count`, which its own launcher hands to uvicorn's h11 parser. uvicorn's
+default parser here is httptools, which has no limit of its own, so the limits are checked on the
+parsed request, first thing in the listener's application: past either, 431 (Request Header
+Fields Too Large) in the protocol's error shape, and the request goes no further.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aim_runtime.serving import metrics
+from aim_runtime.serving.gate import openai_shaped, reject
+
+
+class HeaderLimits:
+    """ASGI: 431 for an HTTP request with more than `max_count` headers or more than
+    `max_bytes` of header names and values."""
+
+    def __init__(self, app: Any, max_bytes: int, max_count: int, root_routes: bool) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.max_count = max_count
+        self.root_routes = root_routes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            size = sum(len(name) + len(value) for name, value in headers)
+            if len(headers) > self.max_count or size > self.max_bytes:
+                metrics.REJECTED.labels(reason="headers_too_large").inc()
+                await reject(send, openai_shaped(scope["path"], self.root_routes), 431,
+                             "RequestHeaderFieldsTooLarge",
+                             f"request headers: {len(headers)} fields, {size} bytes; the limits "
+                             f"are {self.max_count} fields (--h11-max-header-count) and "
+                             f"{self.max_bytes} bytes (--h11-max-incomplete-event-size)")
+                return
+        await self.app(scope, receive, send)
