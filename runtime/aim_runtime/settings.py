@@ -39,7 +39,9 @@ DEFAULT_OBJECTIVE: Objective = "latency"
 CPU_PRODUCT = "CPU"  # the "product" of an inventory without GPUs, and of CPU recipes
 GIB = 1024**3
 GPUS_PER_NODE = 8  # an Instinct platform (OAM baseboard) holds 8 GPUs
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM's default share of VRAM
+# vLLM's default share of VRAM up to 0.33 (0.34 on ROCm defaults to 1.0 with its extensible KV
+# cache); every GPU plan passes its own, so the estimate holds on every release of the window.
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
 CPU_USABLE_FRACTION = 0.9  # share of the pod's host memory a CPU plan may fill
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

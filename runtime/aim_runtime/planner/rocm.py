@@ -19,18 +19,20 @@ Every `VLLM_*` name a rule or recipe sets exists in the installed vLLM's environ
 `aim-runtime recipes validate`). Variables that other libraries read are listed in `EXTERNAL_ENV`
 with their owner.
 
-The table targets the supported window, vLLM 0.31-0.33. Every vLLM fact it relies on was read in
-the source of 0.32 (the CPU build installed for development) and of 0.31 (the oldest CPU build);
-0.33 runs only in the ROCm image and was not read, and the sources say "vLLM 0.31-0.32" or name
-the one release a fact holds in. In both releases the attention backend is the
+The table targets the supported window, vLLM 0.32-0.34. Every vLLM fact it relies on was read in
+the source of 0.32 (the CPU build installed for development) and again in the Python files of the
+0.33 and 0.34 wheels (ROCm only); the sources say "vLLM 0.32-0.34" or name the releases a fact
+holds in. In all three the attention backend is the
 `--attention-backend` engine argument (`VLLM_ATTENTION_BACKEND` is not in the registry), and two
 variables AMD's guide still names, `VLLM_V1_USE_PREFILL_DECODE_ATTENTION` and
 `VLLM_ROCM_CUSTOM_PAGED_ATTN`, are gone from it, with no `--attention-config` field in their place;
 no rule sets them. Rows that select ROCM_AITER_UNIFIED_ATTN also state `--block-size 64`, the
 block size vLLM gives that backend when none is set (`get_preferred_block_size`), so that the
-plan's KV-cache blocks and a hybrid model's state page are the ones vLLM will use. 0.32 took
-multimodal prefix attention away from ROCM_ATTN and ROCM_AITER_UNIFIED_ATTN (0.31 had it), so no
-row picks an attention backend for such models: vLLM picks one that has it.
+plan's KV-cache blocks and a hybrid model's state page are the ones vLLM will use; where no rule
+sets a block size, the plan states the 16 its memory estimate assumed (`plan._block_size`): vLLM
+0.34 moved its own default to 64 for every ROCm backend but ROCM_ATTN (vllm/config/cache.py).
+Only TRITON_ATTN has multimodal prefix attention (0.32-0.34), so no row picks an attention
+backend for such models: vLLM picks the one that has it.
 """
 
 from __future__ import annotations
@@ -53,17 +55,17 @@ KIND_NAMES: dict[ModelKind, str] = {
     "mla": "MLA", "moe": "MoE", "sliding_window": "sliding window",
     "hybrid": "hybrid (Mamba / linear attention)", "attention_sinks": "attention sinks",
     "multimodal_prefix": "multimodal prefix attention"}
-# AITER is built for MI300 and MI350 series only (vLLM 0.31-0.32 `is_aiter_found_and_supported`:
+# AITER is built for MI300 and MI350 series only (vLLM 0.32-0.34 `is_aiter_found_and_supported`:
 # CDNA 3 or later).
 AITER_ISAS = ("gfx942", "gfx950")
 GPU_ISAS = ("gfx90a", "gfx942", "gfx950")
-# Head sizes vLLM 0.31-0.32's ROCM_AITER_FA backend supports (`get_supported_head_sizes`).
+# Head sizes vLLM 0.32-0.34's ROCM_AITER_FA backend supports (`get_supported_head_sizes`).
 AITER_FA_HEAD_DIMS = (64, 128, 256)
 # Its kernels take 16- and 32-token blocks (`get_supported_kernel_block_sizes`); vLLM splits any
 # cache block that is a multiple of 16 into them (`supports_block_size`).
 AITER_FA_BLOCK_MULTIPLE = 16
 # ROCM_AITER_UNIFIED_ATTN: head sizes from 32 (`supports_head_size`), and the block size vLLM
-# 0.31-0.32 gives it when none is set (`get_preferred_block_size`).
+# 0.32-0.34 gives it when none is set (`get_preferred_block_size`).
 AITER_UNIFIED_MIN_HEAD_DIM = 32
 AITER_UNIFIED_BLOCK_SIZE = 64
 
@@ -85,38 +87,40 @@ SOURCES = {
                    "MI300X/MI325X/MI355X"),
     "vllm-46596": ("vllm-project/vllm#46596: vLLM picks ROCM_ATTN over ROCM_AITER_FA even with "
                    "AITER on; >80% geomean on MI355X from ROCM_AITER_FA; the order is the same "
-                   "in vLLM 0.31-0.32 (vllm/platforms/rocm.py `_get_backend_priorities`: "
+                   "in vLLM 0.32-0.34 (vllm/platforms/rocm.py `_get_backend_priorities`: "
                    "ROCM_ATTN, ROCM_AITER_FA, ROCM_AITER_UNIFIED_ATTN, TRITON_ATTN)"),
-    "vllm-attention": ("vLLM 0.31-0.32 vllm/v1/attention/backends: ROCM_AITER_FA head sizes "
+    "vllm-attention": ("vLLM 0.32-0.34 vllm/v1/attention/backends: ROCM_AITER_FA head sizes "
                        "64/128/256, 16- and 32-token kernel blocks; ROCM_AITER_UNIFIED_ATTN head "
                        "size >= 32, attention sinks, 64-token blocks unless set "
                        "(`get_preferred_block_size`)"),
-    "vllm-mm-prefix": ("vLLM 0.32 vllm/v1/attention/backends `supports_mm_prefix`: False for "
-                       "ROCM_ATTN, ROCM_AITER_FA and ROCM_AITER_UNIFIED_ATTN, True for "
-                       "TRITON_ATTN; vLLM 0.31: True for ROCM_ATTN, ROCM_AITER_UNIFIED_ATTN and "
+    "vllm-mm-prefix": ("vLLM 0.32-0.34 vllm/v1/attention/backends `supports_mm_prefix`: False "
+                       "for ROCM_ATTN, ROCM_AITER_FA and ROCM_AITER_UNIFIED_ATTN, True for "
                        "TRITON_ATTN; an --attention-backend without it fails at start-up"),
-    "vllm-aiter-mla": ("vLLM 0.31-0.32 rocm_aiter_mla.py: any block size (kernel blocks "
+    "vllm-aiter-mla": ("vLLM 0.32-0.34 rocm_aiter_mla.py: any block size (kernel blocks "
                        "`MultipleOf(1)`; the decode kernel pages by one token); "
                        "vllm/platforms/rocm.py lists ROCM_AITER_MLA first when AITER MLA is on"),
-    "vllm-moe-oracle": ("vLLM 0.31-0.32 fused-MoE oracles (model_executor/layers/fused_moe/"
+    "vllm-moe-oracle": ("vLLM 0.32-0.34 fused-MoE oracles (model_executor/layers/fused_moe/"
                         "oracle): `--moe-backend aiter` is AITER's fused MoE for unquantized and "
                         "FP8 experts; for MXFP4 (mxfp4.py) it and the default try AITER's CK "
                         "W4A16 kernel (AITER_MXFP4_BF16, gfx950 only), then AITER's Triton W4A16 "
-                        "kernel (AITER_TRITON_MXFP4_BF16, gfx942/gfx950, no expert or data "
-                        "parallelism); the default then falls back to vLLM's Triton kernels"),
-    "vllm-fp8": ("vLLM 0.31-0.32 vllm/platforms/rocm.py: `is_fp8_fnuz()` on gfx94x "
+                        "kernel (AITER_TRITON_MXFP4_BF16, gfx942/gfx950; not with data "
+                        "parallelism, nor in 0.32 with expert parallelism, which 0.33-0.34 allow "
+                        "unless data, context or sequence parallelism or EPLB come with it); the "
+                        "default then falls back to vLLM's Triton kernels"),
+    "vllm-fp8": ("vLLM 0.32-0.34 vllm/platforms/rocm.py: `is_fp8_fnuz()` on gfx94x "
                  "(float8_e4m3fnuz), OCP float8_e4m3fn on gfx95x; "
                  "`normalize_e4m3fn_to_e4m3fnuz` doubles the scales; ROCm precision-support page"),
-    "vllm-quick-reduce": ("vLLM 0.31-0.32 quick_all_reduce.py: gfx94x/gfx95x, TP 2/4/8, "
+    "vllm-quick-reduce": ("vLLM 0.32-0.34 quick_all_reduce.py: gfx94x/gfx95x, TP 2/4/8, "
                           "`VLLM_ROCM_QUICK_REDUCE_QUANTIZATION` FP, INT8, INT6, INT4, INT3 or "
                           "NONE"),
-    "vllm-awq": ("vLLM 0.31-0.32 `RocmPlatform.verify_quantization` sets VLLM_USE_TRITON_AWQ=1 "
+    "vllm-awq": ("vLLM 0.32-0.34 `RocmPlatform.verify_quantization` sets VLLM_USE_TRITON_AWQ=1 "
                  "for AWQ itself; the rule makes that visible in the plan"),
     "vllm-mamba-budget": ("vllm-project/vllm#49064 and #55148: the engine refuses to start when "
                           "max_num_seqs exceeds the Mamba cache blocks (one per decode "
-                          "sequence); #56945 on a 192 GB card; vLLM 0.31-0.32 "
-                          "vllm/v1/core/kv_cache_utils.py `get_kv_cache_config_from_groups` and "
-                          "vllm/platforms/interface.py `_align_hybrid_block_size`"),
+                          "sequence); #56945 on a 192 GB card; vLLM 0.32-0.34 "
+                          "`get_kv_cache_config_from_groups` (vllm/v1/core/kv_cache_utils.py, "
+                          "kv_cache_planning.py from 0.33) and vllm/platforms/interface.py "
+                          "`_align_hybrid_block_size`"),
     "amd-numa": ("AMD Instinct MI300X system optimization (ROCm docs): disable NUMA "
                  "auto-balancing (kernel.numa_balancing=0)"),
 }
@@ -207,14 +211,14 @@ RULES: tuple[Rule, ...] = (
          AITER_ISAS, env={"VLLM_ROCM_USE_AITER": "1"}),
     Rule("no-aiter", "no AITER build for MI200 (gfx90a): keep it off whatever the image sets",
          SOURCES["amd-docker-gfx90a"], ("gfx90a",), env={"VLLM_ROCM_USE_AITER": "0"}),
-    Rule("attention-aiter-fa", "AITER flash attention for MHA/GQA models; vLLM 0.31-0.32 would "
+    Rule("attention-aiter-fa", "AITER flash attention for MHA/GQA models; vLLM 0.32-0.34 would "
          "pick ROCM_ATTN first", f"{SOURCES['vllm-46596']}; {SOURCES['vllm-attention']}; "
          f"{SOURCES['amd-guide-attention']}",
          AITER_ISAS, not_kinds=("mla", "hybrid", "attention_sinks", "multimodal_prefix"),
          head_dims=AITER_FA_HEAD_DIMS, block_multiple=AITER_FA_BLOCK_MULTIPLE, needs_aiter=True,
          engine_args={"attention_backend": "ROCM_AITER_FA"}),
     Rule("attention-aiter-unified-sinks", "attention sinks (gpt-oss): AITER unified attention "
-         "as AMD's guide prescribes, with the guide's two variables (in vLLM 0.31-0.32 the "
+         "as AMD's guide prescribes, with the guide's two variables (in vLLM 0.32-0.34 the "
          "engine argument alone selects the backend: VLLM_ROCM_USE_AITER_MHA=0 only keeps "
          "ROCM_AITER_FA out of vLLM's own choice, and no selection reads "
          "VLLM_ROCM_USE_AITER_UNIFIED_ATTENTION); its 64-token blocks stated",
@@ -232,10 +236,8 @@ RULES: tuple[Rule, ...] = (
          engine_args={"attention_backend": "ROCM_AITER_UNIFIED_ATTN",
                       "block_size": AITER_UNIFIED_BLOCK_SIZE}),
     Rule("attention-multimodal-prefix", "bidirectional attention over image tokens (Gemma 3): "
-         "no AITER attention backend has it in vLLM 0.32 (ROCM_AITER_FA never had it; "
-         "ROCM_AITER_UNIFIED_ATTN and ROCM_ATTN had it in 0.31), so the attention backend is "
-         "left to vLLM, which picks the first that has it (TRITON_ATTN in 0.32, ROCM_ATTN in "
-         "0.31)", f"{SOURCES['vllm-mm-prefix']}; {SOURCES['vllm-46596']}", AITER_ISAS,
+         "no AITER attention backend has it in vLLM 0.32-0.34, so the attention backend is "
+         "left to vLLM, which picks the one that has it (TRITON_ATTN)", f"{SOURCES['vllm-mm-prefix']}; {SOURCES['vllm-46596']}", AITER_ISAS,
          kinds=("multimodal_prefix",), not_kinds=("mla",), needs_aiter=True),
     Rule("attention-aiter-unified-head-dim", "head sizes ROCM_AITER_FA lacks: AITER unified "
          "attention (head size >= 32); its 64-token blocks stated", SOURCES["vllm-attention"],
@@ -244,7 +246,7 @@ RULES: tuple[Rule, ...] = (
          needs_aiter=True, engine_args={"attention_backend": "ROCM_AITER_UNIFIED_ATTN",
                                         "block_size": AITER_UNIFIED_BLOCK_SIZE}),
     Rule("mla-block-size", "AITER MLA (vLLM picks ROCM_AITER_MLA first when AITER is on) with "
-         "--block-size 1 as AMD's guide requires; vLLM 0.31-0.32's AITER MLA also takes larger "
+         "--block-size 1 as AMD's guide requires; vLLM 0.32-0.34's AITER MLA also takes larger "
          "blocks (its decode kernel pages by one token either way)",
          f"{SOURCES['amd-guide-mla']}; {SOURCES['vllm-aiter-mla']}", AITER_ISAS,
          kinds=("mla",), block_sizes=(None,), needs_aiter=True, engine_args={"block_size": 1}),
@@ -260,8 +262,8 @@ RULES: tuple[Rule, ...] = (
          engine_args={"moe_backend": "aiter"}),
     Rule("moe-mxfp4-gfx942", "MXFP4 experts on gfx942: AITER's CK MXFP4 kernel is gfx950-only; "
          "with AITER on, vLLM's default is AITER's Triton W4A16 kernel (moe_gemm_a16w4), and "
-         "its own Triton kernels under expert or data parallelism, so the moe backend is left "
-         "to vLLM", SOURCES["vllm-moe-oracle"], ("gfx942",), kinds=("moe",),
+         "its own Triton kernels under data parallelism (and expert parallelism, as the "
+         "oracle says per release), so the moe backend is left to vLLM", SOURCES["vllm-moe-oracle"], ("gfx942",), kinds=("moe",),
          precisions=("mxfp4",)),
     Rule("quick-reduce", "Quick Reduce with INT8 quantization for the large all-reduces of TP "
          "4/8 under load (INT8 is the least lossy quantized level; validate quality)",
@@ -465,7 +467,7 @@ MLA_STATE_BLOCK_ALIGNMENT = 128
 def block_budget(facts: ModelFacts, memory: MemoryEstimate, layout: Layout,
                  dtype: str) -> BlockBudget:
     """KV-cache blocks per device, and for hybrid models the blocks of the pool that holds their
-    per-sequence state, the way vLLM 0.31-0.32 lays that pool out (vllm/platforms/interface.py
+    per-sequence state, the way vLLM 0.32-0.34 lays that pool out (vllm/platforms/interface.py
     `_align_hybrid_block_size`, vllm/v1/core/kv_cache_utils.py
     `get_kv_cache_config_from_groups`): one page size for every layer, the attention block grown
     in steps of the block size the attention backend starts from (at least its smallest kernel

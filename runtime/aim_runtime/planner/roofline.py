@@ -40,7 +40,7 @@ from aim_runtime.planner.memory import (
 )
 
 # The precision a weight format computes in on vLLM (matrix math, not storage). MXFP4 as read in
-# 0.31-0.32's MXFP4 MoE oracle: W4A16 by default on gfx942 and gfx950 (bf16 arithmetic).
+# 0.32-0.34's MXFP4 MoE oracle: W4A16 by default on gfx942 and gfx950 (bf16 arithmetic).
 COMPUTE_PRECISION = {"bf16": "bf16", "fp16": "bf16", "fp32": "bf16", "fp8": "fp8",
                      "int8": "bf16", "int4": "bf16", "mxfp4": "bf16"}
 
