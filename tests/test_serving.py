@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import struct
 
 import httpx
 import openai
@@ -420,4 +421,36 @@ def test_too_many_headers_are_431_in_the_protocols_shape(http, client, path, sha
     error = response.json()["error"]
     message = error["message"] if shape == OPENAI else error
     assert "--h11-max-header-count" in message
+    assert client.completions.create(model="tiny", prompt="x", max_tokens=2).choices
+
+
+def binary_v2(json_part: dict, data: bytes) -> tuple[bytes, dict]:
+    """A v2 REST request in the binary tensor extension's framing."""
+    header = json.dumps(json_part).encode()
+    return header + data, {"inference-header-content-length": str(len(header)),
+                           "content-type": "application/octet-stream"}
+
+
+def bytes_input(**fields) -> dict:
+    return {"name": "text_input", "shape": [1], "datatype": "BYTES",
+            "parameters": {"binary_data_size": 8}, **fields}
+
+
+@pytest.mark.parametrize(("json_part", "data"), [
+    ({}, b""),
+    ({"inputs": [5]}, b""),
+    ({"inputs": [{k: v for k, v in bytes_input().items() if k != "name"}]},
+     struct.pack("<I", 4) + b"abcd"),
+    ({"inputs": [{k: v for k, v in bytes_input().items() if k != "shape"}]},
+     struct.pack("<I", 4) + b"abcd"),
+    ({"inputs": [bytes_input()]}, struct.pack("<I", 2**32 - 1) + b"abcd"),
+    ({"inputs": [bytes_input(parameters={"binary_data_size": 6})]},
+     struct.pack("<I", 2) + b"\xff\xfe"),
+], ids=["no inputs", "an input that is a number", "no name", "no shape", "lying length prefix",
+        "bytes that are not UTF-8"])
+def test_malformed_binary_v2_requests_are_400(http, client, json_part, data):
+    body, headers = binary_v2(json_part, data)
+    response = http.post("/v2/models/tiny/infer", content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert isinstance(response.json()["error"], str) and response.json()["error"]
     assert client.completions.create(model="tiny", prompt="x", max_tokens=2).choices

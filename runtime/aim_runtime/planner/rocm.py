@@ -237,7 +237,8 @@ RULES: tuple[Rule, ...] = (
                       "block_size": AITER_UNIFIED_BLOCK_SIZE}),
     Rule("attention-multimodal-prefix", "bidirectional attention over image tokens (Gemma 3): "
          "no AITER attention backend has it in vLLM 0.32-0.34, so the attention backend is "
-         "left to vLLM, which picks the one that has it (TRITON_ATTN)", f"{SOURCES['vllm-mm-prefix']}; {SOURCES['vllm-46596']}", AITER_ISAS,
+         "left to vLLM, which picks the one that has it (TRITON_ATTN)",
+         f"{SOURCES['vllm-mm-prefix']}; {SOURCES['vllm-46596']}", AITER_ISAS,
          kinds=("multimodal_prefix",), not_kinds=("mla",), needs_aiter=True),
     Rule("attention-aiter-unified-head-dim", "head sizes ROCM_AITER_FA lacks: AITER unified "
          "attention (head size >= 32); its 64-token blocks stated", SOURCES["vllm-attention"],
@@ -263,8 +264,8 @@ RULES: tuple[Rule, ...] = (
     Rule("moe-mxfp4-gfx942", "MXFP4 experts on gfx942: AITER's CK MXFP4 kernel is gfx950-only; "
          "with AITER on, vLLM's default is AITER's Triton W4A16 kernel (moe_gemm_a16w4), and "
          "its own Triton kernels under data parallelism (and expert parallelism, as the "
-         "oracle says per release), so the moe backend is left to vLLM", SOURCES["vllm-moe-oracle"], ("gfx942",), kinds=("moe",),
-         precisions=("mxfp4",)),
+         "oracle says per release), so the moe backend is left to vLLM",
+         SOURCES["vllm-moe-oracle"], ("gfx942",), kinds=("moe",), precisions=("mxfp4",)),
     Rule("quick-reduce", "Quick Reduce with INT8 quantization for the large all-reduces of TP "
          "4/8 under load (INT8 is the least lossy quantized level; validate quality)",
          f"{SOURCES['amd-guide-quick-reduce']}; {SOURCES['vllm-quick-reduce']}", AITER_ISAS,

@@ -28,6 +28,7 @@ import logging
 import re
 import signal
 import socket
+import struct
 import threading
 from collections.abc import Callable, Coroutine
 from http import HTTPStatus
@@ -111,6 +112,20 @@ class AimDataPlane(DataPlane):
         super().__init__(model_registry=model_registry)
         self.aim_model = model
         self.front_end = front_end
+
+    def decode_inference_request(self, body: Any, headers: Any, model_name: str) -> Any:
+        """KServe's decoding of a v2 request, binary framing (`Inference-Header-Content-Length`)
+        included. What the framing or its JSON part gets wrong is the client's: a 400 naming
+        it, where KServe's decoder let KeyError, AttributeError, struct.error or
+        UnicodeDecodeError through as a 500."""
+        try:
+            return super().decode_inference_request(body, headers, model_name)
+        except InvalidInput:
+            raise
+        except KeyError as exc:
+            raise InvalidInput(f"v2 request: an input lacks the field {exc}") from exc
+        except (AttributeError, TypeError, ValueError, IndexError, struct.error) as exc:
+            raise InvalidInput(f"v2 request does not decode: {exc}") from exc
 
     async def live(self) -> dict[str, str]:
         failed = self.front_end is not None and self.front_end.group_failed
