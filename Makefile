@@ -23,7 +23,8 @@ define install_locked
 	touch $(1)/.installed-stamp
 endef
 
-$(STAMP): $(LOCK)
+# pyproject.toml too: the editable install writes its entry points (the vLLM plugin) at install.
+$(STAMP): $(LOCK) pyproject.toml
 	$(call install_locked,$(VENV),$(LOCK))
 
 # Resolve pyproject.toml afresh into locks/*.txt and print what changed; commit the result.
@@ -54,7 +55,7 @@ test-fast: install
 EMBEDDED_MODEL_TESTS := tests/test_cpu_isa.py tests/test_default_model.py tests/test_serving.py \
 	tests/test_readme.py
 test-avx2: install
-	AIM_TEST_FORCED_ISA=avx2 PYTHONPATH=tests/isa_avx2 ATEN_CPU_CAPABILITY=avx2 \
+	AIM_TEST_FORCED_ISA=avx2 PYTHONPATH=$(CURDIR)/tests/isa_avx2 ATEN_CPU_CAPABILITY=avx2 \
 		ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest $(EMBEDDED_MODEL_TESTS) $(ARGS)
 
 # A vLLM release read from its wheel against what the runtime uses (tests/vllm_release.py): the

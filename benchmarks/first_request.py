@@ -9,7 +9,8 @@ Each start serves the tiny model in bf16 (AIM_PRECISION=bf16; its recipe says fp
 warm-up off, polls readiness every 0.2 s (tests/servers.py) and, once it answers 200, sends at
 once a completion of a one-token prompt: a first engine step of at most 4 tokens, which no oneDNN
 call precedes, so on an AMX host the first AMX instruction is the attention kernel's. Reported:
-starts served, starts whose server died, the AMX outcome each vLLM process logged, and the CPU.
+starts served, starts that failed (no answer, or the server died), the AMX outcome each vLLM
+process logged, and the CPU.
 Results go to `results/first_request.json` and `.md`. Only an AMX host can show the guard at
 work; elsewhere the run shows the path is sound and that the plugin ran in every process.
 """
@@ -53,7 +54,7 @@ def report(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "starts": len(results),
             "served": sum(r["served"] for r in results),
-            "died": sum(not r["served"] for r in results),
+            "failed": sum(not r["served"] for r in results),
             "amx_outcomes": dict(Counter(o for r in results for o in r["amx"])),
             "runs": results}
 
@@ -65,9 +66,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "",
         f"{summary['date']}, {host['cpu']} ({host['cores']} cores), vLLM {host.get('vllm')}.",
         "",
-        "| starts | served | died | AMX outcomes logged (every vLLM process, every start) |",
+        "| starts | served | failed | AMX outcomes logged (every vLLM process, every start) |",
         "|---|---|---|---|",
-        f"| {summary['starts']} | {summary['served']} | {summary['died']} | "
+        f"| {summary['starts']} | {summary['served']} | {summary['failed']} | "
         + ", ".join(f"{k}: {v}" for k, v in summary["amx_outcomes"].items()) + " |",
         ""])
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     (arguments.out / "first_request.json").write_text(json.dumps(summary, indent=2) + "\n")
     (arguments.out / "first_request.md").write_text(render_markdown(summary))
     print(render_markdown(summary))
-    return 0 if summary["died"] == 0 else 1
+    return 0 if summary["failed"] == 0 else 1
 
 
 if __name__ == "__main__":

@@ -94,8 +94,8 @@ def server(work_dir, tiny_model) -> ServerProcess:
 
 COSTLY_MARKERS = ("serving", "slow")
 SERVING_COMMAND = re.compile(
-    r"aim_runtime\b.* (serve|worker)\b|aim-runtime (serve|worker)\b|vllm\.entrypoints|"
-    r"benchmarks\.vllm_serve|/ray/|\bray start\b")
+    r"aim[_-]runtime\b.*?[\s'\"](serve|worker)\b|vllm\.entrypoints|\bvllm serve\b|"
+    r"-m benchmarks\.(?!report\b)\w+|/ray/|\bray start\b", re.S)
 _running_unmarked: list[str] = []  # the node id of an unmarked test while it runs
 
 

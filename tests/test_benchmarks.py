@@ -23,11 +23,11 @@ REPORTS = [("report", "results"), ("warm_start", "warm_start"), ("api_servers", 
            ("first_request", "first_request"), ("precision", "precision")]
 
 
-def run_smoke(module: str, tmp_path: Path, *extra: str) -> Path:
+def run_smoke(module: str, tmp_path: Path) -> Path:
     """`python -m benchmarks.<module> --smoke` as a user runs it; the directory of its results."""
     out = tmp_path / "results"
     result = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--smoke", "--out",
-                             str(out), *extra], cwd=REPO, capture_output=True, text=True,
+                             str(out)], cwd=REPO, capture_output=True, text=True,
                             timeout=1200, env=server_environment(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out

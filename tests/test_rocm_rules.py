@@ -271,7 +271,7 @@ def test_every_rule_and_plan_setting_parses_with_vllm(catalog, derived_plans):
 
 
 def test_variables_older_guides_name_are_not_in_this_vllm_and_no_rule_sets_them():
-    """vLLM 0.31-0.32 choose the attention backend with --attention-backend; AMD's guide still
+    """vLLM 0.32-0.34 choose the attention backend with --attention-backend; AMD's guide still
     names two variables these releases no longer read, and --attention-config has no field in
     their place. If a vLLM upgrade brings them back, revisit."""
     from dataclasses import fields
@@ -351,7 +351,7 @@ def test_the_vllm_check_catches_names_vllm_lacks():
 def test_hybrid_max_num_seqs_stays_within_the_mamba_block_budget(models):
     """Qwen3-Next (36 Gated DeltaNet + 12 attention layers) on one MI300X with little memory:
     vLLM's 1024 default would exceed the state blocks, so the plan lowers max_num_seqs, and the
-    figure matches vLLM 0.31-0.32's layout worked out by hand."""
+    figure matches vLLM 0.32-0.34's layout worked out by hand."""
     facts = models["qwen3-next-80b-a3b-instruct"]
     plan = make_plan(detect(simulate="MI300X:1", environ={}), facts, EMPTY,
                      collect_overrides({"gpu_memory_utilization": 0.45}, {}))

@@ -89,7 +89,7 @@ def test_gpt_oss_120b_mxfp4_on_one_mi355x():
     1 - (124/128)^batch of them."""
     plan = derived("gpt-oss-120b", "MI355X:1")
     r = plan.roofline
-    assert plan.precision == "mxfp4" and r.compute_precision == "bf16"  # W4A16 (vLLM 0.31-0.32)
+    assert plan.precision == "mxfp4" and r.compute_precision == "bf16"  # W4A16 (vLLM 0.32-0.34)
     mxfp4 = 4.25 / 8  # 4-bit values + an 8-bit scale per 32
     experts = 36 * 128 * 3 * 2880 * 2880  # 114,661,785,600 parameters
     attention = 36 * (2880 * (64 * 64 + 2 * 8 * 64) + 64 * 64 * 2880)

@@ -523,3 +523,29 @@ def test_event_loop_is_kserves_flag_as_users_spell_it():
 ])
 def test_the_gate_names_the_field_holding_a_lone_surrogate(body, field):
     assert lone_surrogate_field(body) == field
+
+
+def test_header_limits_count_the_whole_request_head():
+    """As h11 counts it: the request line (a long query counts) and each header line."""
+    from aim_runtime.serving.header_limits import HeaderLimits, head_bytes
+
+    scope = {"type": "http", "method": "GET", "path": "/v2/models/tiny", "raw_path":
+             b"/v2/models/tiny", "query_string": b"q=" + b"x" * 998,
+             "headers": [(b"host", b"a"), (b"x-y", b"zz")]}
+    assert head_bytes(scope) == len(b"GET /v2/models/tiny?q=" + b"x" * 998 + b" HTTP/1.1\r\n") + \
+        len(b"host: a\r\n") + len(b"x-y: zz\r\n")
+    sent: list[dict] = []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(HeaderLimits(app, max_bytes=1000, max_count=8, root_routes=False)(
+        scope, None, send))
+    assert sent[0]["status"] == 431 and b"--h11-max-incomplete-event-size" in sent[1]["body"]
+    sent.clear()
+    asyncio.run(HeaderLimits(app, max_bytes=2000, max_count=8, root_routes=False)(
+        scope, None, send))
+    assert sent[0]["status"] == 200

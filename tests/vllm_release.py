@@ -11,7 +11,7 @@ imported (the wheels on the package index are GPU builds). Checked against them:
   `getattr(module, name, None)` with its alternative) counting when one alternative exists;
 - the keyword names of the adapter's calls into vLLM;
 - the `vllm serve` destinations the runtime reads (`PARSER_DESTS_READ`, the listener's refused
-  flags, the planner's overrides) among the release's parser arguments and `*Args` fields;
+  flags) among the release's parser arguments and `*Args` fields;
 - every engine argument and `VLLM_*` variable the planner, the ROCm rules and the recipes emit,
   among the parser's destinations and the release's environment registry (`vllm/envs.py`).
 
@@ -113,10 +113,12 @@ class Release:
             return None
         names = top_level_names(ast.Module(body=node.body, type_ignores=[]))
         for base in node.bases:
-            base_name = base.id if isinstance(base, ast.Name) else None
+            base_name = base_name_of(base)
+            if base_name in PLAIN_BASES:
+                continue  # the standard library's: nothing a vLLM caller reaches for
             origin = base_name and self._imported_from(module, base_name)
             inherited = self.members(origin or module, base_name) if base_name else None
-            if inherited is None:
+            if inherited is None:  # pydantic, msgspec, another library: anything goes
                 return None
             names |= inherited
         return names
@@ -189,6 +191,20 @@ class Release:
                     isinstance(node.value, ast.Dict):
                 return {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
         return set()
+
+
+# Bases from the standard library that give a class no members the runtime uses.
+PLAIN_BASES = frozenset({"object", "ABC", "Generic", "Protocol", "str", "int", "Enum", "IntEnum",
+                         "StrEnum", "Exception", "RuntimeError", "ValueError"})
+
+
+def base_name_of(base: ast.expr) -> str | None:
+    """`Base`, `enum.Enum` -> "Enum", `Generic[T]` -> "Generic"."""
+    if isinstance(base, ast.Subscript):
+        base = base.value
+    if isinstance(base, ast.Attribute):
+        return base.attr
+    return base.id if isinstance(base, ast.Name) else None
 
 
 def top_level_names(tree: ast.Module) -> set[str]:

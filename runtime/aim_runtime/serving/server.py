@@ -72,7 +72,11 @@ from aim_runtime.serving.header_limits import HeaderLimits
 from aim_runtime.serving.listener import ListenerOptions
 from aim_runtime.serving.model import AimModel, EngineErrorResponse
 from aim_runtime.serving.v2_routes import add_generate_routes, add_version_routes
-from aim_runtime.serving.vllm_adapter import error_response, vllm_error_type
+from aim_runtime.serving.vllm_adapter import (
+    engine_dead_error_type,
+    error_response,
+    vllm_error_type,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +170,8 @@ class AimRESTServer(RESTServer):
         self.front_end = front_end
         super().__init__(*args, **kwargs)
         self.config.host = host
+        if listener is not None:  # h11's own bound, when uvicorn runs h11 (HeaderLimits holds both)
+            self.config.h11_max_incomplete_event_size = listener.max_header_bytes
         if listener is not None:  # mutual TLS and ciphers: `vllm serve`'s flags, uvicorn's own
             if listener.ssl_ca_certs:
                 self.config.ssl_ca_certs = listener.ssl_ca_certs
@@ -315,6 +321,7 @@ class AimModelServer(ModelServer):
         self.host = host
         self.gate = gate or GateSettings()
         self.exit_code = 0
+        self._background: set[asyncio.Task[None]] = set()  # held until done
         model.on_engine_death = self._engine_died
 
     def _warmed(self) -> None:
@@ -328,8 +335,10 @@ class AimModelServer(ModelServer):
         self.exit_code = 1
         if self._rest_server is not None:
             self._rest_server.stop_serving()
-        if self._grpc_server is not None:
-            self._grpc_stopping = asyncio.ensure_future(self._grpc_server.stop())
+        if self._grpc_server is not None:  # called on the event loop (the engine watch)
+            stopping = asyncio.get_running_loop().create_task(self._grpc_server.stop())
+            stopping.add_done_callback(_log_failure("stopping the gRPC listener"))
+            self._background.add(stopping)
 
     def start(self, models: list[Any]) -> None:
         run = event_loop_runner(self.event_loop)  # a refusal before anything is built
@@ -427,26 +436,38 @@ def _grpc_refusal(code: grpc.StatusCode, message: str) -> Any:
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-# HTTP statuses of vLLM's error responses, as gRPC status codes (the gRPC mapping HTTP/JSON
-# gateways use); anything else a vLLM error response carries is INTERNAL.
+def _log_failure(what: str) -> Callable[[asyncio.Task[None]], None]:
+    def done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed: %s", what, task.exception())
+    return done
+
+
+# HTTP statuses of vLLM's errors, as gRPC status codes (the mapping HTTP/JSON gateways use);
+# any other status is INTERNAL.
 GRPC_STATUS_OF_HTTP = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
                        413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       422: grpc.StatusCode.INVALID_ARGUMENT,
                        429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-                       503: grpc.StatusCode.UNAVAILABLE}
+                       501: grpc.StatusCode.UNIMPLEMENTED, 503: grpc.StatusCode.UNAVAILABLE}
 
 
 class AimExceptionToStatus(ExceptionToStatusInterceptor):
-    """KServe's exception-to-status interceptor, plus what vLLM says of a request: its error
-    responses by their HTTP status, its validation errors (and ValueError, TypeError, as the
-    HTTP routes answer them 400) INVALID_ARGUMENT; where KServe answered INTERNAL."""
+    """KServe's exception-to-status interceptor, plus what vLLM says of a request, where KServe
+    answered INTERNAL: vLLM's error responses and errors by the HTTP status vLLM gives them
+    (a dead engine UNAVAILABLE, a bad request INVALID_ARGUMENT), and ValueError and TypeError
+    INVALID_ARGUMENT, as the HTTP routes answer them 400."""
 
     async def handle_exception(self, ex: Exception, request_or_iterator: Any,
                                context: grpc.aio.ServicerContext, method_name: str) -> None:
-        if isinstance(ex, EngineErrorResponse):
-            await context.abort(GRPC_STATUS_OF_HTTP.get(ex.status_code,
-                                                        grpc.StatusCode.INTERNAL), str(ex))
-        elif isinstance(ex, (vllm_error_type(), ValueError, TypeError)) and \
-                not isinstance(ex, InvalidInput):
+        if isinstance(ex, engine_dead_error_type()):  # the pod is about to restart
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the engine is dead: {ex}")
+        elif isinstance(ex, (EngineErrorResponse, vllm_error_type())):
+            status = ex.status_code if isinstance(ex, EngineErrorResponse) else \
+                error_response(ex)[0]
+            await context.abort(GRPC_STATUS_OF_HTTP.get(status, grpc.StatusCode.INTERNAL),
+                                str(ex))
+        elif isinstance(ex, (ValueError, TypeError)) and not isinstance(ex, InvalidInput):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(ex))
         await super().handle_exception(ex, request_or_iterator, context, method_name)
 

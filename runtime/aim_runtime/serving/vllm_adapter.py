@@ -103,7 +103,8 @@ PARSER_DESTS_READ = (
     "model_tag", "served_model_name", "api_key", "api_server_count", "data_parallel_size",
     "data_parallel_rank", "data_parallel_external_lb", "data_parallel_hybrid_lb",
     "ssl_certfile", "ssl_keyfile", "ssl_ca_certs", "ssl_cert_reqs", "ssl_ciphers",
-    "shutdown_timeout", "enable_auto_tool_choice", "disable_log_stats", "enable_log_requests",
+    "shutdown_timeout", "h11_max_incomplete_event_size", "h11_max_header_count",
+    "enable_auto_tool_choice", "disable_log_stats", "enable_log_requests",
 )
 
 # Where vLLM keeps what the runtime uses, newest layout first (0.34 moved the serve parser).
@@ -143,6 +144,14 @@ def vllm_error_type() -> type[Exception]:
     from vllm.exceptions import VLLMError
 
     error_type: type[Exception] = VLLMError
+    return error_type
+
+
+def engine_dead_error_type() -> type[Exception]:
+    """What vLLM raises for a request once its engine has died (it answers it 500)."""
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    error_type: type[Exception] = EngineDeadError
     return error_type
 
 
