@@ -19,6 +19,7 @@ import platform
 import re
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -147,8 +148,11 @@ def changes(old: dict[str, str], new: dict[str, str]) -> list[str]:
 
 
 def installed() -> dict[str, str]:
-    """{canonical name: version} of the running interpreter's environment."""
-    return {canonical(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    """{canonical name: version} installed in the running interpreter's environment (its
+    site-packages only: an imported setuptools puts its own vendored copies on sys.path)."""
+    paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    return {canonical(d.metadata["Name"]): d.version
+            for d in metadata.distributions(path=paths)}
 
 
 def differences(lock: dict[str, str], present: dict[str, str]) -> list[str]:

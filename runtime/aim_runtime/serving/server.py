@@ -41,6 +41,7 @@ from fastapi.responses import JSONResponse, Response
 from kserve import ModelServer
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 from kserve.errors import (
+    InferenceError,
     InvalidInput,
     ModelNotFound,
     ModelNotReady,
@@ -121,11 +122,13 @@ class AimDataPlane(DataPlane):
         """KServe's decoding of a v2 request, binary framing (`Inference-Header-Content-Length`)
         included. What the framing or its JSON part gets wrong is the client's: a 400 naming
         it, where KServe's decoder let KeyError, AttributeError, struct.error or
-        UnicodeDecodeError through as a 500."""
+        UnicodeDecodeError through, and InferenceError for BYTES that are not UTF-8, as 500s."""
         try:
             return super().decode_inference_request(body, headers, model_name)
         except InvalidInput:
             raise
+        except InferenceError as exc:  # KServe's word for BYTES that are not UTF-8
+            raise InvalidInput(str(exc)) from exc
         except KeyError as exc:
             raise InvalidInput(f"v2 request: an input lacks the field {exc}") from exc
         except (AttributeError, TypeError, ValueError, IndexError, struct.error) as exc:
