@@ -549,3 +549,13 @@ def test_header_limits_count_the_whole_request_head():
     asyncio.run(HeaderLimits(app, max_bytes=2000, max_count=8, root_routes=False)(
         scope, None, send))
     assert sent[0]["status"] == 200
+
+
+@pytest.mark.parametrize(("header", "matches"), [
+    (b"Bearer k2", True), ("Bearer k1", True), (b"bearer k1 ", True),  # gRPC metadata is str
+    (b"Bearer k3", False), (b"Basic k1", False), (b"Bearer", False), (b"", False), (b"k1", False),
+])
+def test_one_bearer_check_for_http_and_grpc(header, matches):
+    from aim_runtime.serving.gate import bearer_matches
+
+    assert bearer_matches(header, [b"k1", b"k2"]) == matches

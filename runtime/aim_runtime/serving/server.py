@@ -23,7 +23,6 @@ working next to it.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import re
 import signal
@@ -67,6 +66,7 @@ from aim_runtime.serving.gate import (
     GateSettings,
     GateState,
     RequestGate,
+    bearer_matches,
     openai_shaped,
 )
 from aim_runtime.serving.header_limits import HeaderLimits
@@ -424,12 +424,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     def _authorized(self, details: Any) -> bool:
         metadata = {key.lower(): value for key, value in details.invocation_metadata or ()}
-        header = metadata.get("authorization", "")
-        header = header.encode() if isinstance(header, str) else header
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not token:
-            return False
-        return any([hmac.compare_digest(token.strip(), key) for key in self.keys])
+        return bearer_matches(metadata.get("authorization", ""), self.keys)
 
 
 def _grpc_refusal(code: grpc.StatusCode, message: str) -> Any:
