@@ -37,7 +37,6 @@ from aim_runtime.planner.memory import (
     Layout,
     LoraShape,
     MemoryEstimate,
-    default_block_size,
     estimate,
     lora_bytes_per_device,
 )
@@ -467,8 +466,11 @@ def _build(setting: PlanSetting, candidate: Candidate, evaluation: Evaluation,
     engine_args.update(max_num_batched_tokens=batch.max_num_batched_tokens,
                        max_num_seqs=batch.max_num_seqs)
     block_size = _block_size(setting, candidate)
-    if block_size is not None:
-        engine_args["block_size"] = block_size
+    if block_size is not None or setting.on_gpu:
+        # On GPUs the estimate's own block size is stated too: vLLM's default moved (16 up to
+        # 0.33; 64 in 0.34 for every ROCm backend but ROCM_ATTN, vllm/config/cache.py), and the
+        # KV and state block counts the plan rests on must hold on every release of the window.
+        engine_args["block_size"] = memory.block_size
     notes.extend(rocm.notes)
     if setting.multi_node:
         env.update(ray_carry_over_env(env))
@@ -568,17 +570,13 @@ def _rocm(setting: PlanSetting, candidate: Candidate, batch: BatchShape | None =
 
 
 def _block_size(setting: PlanSetting, candidate: Candidate) -> int | None:
-    """KV-cache block size: the user's flag, the recipe, or a ROCm rule (AITER's MLA kernels: 1,
-    AMD's vLLM guide); else, on GPUs, the size the memory estimate assumed, stated, because
-    vLLM's own default moved (16 up to 0.33; 64 in 0.34 for most ROCm backends,
-    vllm/config/cache.py), and the KV and state block counts the plan rests on must hold on
-    every release of the window. None leaves vLLM's CPU default."""
+    """KV-cache block size when something sets it: the user's flag, the recipe, or a ROCm rule
+    (AITER's MLA kernels: 1, AMD's vLLM guide); None leaves it to the memory estimate's
+    default."""
     if setting.overrides.block_size is not None:
         return setting.overrides.block_size
     block = _rocm(setting, candidate).engine_args.get("block_size")
-    if isinstance(block, int):
-        return block
-    return default_block_size(True, setting.facts.mla is not None) if setting.on_gpu else None
+    return block if isinstance(block, int) else None
 
 
 def _trust_remote_code(setting: PlanSetting, recipe: Recipe | None, notes: list[str]) -> bool:

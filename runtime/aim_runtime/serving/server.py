@@ -342,6 +342,7 @@ class AimModelServer(ModelServer):
             stopping = asyncio.get_running_loop().create_task(self._grpc_server.stop())
             stopping.add_done_callback(_log_failure("stopping the gRPC listener"))
             self._background.add(stopping)
+            stopping.add_done_callback(self._background.discard)
 
     def start(self, models: list[Any]) -> None:
         run = event_loop_runner(self.event_loop)  # a refusal before anything is built
