@@ -22,7 +22,8 @@ from aim_runtime.planner.catalog import Catalog, load_catalog, load_recipe_file
 from aim_runtime.planner.overrides import collect_overrides
 from aim_runtime.planner.plan import make_plan
 from aim_runtime.serving import gate
-from aim_runtime.serving.gate import OPENAI_PREFIX, GateSettings, GateState, RequestGate
+from aim_runtime.serving.gate import GateSettings, GateState, RequestGate
+from aim_runtime.serving.paths import OPENAI_PREFIX
 from testkit import MODELS, PACKAGE, REPO, write
 
 MODEL = MODELS / "deepseek-v3"  # ships custom code (auto_map)

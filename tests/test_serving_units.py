@@ -19,22 +19,19 @@ from pydantic import BaseModel
 from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
 from vllm.exceptions import VLLMNotFoundError, VLLMValidationError
 
-from aim_runtime.serving.gate import OPENAI_PREFIX, lone_surrogate_field
+from aim_runtime.serving.asgi import OpenAIApplication, VllmFastPath
+from aim_runtime.serving.gate import lone_surrogate_field
 from aim_runtime.serving.model import (
     SAMPLING_PARAMETERS,
     AimModel,
-    EngineErrorResponse,
     _generate_body,
     _text_input,
     _v1_instances,
 )
-from aim_runtime.serving.server import (
-    OpenAIApplication,
-    VllmFastPath,
-    add_generate_routes,
-    event_loop_runner,
-    install_error_handlers,
-)
+from aim_runtime.serving.paths import OPENAI_PREFIX
+from aim_runtime.serving.protocol_errors import EngineErrorResponse, install_error_handlers
+from aim_runtime.serving.server import event_loop_runner
+from aim_runtime.serving.v2_routes import add_generate_routes
 
 PREFIX = OPENAI_PREFIX
 
@@ -390,11 +387,11 @@ def test_request_validation_is_400_not_422(http):
 def test_unknown_routes_and_methods_keep_the_shape(http):
     missing = http.get(f"{PREFIX}/v1/nowhere")
     assert (missing.status_code, missing.json()) == (
-        404, openai_error("Not Found", "NotFound", 404))
+        404, openai_error("Not Found", "Not Found", 404))
     assert http.get("/v2/nowhere").json() == {"error": "Not Found"}
     wrong_method = http.get(f"{PREFIX}/v1/typed")
     assert (wrong_method.status_code, wrong_method.json()) == (
-        405, openai_error("Method Not Allowed", "MethodNotAllowed", 405))
+        405, openai_error("Method Not Allowed", "Method Not Allowed", 405))
 
 
 # --- the model's routes before the engine is loaded -------------------------------------------
@@ -556,6 +553,6 @@ def test_header_limits_count_the_whole_request_head():
     (b"Bearer k3", False), (b"Basic k1", False), (b"Bearer", False), (b"", False), (b"k1", False),
 ])
 def test_one_bearer_check_for_http_and_grpc(header, matches):
-    from aim_runtime.serving.gate import bearer_matches
+    from aim_runtime.serving.protocol_errors import bearer_matches
 
     assert bearer_matches(header, [b"k1", b"k2"]) == matches

@@ -153,9 +153,9 @@ def listener_of(tiny_model: Path, access_log_format: str | None = None) -> tuple
 def test_the_middleware_stack_is_ours_without_kserve_timing(tiny_model):
     """KServe's TimingMiddleware (route re-matching, CPU timing, trace logs per request) is left
     out of the serving path; the gate is in, and vLLM's routes skip KServe's stack."""
+    from aim_runtime.serving.asgi import OpenAIApplication, VllmFastPath, WholeBodyIsJson
     from aim_runtime.serving.gate import RequestGate
     from aim_runtime.serving.header_limits import HeaderLimits
-    from aim_runtime.serving.server import OpenAIApplication, VllmFastPath, WholeBodyIsJson
 
     rest, app, served = listener_of(tiny_model)
     assert [entry.cls.__name__ for entry in app.user_middleware] == [
@@ -172,8 +172,8 @@ def test_with_an_access_log_the_recipe_header_is_where_the_log_reads_it(tiny_mod
     from asgi_logger import AccessLoggerMiddleware
     from starlette.middleware.errors import ServerErrorMiddleware
 
+    from aim_runtime.serving.asgi import RecipeHeaderMiddleware, VllmFastPath
     from aim_runtime.serving.header_limits import HeaderLimits
-    from aim_runtime.serving.server import RecipeHeaderMiddleware, VllmFastPath
 
     rest, _, served = listener_of(tiny_model, "%(s)s recipe=%({x-aim-recipe}o)s")
     assert isinstance(served, ServerErrorMiddleware)

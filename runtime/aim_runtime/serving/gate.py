@@ -11,13 +11,12 @@
   out (the OpenAI SDK retries 503 with `Retry-After` by itself).
 
 Pure ASGI, so streamed responses stream and client disconnects reach the handler. Errors come in
-the protocol's shape: OpenAI's under the OpenAI prefix, KServe's elsewhere.
+the protocol's shape (serving/protocol_errors.py): OpenAI's on vLLM's paths, KServe's elsewhere.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import re
 from collections.abc import Callable
@@ -25,15 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aim_runtime.serving import metrics
+from aim_runtime.serving.paths import OPEN_PATHS, openai_shaped
+from aim_runtime.serving.protocol_errors import bearer_matches, send_error
 
-# Probes and Prometheus: KServe's health routes, vLLM's /health (the LLMInferenceService probes),
-# the metrics.
-OPEN_PATHS = re.compile(
-    r"^/(?:metrics|health|v2/health/(?:live|ready)|v2/models/[^/]+/ready)?$")
-OPENAI_PREFIX = "/openai"  # KServe's prefix for OpenAI routes
-# KServe's own routes; with root routes every other path is vLLM's.
-KSERVE_PATHS = re.compile(
-    r"^/(?:v2(?:/.*)?|v1/models/[^/]+(?::(?:predict|explain))?|metrics)?$")
 RETRY_AFTER_SECONDS = 1
 # A JSON escape of a high surrogate without a low one after it, or of a low one without a high
 # one before it; most bodies have none (an escaped emoji is a pair), and only those are parsed.
@@ -41,13 +34,6 @@ HIGH, LOW = rb"\\u[dD][89abAB][0-9a-fA-F]{2}", rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
 SURROGATE_ESCAPE = re.compile(HIGH + rb"(?!" + LOW + rb")|(?<!" + HIGH + rb")" + LOW)
 FIELD_NAME_SHOWN = 80  # characters of a client's field path in the error
 WS_POLICY_VIOLATION = 1008  # RFC 6455's close code for a refused policy
-
-
-def openai_shaped(path: str, root_routes: bool) -> bool:
-    """Whether errors on this path take OpenAI's shape (vLLM's routes) or KServe's."""
-    if path.startswith(OPENAI_PREFIX + "/"):
-        return True
-    return root_routes and not KSERVE_PATHS.match(path)
 
 
 @dataclass
@@ -124,7 +110,7 @@ class RequestGate:
         openai = openai_shaped(scope["path"], self.root_routes)
         if self.keys and not self._authorized(scope):
             metrics.REJECTED.labels(reason="unauthorized").inc()
-            await reject(send, openai, 401, "AuthenticationError",
+            await send_error(send, openai, 401, "AuthenticationError",
                           "missing or invalid API key (Authorization: Bearer <key>)",
                           [(b"www-authenticate", b"Bearer")])
             return
@@ -134,14 +120,14 @@ class RequestGate:
         body = await read_body(receive, self.settings.max_request_bytes)
         if body is None:
             metrics.REJECTED.labels(reason="too_large").inc()
-            await reject(send, openai, 413, "RequestTooLarge",
+            await send_error(send, openai, 413, "RequestTooLarge",
                           f"request body larger than {self.settings.max_request_bytes} bytes")
             return
         field_name = lone_surrogate_field(body)
         if field_name is not None:
             metrics.REJECTED.labels(reason="invalid_text").inc()
             shown = field_name[:FIELD_NAME_SHOWN]
-            await reject(send, openai, 400, "BadRequestError",
+            await send_error(send, openai, 400, "BadRequestError",
                           f"{shown}: a lone UTF-16 surrogate is not text (a JSON \\ud800 to "
                           "\\udfff escape without its pair)")
             return
@@ -149,7 +135,7 @@ class RequestGate:
         admitted = self.state.admit(limit)
         if admitted is None:
             metrics.REJECTED.labels(reason="overload").inc()
-            await reject(send, openai, 503, "ServiceUnavailableError",
+            await send_error(send, openai, 503, "ServiceUnavailableError",
                           f"server busy: {self.state.in_flight} requests in flight (limit "
                           f"{limit}); retry shortly",
                           [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())])
@@ -170,16 +156,6 @@ class RequestGate:
             return None
         queued = self.settings.max_queued if self.settings.max_queued is not None else capacity
         return capacity + queued
-
-
-def bearer_matches(header: bytes | str, keys: list[bytes]) -> bool:
-    """`Bearer <key>` (an HTTP header or gRPC metadata) holds one of `keys`, compared in constant
-    time against every key, so the time taken says nothing of which key came close."""
-    raw = header.encode() if isinstance(header, str) else header
-    scheme, _, token = raw.partition(b" ")
-    if scheme.lower() != b"bearer" or not token:
-        return False
-    return any([hmac.compare_digest(token.strip(), key) for key in keys])
 
 
 def lone_surrogate_field(body: bytes) -> str | None:
@@ -241,19 +217,3 @@ def replay_body(body: bytes, receive: Any) -> Any:
         return await receive()  # later calls: disconnect detection
 
     return replay
-
-
-async def reject(send: Any, openai: bool, status: int, error_type: str, message: str,
-                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    """An error answered before the application: OpenAI's shape or KServe's."""
-    payload: dict[str, object]
-    if openai:
-        payload = {"error": {"message": message, "type": error_type, "param": None,
-                             "code": status}}
-    else:
-        payload = {"error": message}
-    body = json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
-    await send({"type": "http.response.body", "body": body})

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from aim_runtime.serving import metrics
-from aim_runtime.serving.gate import openai_shaped, reject
+from aim_runtime.serving.paths import openai_shaped
+from aim_runtime.serving.protocol_errors import send_error
 
 
 def head_bytes(scope: dict) -> int:
@@ -39,7 +40,7 @@ class HeaderLimits:
             size = head_bytes(scope)
             if len(headers) > self.max_count or size > self.max_bytes:
                 metrics.REJECTED.labels(reason="headers_too_large").inc()
-                await reject(send, openai_shaped(scope["path"], self.root_routes), 431,
+                await send_error(send, openai_shaped(scope["path"], self.root_routes), 431,
                              "RequestHeaderFieldsTooLarge",
                              f"request head: {len(headers)} header fields, {size} bytes; the "
                              f"limits are {self.max_count} fields (--h11-max-header-count) and "

@@ -31,7 +31,8 @@ from aim_runtime.checkpoint.facts import ModelFacts
 from aim_runtime.checkpoint.lora import adapter_problem
 from aim_runtime.planner.setting import VLLM_MAX_LORA_RANK
 from aim_runtime.serving import metrics
-from aim_runtime.serving.gate import read_body, reject, replay_body
+from aim_runtime.serving.gate import read_body, replay_body
+from aim_runtime.serving.protocol_errors import send_error
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,8 @@ class AdapterGuard:
         limit = MAX_LOAD_BODY_BYTES if path.endswith(LOAD_PATH_SUFFIX) else 1 << 40
         read = await read_body(receive, limit)
         if read is None:
-            await reject(send, True, HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value, "RequestTooLarge",
-                         f"an adapter load request is at most {limit} bytes")
+            await send_error(send, True, HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value,
+                             "RequestTooLarge", f"an adapter load request is at most {limit} bytes")
             return
         body = read
         document = _json_object(body)
@@ -211,4 +212,4 @@ def _json_object(body: bytes) -> dict[str, Any]:
 
 
 async def _bad_request(send: Any, message: str) -> None:
-    await reject(send, True, HTTPStatus.BAD_REQUEST.value, "BadRequestError", message)
+    await send_error(send, True, HTTPStatus.BAD_REQUEST.value, "BadRequestError", message)

@@ -3,7 +3,7 @@
 KServe registers it before the engine exists (so the HTTP server, its probes and /metrics are up
 while the weights load); `start_engine` builds the vLLM engine and vLLM's OpenAI application next
 to the server, and readiness (`healthy`) is true only while that engine is loaded and healthy.
-OpenAI requests go to vLLM's application (mounted by serving/server.py); v2 `infer` and `generate`
+OpenAI requests go to vLLM's application (mounted by serving/asgi.py); v2 `infer` and `generate`
 requests are turned into vLLM completion requests served by the same serving objects, so every
 protocol shares one validation and one sampling path.
 """
@@ -31,6 +31,7 @@ from aim_runtime.serving import metrics
 from aim_runtime.serving.cluster import ClusterSpec, form_cluster, stop_ray
 from aim_runtime.serving.compile_cache import CompileCache
 from aim_runtime.serving.lora import AdapterGuard, Adapters
+from aim_runtime.serving.protocol_errors import EngineErrorResponse
 from aim_runtime.serving.vllm_adapter import (
     Engine,
     EngineClient,
@@ -54,18 +55,6 @@ SAMPLING_PARAMETERS = {
 # encoder reads them to shape the response.
 PROTOCOL_PARAMETERS = {"binary_data_output"}
 HEALTH_CHECK_INTERVAL_SECONDS = 2.0
-
-
-class EngineErrorResponse(Exception):
-    """A vLLM ErrorResponse to send as is (OpenAI routes) or as a KServe error (v2 routes)."""
-
-    def __init__(self, response: Any) -> None:
-        super().__init__(response.error.message)
-        self.response = response
-
-    @property
-    def status_code(self) -> int:
-        return int(self.response.error.code)
 
 
 class AimModel(Model):

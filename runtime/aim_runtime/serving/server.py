@@ -4,15 +4,16 @@
 - Probes tell the truth: `/v2/health/ready` is 503 until the engine is loaded and while it is
   unhealthy; `/v2/health/live` turns 503 once the engine has died (KServe answers 200 for both).
 - Errors keep the protocol's shape: OpenAI routes answer like `vllm serve` (400 for bad input,
-  404 for an unknown model), v2 routes like KServe (`{"error": "..."}`), never 422 or 500 for a
-  client mistake.
-- The v2 generate extension (`/generate`, `/generate_stream`) is added.
+  404 for an unknown model), v2 routes like KServe (`{"error": "..."}`), gRPC with a status
+  code, never 422 or 500 for a client mistake (serving/protocol_errors.py).
+- The v2 generate extension (`/generate`, `/generate_stream`) is added (serving/v2_routes.py);
+  gRPC v2 needs the API key too (serving/grpc_listener.py).
 - Every response names the recipe in `x-aim-recipe`, so canary versions can be told apart.
 - The OpenAI surface is vLLM's own application (serving/vllm_adapter.py), served under
   `/openai` (KServe's prefix: `/openai/v1/chat/completions`...) and, with `--openai-root-routes`,
   at the root exactly where `vllm serve` serves it (`/v1/...`, `/tokenize`, `/health`...). Until
   the engine is loaded those paths answer 503 in OpenAI's shape. Its hot paths bypass KServe's
-  FastAPI stack (`VllmFastPath`), so a streamed token costs what it costs under `vllm serve`.
+  FastAPI stack (`VllmFastPath`, serving/asgi.py), so a streamed token costs what it costs under `vllm serve`.
 
 `GET /v1/models` belongs to two protocols: KServe's v1 (a list of model names) and OpenAI's (the
 models with their metadata). Without root routes it is KServe's; with them it is OpenAI's, which is
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import signal
 import socket
 import struct
@@ -33,56 +33,38 @@ from collections.abc import Callable, Coroutine
 from http import HTTPStatus
 from typing import Any
 
-import grpc
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from kserve import ModelServer
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
-from kserve.errors import (
-    InferenceError,
-    InvalidInput,
-    ModelNotFound,
-    ModelNotReady,
-    ServerNotLive,
-    ServerNotReady,
-)
+from kserve.errors import InferenceError, InvalidInput, ServerNotReady
 from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
-from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
-from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.server import RESTServer
 from prometheus_client import exposition
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.errors import ServerErrorMiddleware
 from uvicorn.importer import import_from_string
 
 from aim_runtime.errors import AimError
 from aim_runtime.serving import metrics
-from aim_runtime.serving.front_ends import FrontEnd
-from aim_runtime.serving.gate import (
-    KSERVE_PATHS,
-    OPENAI_PREFIX,
-    GateSettings,
-    GateState,
-    RequestGate,
-    bearer_matches,
-    openai_shaped,
+from aim_runtime.serving.asgi import (
+    RECIPE_HEADER,
+    OpenAIApplication,
+    RecipeHeaderMiddleware,
+    VllmFastPath,
+    WholeBodyIsJson,
+    access_logged,
 )
+from aim_runtime.serving.front_ends import FrontEnd
+from aim_runtime.serving.gate import GateSettings, GateState, RequestGate
+from aim_runtime.serving.grpc_listener import AimGRPCServer
 from aim_runtime.serving.header_limits import HeaderLimits
 from aim_runtime.serving.listener import ListenerOptions
-from aim_runtime.serving.model import AimModel, EngineErrorResponse
+from aim_runtime.serving.model import AimModel
+from aim_runtime.serving.protocol_errors import install_error_handlers
 from aim_runtime.serving.v2_routes import add_generate_routes, add_version_routes
-from aim_runtime.serving.vllm_adapter import (
-    engine_dead_error_type,
-    error_response,
-    vllm_error_type,
-)
 
 log = logging.getLogger(__name__)
-
-RECIPE_HEADER = "x-aim-recipe"
-
 
 class NotReady(ServerNotReady):
     """Readiness 503 with a machine-readable reason (loading, warming, starting, draining,
@@ -398,339 +380,8 @@ def event_loop_runner(event_loop: str) -> Callable[[Coroutine[Any, Any, None]], 
     return asyncio.run
 
 
-# --- gRPC ----------------------------------------------------------------------------------------
-
-GRPC_SERVICE = "/inference.GRPCInferenceService/"
-# Probes need no key, as on HTTP; the model repository (load/unload) is never served.
-GRPC_OPEN_METHODS = {"ServerLive", "ServerReady", "ModelReady"}
-GRPC_REPOSITORY_METHODS = {"RepositoryModelLoad", "RepositoryModelUnload"}
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """The gate's API keys on the gRPC listener: `authorization: Bearer <key>` metadata, compared
-    in constant time; keyless calls end with UNAUTHENTICATED, as HTTP answers 401."""
-
-    def __init__(self, api_keys: tuple[str, ...]) -> None:
-        self.keys = [key.encode() for key in api_keys if key]
-
-    async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        method = details.method.removeprefix(GRPC_SERVICE)
-        if method in GRPC_REPOSITORY_METHODS:
-            return _grpc_refusal(grpc.StatusCode.PERMISSION_DENIED,
-                                 "the model repository is not served: one model per server")
-        if self.keys and method not in GRPC_OPEN_METHODS and not self._authorized(details):
-            return _grpc_refusal(grpc.StatusCode.UNAUTHENTICATED,
-                                 "missing or invalid API key (authorization: Bearer <key>)")
-        return await continuation(details)
-
-    def _authorized(self, details: Any) -> bool:
-        metadata = {key.lower(): value for key, value in details.invocation_metadata or ()}
-        return bearer_matches(metadata.get("authorization", ""), self.keys)
-
-
-def _grpc_refusal(code: grpc.StatusCode, message: str) -> Any:
-    async def refuse(request: Any, context: Any) -> None:
-        await context.abort(code, message)
-
-    return grpc.unary_unary_rpc_method_handler(refuse)
-
-
 def _log_failure(what: str) -> Callable[[asyncio.Task[None]], None]:
     def done(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("%s failed: %s", what, task.exception())
     return done
-
-
-# HTTP statuses of vLLM's errors, as gRPC status codes (the mapping HTTP/JSON gateways use);
-# any other status is INTERNAL.
-GRPC_STATUS_OF_HTTP = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
-                       413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-                       422: grpc.StatusCode.INVALID_ARGUMENT,
-                       429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-                       501: grpc.StatusCode.UNIMPLEMENTED, 503: grpc.StatusCode.UNAVAILABLE}
-
-
-class AimExceptionToStatus(ExceptionToStatusInterceptor):
-    """KServe's exception-to-status interceptor, plus what vLLM says of a request, where KServe
-    answered INTERNAL: vLLM's error responses and errors by the HTTP status vLLM gives them
-    (a dead engine UNAVAILABLE, a bad request INVALID_ARGUMENT), and ValueError and TypeError
-    INVALID_ARGUMENT, as the HTTP routes answer them 400."""
-
-    async def handle_exception(self, ex: Exception, request_or_iterator: Any,
-                               context: grpc.aio.ServicerContext, method_name: str) -> None:
-        if isinstance(ex, engine_dead_error_type()):  # the pod is about to restart
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the engine is dead: {ex}")
-        elif isinstance(ex, (EngineErrorResponse, vllm_error_type())):
-            status = ex.status_code if isinstance(ex, EngineErrorResponse) else \
-                error_response(ex)[0]
-            await context.abort(GRPC_STATUS_OF_HTTP.get(status, grpc.StatusCode.INTERNAL),
-                                str(ex))
-        elif isinstance(ex, (ValueError, TypeError)) and not isinstance(ex, InvalidInput):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(ex))
-        await super().handle_exception(ex, request_or_iterator, context, method_name)
-
-
-class AimGRPCServer(GRPCServer):
-    """KServe's gRPC v2 server with the API-key interceptor in front of KServe's own."""
-
-    def __init__(self, *args: Any, api_keys: tuple[str, ...] = (), **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.api_keys = api_keys
-
-    async def start(self, max_workers: int) -> None:
-        from concurrent import futures
-
-        from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
-        from kserve.protocol.grpc.interceptors import LoggingInterceptor
-        from kserve.protocol.grpc.servicer import InferenceServicer
-
-        servicer = InferenceServicer(self._data_plane, self._model_repository_extension)
-        self._server = grpc.aio.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=(AuthInterceptor(self.api_keys), LoggingInterceptor(),
-                          AimExceptionToStatus()),
-            options=[(f"grpc.{name}", self._kwargs.get(f"grpc_{name}")) for name in (
-                "max_send_message_length", "max_receive_message_length")],
-        )
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            servicer, self._server)
-        self._server.add_insecure_port(f"[::]:{self._port}")
-        log.info("gRPC v2 on port %d (API keys %s)", self._port,
-                 "required" if self.api_keys else "not configured")
-        await self._server.start()
-        await self._server.wait_for_termination()
-
-
-def access_logged(app: Any, log_format: str) -> Any:
-    """`--access_log_format`: one line per request on stdout in asgi-logger's format (e.g.
-    `%(h)s "%(r)s" %(s)s %(M)sms`), for every request, the gate's refusals included. uvicorn's
-    own access handlers are cleared so that no line is written twice."""
-    from asgi_logger import AccessLoggerMiddleware
-
-    logging.getLogger("uvicorn.access").handlers = []
-    logged = AccessLoggerMiddleware(app, format=log_format)
-    logging.getLogger("access").propagate = False
-    return logged
-
-
-V2_INFER_PATH = re.compile(r"^/v2/models/[^/]+(?:/versions/[^/]+)?/infer$")
-JSON_LENGTH_HEADER = b"inference-header-content-length"
-
-
-class WholeBodyIsJson:
-    """The binary tensor data extension: a v2 infer request without
-    `Inference-Header-Content-Length` is all JSON. KServe decodes a body FastAPI did not parse as
-    JSON (the reference client sends no JSON content type) as binary and refuses it for the
-    missing header; naming the whole body's length as the JSON part says what the protocol says."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and \
-                V2_INFER_PATH.match(scope["path"]):
-            headers = dict(scope["headers"])
-            if JSON_LENGTH_HEADER not in headers and b"content-length" in headers:
-                scope = {**scope, "headers": [*scope["headers"],
-                                              (JSON_LENGTH_HEADER, headers[b"content-length"])]}
-        await self.app(scope, receive, send)
-
-
-class RecipeHeaderMiddleware:
-    """Adds `x-aim-recipe` to every HTTP response (pure ASGI: streaming stays streaming)."""
-
-    def __init__(self, app: Any, recipe_id: str) -> None:
-        self.app = app
-        self.header = (RECIPE_HEADER.encode(), recipe_id.encode())
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_header(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], self.header]
-            await send(message)
-
-        await self.app(scope, receive, send_with_header)
-
-
-class VllmFastPath:
-    """The listener's application: requests for vLLM's OpenAI routes go through the gate
-    (`openai`) straight to vLLM's application, as if mounted at their prefix; all others to
-    KServe's FastAPI application (`kserve_app`).
-
-    Why not KServe's mount alone: a streamed response passes every chunk through each layer
-    above the mount (Starlette's error and exception middleware), and every request is matched
-    against KServe's route table first. Skipping them brings the front end's CPU per streamed
-    token to `vllm serve`'s (benchmarks/results/front_end_profile.md). Errors keep their shape:
-    the gate and the adapter guard (serving/lora.py) answer their refusals in OpenAI's shape, and
-    vLLM's application has its own error handlers, as under `vllm serve`; anything else raised
-    on the way is a bug, which uvicorn answers 500 and logs with its traceback."""
-
-    def __init__(self, kserve_app: Any, openai: Any, root_routes: bool) -> None:
-        self.kserve_app = kserve_app
-        self.openai = openai
-        self.root_routes = root_routes
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] in ("http", "websocket"):
-            prefix = vllm_mount_point(route_path(scope), self.root_routes)
-            if prefix is not None:
-                root_path = scope.get("root_path", "")
-                await self.openai({**scope, "app_root_path": scope.get("app_root_path", root_path),
-                                   "root_path": root_path + prefix}, receive, send)
-                return
-        await self.kserve_app(scope, receive, send)
-
-
-def vllm_mount_point(path: str, root_routes: bool) -> str | None:
-    """Where vLLM's application is mounted for this request path, if the fast path takes it:
-    `/openai` for KServe's OpenAI prefix; with root routes, the root for the paths under `/v1`
-    that are not KServe's v1 protocol. (Other root paths of vLLM's, like `/tokenize`, reach it
-    through KServe's application.)"""
-    if path.startswith(OPENAI_PREFIX + "/"):
-        return OPENAI_PREFIX
-    if root_routes and path.startswith("/v1/") and not KSERVE_PATHS.match(path):
-        return ""
-    return None
-
-
-def route_path(scope: dict) -> str:
-    """The request's path below the server's root path (uvicorn's `--root-path`)."""
-    path: str = scope["path"]
-    root_path = scope.get("root_path", "")
-    return path[len(root_path):] if root_path and path.startswith(root_path + "/") else path
-
-
-class OpenAIApplication:
-    """vLLM's OpenAI application once the engine is loaded; until then (and after the engine
-    died) an OpenAI-shaped 503. Pure ASGI: a mounted application sees the path below its mount
-    and `request.app` is vLLM's own, whose state holds its serving objects."""
-
-    def __init__(self, model: AimModel) -> None:
-        self.model = model
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        app = self.model.openai_app
-        if app is not None:
-            await app(scope, receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        response = _openai_error(f"The model `{self.model.name}` is not ready yet.",
-                                 "ServiceUnavailableError", HTTPStatus.SERVICE_UNAVAILABLE)
-        await response(scope, receive, send)
-
-
-# --- errors in the protocol's own shape -----------------------------------------------------------
-
-
-def install_error_handlers(app: FastAPI, openai_root_routes: bool = False) -> None:
-    """For each exception in KServe's application: an OpenAI-shaped answer on vLLM's paths that
-    reach it (root routes outside `/v1`, like `/tokenize`), a KServe-shaped one elsewhere.
-    (Errors inside vLLM's application get vLLM's own handlers.)"""
-    def dispatch(for_openai: Any, for_kserve: Any) -> Any:
-        async def handle(request: Request, exc: Exception) -> JSONResponse:
-            if openai_shaped(request.url.path, openai_root_routes):
-                return for_openai(exc)
-            return for_kserve(exc)
-        return handle
-
-    unavailable = _kserve_error(HTTPStatus.SERVICE_UNAVAILABLE)
-
-    def not_ready(exc: Exception) -> JSONResponse:
-        reason = getattr(exc, "reason", None)
-        body = {"error": str(exc), **({"reason": reason} if reason else {})}
-        return JSONResponse(body, status_code=HTTPStatus.SERVICE_UNAVAILABLE.value)
-
-    handlers = {
-        # Not ready is an answer, not an incident: no traceback per probe while loading.
-        ServerNotReady: (not_ready, not_ready),
-        ServerNotLive: (unavailable, unavailable),
-        StarletteHTTPException: (_openai_http, _kserve_http),
-        RequestValidationError: (_openai_validation, _kserve_validation),
-        EngineErrorResponse: (_openai_engine_error, _kserve_engine_error),
-        ModelNotFound: (_openai_model_not_found, _kserve_error(HTTPStatus.NOT_FOUND)),
-        ModelNotReady: (_openai_not_ready, _kserve_error(HTTPStatus.SERVICE_UNAVAILABLE)),
-        InvalidInput: (_openai_from_exception, _kserve_error(HTTPStatus.BAD_REQUEST)),
-        vllm_error_type(): (_openai_from_exception, _kserve_from_exception),
-        ValueError: (_openai_from_exception, _kserve_from_exception),
-        TypeError: (_openai_from_exception, _kserve_from_exception),
-        OverflowError: (_openai_from_exception, _kserve_from_exception),
-    }
-    for exc_type, (for_openai, for_kserve) in handlers.items():
-        app.add_exception_handler(exc_type, dispatch(for_openai, for_kserve))
-
-
-def _openai_error(message: str, err_type: str, status: HTTPStatus,
-                  param: str | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": err_type, "param": param,
-                      "code": status.value}}
-    return JSONResponse(body, status_code=status.value)
-
-
-def _openai_from_exception(exc: Exception) -> JSONResponse:
-    if isinstance(exc, InvalidInput):
-        return _openai_error(str(exc), "BadRequestError", HTTPStatus.BAD_REQUEST)
-    status, body = error_response(exc)
-    return JSONResponse(body, status_code=status)
-
-
-def _openai_http(exc: StarletteHTTPException) -> JSONResponse:
-    status = HTTPStatus(exc.status_code)
-    return _openai_error(str(exc.detail), status.phrase.replace(" ", ""), status)
-
-
-def _kserve_http(exc: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
-
-
-def _openai_validation(exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors()
-    lines = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors]
-    param = ".".join(str(p) for p in errors[0].get("loc", ())) if errors else None
-    message = f"{len(errors)} validation error(s): " + "; ".join(lines) if errors else \
-        "invalid request body"
-    return _openai_error(message, "Bad Request", HTTPStatus.BAD_REQUEST, param)
-
-
-def _openai_engine_error(exc: EngineErrorResponse) -> JSONResponse:
-    return JSONResponse(exc.response.model_dump(), status_code=exc.status_code)
-
-
-def _openai_model_not_found(exc: ModelNotFound) -> JSONResponse:
-    match = re.match(r"Model with name (.*) does not exist", str(exc))
-    name = match.group(1) if match else "?"
-    return _openai_error(f"The model `{name}` does not exist.", "NotFoundError",
-                         HTTPStatus.NOT_FOUND, "model")
-
-
-def _openai_not_ready(exc: ModelNotReady) -> JSONResponse:
-    return _openai_error(f"The model `{exc.model_name}` is not ready yet.",
-                         "ServiceUnavailableError", HTTPStatus.SERVICE_UNAVAILABLE)
-
-
-def _kserve_error(status: HTTPStatus) -> Any:
-    def respond(exc: Exception) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=status.value)
-    return respond
-
-
-def _kserve_validation(exc: RequestValidationError) -> JSONResponse:
-    problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}"
-                         for e in exc.errors())
-    return JSONResponse({"error": f"invalid request: {problems}"},
-                        status_code=HTTPStatus.BAD_REQUEST.value)
-
-
-def _kserve_engine_error(exc: EngineErrorResponse) -> JSONResponse:
-    return JSONResponse({"error": exc.response.error.message}, status_code=exc.status_code)
-
-
-def _kserve_from_exception(exc: Exception) -> JSONResponse:
-    status, body = error_response(exc)
-    return JSONResponse({"error": body["error"]["message"]}, status_code=status)

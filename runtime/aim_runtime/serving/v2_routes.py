@@ -10,6 +10,7 @@ what is missing: explanations come from a KServe explainer component, which this
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,6 +20,7 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.rest.v2_datamodels import ModelMetadataResponse
 
 from aim_runtime.serving.model import AimModel
+from aim_runtime.serving.protocol_errors import kserve_error
 
 
 def add_generate_routes(app: FastAPI, model: AimModel) -> None:
@@ -53,9 +55,9 @@ def add_version_routes(app: FastAPI, dataplane: DataPlane) -> None:
     """The versioned v2 routes, `?model_version=` on the metadata route, and v1 `:explain`."""
 
     def no_such_version(model_name: str, model_version: str) -> JSONResponse:
-        return JSONResponse(status_code=404, content={"error": (
+        return kserve_error(
             f"Model with name {model_name} has no version {model_version!r}: models here have "
-            f"one version, unnamed (/v2/models/{model_name})")})
+            f"one version, unnamed (/v2/models/{model_name})", HTTPStatus.NOT_FOUND.value)
 
     async def metadata(model_name: str, model_version: str | None = None) -> Any:
         if model_version:
@@ -68,9 +70,9 @@ def add_version_routes(app: FastAPI, dataplane: DataPlane) -> None:
 
     async def explain(model_name: str) -> JSONResponse:
         await dataplane.model_metadata(model_name)
-        return JSONResponse(status_code=404, content={"error": (
+        return kserve_error(
             f"model {model_name} has no explainer: explanations come from a KServe explainer "
-            "component; this runtime predicts")})
+            "component; this runtime predicts", HTTPStatus.NOT_FOUND.value)
 
     app.add_api_route("/v2/models/{model_name}", metadata, methods=["GET"], tags=["V2"])
     for suffix, methods in (("", ["GET"]), ("/ready", ["GET"]), ("/infer", ["POST"])):

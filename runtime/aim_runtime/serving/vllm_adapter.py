@@ -7,7 +7,7 @@ result is parsed by vLLM itself into the Namespace that `AsyncEngineArgs.from_cl
 `build_app` and `init_app_state` take, exactly as `vllm serve` does. The OpenAI surface
 (completions, chat, responses, Anthropic messages, tokenize, models, pooling routes for pooling
 models) is vLLM's own FastAPI application, built from that Namespace, so requests and responses
-are `vllm serve`'s by construction; the KServe server mounts it (serving/server.py). KServe's own
+are `vllm serve`'s by construction; the KServe server mounts it (serving/asgi.py). KServe's own
 OpenAI layer, which imports vLLM internals and breaks with every vLLM release, is not used.
 
 vLLM moves its entrypoints between releases; where a name lives is found by trying the known
