@@ -1,5 +1,6 @@
 """Shared fixtures: the recipe library, an environment without the runtime's settings, the
-generated tiny model, the embedded default model and one real server per test session; and the
+generated tiny model, the embedded default model and the real servers shared by the whole
+session (plain, guarded, bounded, the default model); and the
 guard that keeps `make test-fast` free of servers: a test that starts a serving process (the
 runtime's `serve` or `worker`, bare vLLM, Ray) must be marked `serving` or `slow`."""
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from servers import ServerProcess, aim_server, free_port, server_environment
-from testkit import RECIPES, is_runtime_setting
+from testkit import API_KEY, OLD_API_KEY, RECIPES, is_runtime_setting
 
 ACCESS_LOG_FORMAT = 'access %(h)s "%(r)s" %(s)s %(M)sms recipe=%({x-aim-recipe}o)s'
 
@@ -86,6 +87,49 @@ def server(work_dir, tiny_model) -> ServerProcess:
     try:
         process.wait_ready(also_probe=("/v2/health/live",))
         yield process
+    finally:
+        process.stop()
+
+
+LORA_MAX_RANK = 8
+
+
+@pytest.fixture(scope="session")
+def guarded(work_dir, tiny_model, tmp_path_factory) -> Iterator[ServerProcess]:
+    """The tiny model behind API keys (two, as during a rotation) on HTTP and gRPC, with vLLM's
+    routes at the root too, and LoRA adapters from a watched directory (`alpha` at start;
+    `guarded.adapters` is the directory). Tests that add adapters take them away again."""
+    from lora_adapters import make_adapter
+
+    adapters = tmp_path_factory.mktemp("adapters")
+    make_adapter(adapters / "alpha", tiny_model, rank=LORA_MAX_RANK, seed=1)
+    grpc_port = free_port()
+    process = aim_server(work_dir, tiny_model, "--enable_grpc", "true", "--grpc_port",
+                         str(grpc_port), "--openai-root-routes", "--max-loras", "2",
+                         "--max-lora-rank", str(LORA_MAX_RANK),
+                         env={"AIM_API_KEY": f"{OLD_API_KEY},{API_KEY}",
+                              "AIM_LORA_DIR": str(adapters), "AIM_LORA_WATCH_SECONDS": "1"},
+                         ).start()
+    process.grpc_port = grpc_port  # type: ignore[attr-defined]
+    process.adapters = adapters  # type: ignore[attr-defined]
+    try:
+        yield process.wait_ready()
+    finally:
+        process.stop()
+
+
+BOUNDED_MAX_BODY = 256 * 1024
+
+
+@pytest.fixture(scope="session")
+def bounded(work_dir, tiny_model) -> Iterator[ServerProcess]:
+    """The tiny model with small, explicit bounds: a context of 128 tokens (a fuzzed body without
+    `max_tokens` ends soon), 8 sequences, 512 batched tokens, 256 KiB bodies."""
+    process = aim_server(work_dir, tiny_model, "--max-model-len", "128", "--max-num-seqs", "8",
+                         "--max-num-batched-tokens", "512", "--max-request-bytes",
+                         str(BOUNDED_MAX_BODY), name="tiny").start()
+    try:
+        yield process.wait_ready()
     finally:
         process.stop()
 

@@ -311,7 +311,7 @@ def live_status(url: str) -> int | None:
         return None
 
 
-@serving
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", ["APIServer_1", "EngineCore"])
 def test_a_dead_process_fails_liveness_and_the_pod(work_dir, tiny_model, victim):
     process = aim_server(work_dir, tiny_model, "--api-server-count", "2",

@@ -55,7 +55,7 @@ def cache_lines(log: str) -> list[str]:
     return re.findall(r"compile cache (hit|miss): (\S+)", log)
 
 
-@pytest.mark.serving
+@pytest.mark.slow
 def test_a_filled_cache_is_hit_and_a_changed_plan_misses(work_dir, tiny_model, tmp_path):
     env = {"AIM_COMPILE_CACHE_DIR": str(tmp_path / "cache")}
     filler = aim_server(work_dir, tiny_model, "--exit-after-warmup", name="cache", env=env)

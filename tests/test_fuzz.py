@@ -12,12 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from servers import aim_server
+from conftest import BOUNDED_MAX_BODY
 
 pytestmark = pytest.mark.serving
 
 EXAMPLES_PER_ROUTE = 200
-MAX_BODY = 256 * 1024
 
 scalars = (st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=40))
@@ -60,7 +59,7 @@ def bodies(fields: dict, required: dict, sampling_fields: dict | None = None
     near_valid = st.fixed_dictionaries(required, optional=sampling_fields or plausible)
     structured = st.fixed_dictionaries({}, optional={**fields, "junk": json_values})
     deep = st.integers(1, 3000).map(lambda d: b'{"prompt": ' + b"[" * d + b"]" * d + b"}")
-    huge = st.integers(1, 2 * MAX_BODY).map(lambda n: json.dumps({"text_input": "a" * n,
+    huge = st.integers(1, 2 * BOUNDED_MAX_BODY).map(lambda n: json.dumps({"text_input": "a" * n,
                                                                  "prompt": "a" * n}).encode())
     return st.one_of(near_valid, near_valid, structured, structured, json_values,
                      st.binary(max_size=300), deep, huge)
@@ -111,20 +110,10 @@ ROUTES = {  # route: (every field, plausible or junk; the fields a valid body ne
 }
 
 
-@pytest.fixture(scope="module")
-def fuzz_server(work_dir, tiny_model):
-    process = aim_server(work_dir, tiny_model, "--max-model-len", "128",
-                         "--max-request-bytes", str(MAX_BODY)).start()
-    try:
-        yield process.wait_ready()
-    finally:
-        process.stop()
-
-
 @pytest.mark.parametrize("path", list(ROUTES))
-def test_fuzzed_bodies_never_get_a_server_error(fuzz_server, path):
+def test_fuzzed_bodies_never_get_a_server_error(bounded, path):
     statuses: Counter = Counter()
-    with httpx.Client(base_url=fuzz_server.url, timeout=120) as client:
+    with httpx.Client(base_url=bounded.url, timeout=120) as client:
 
         @settings(max_examples=EXAMPLES_PER_ROUTE, deadline=None, database=None,
                   derandomize=True, suppress_health_check=list(HealthCheck))

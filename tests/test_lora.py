@@ -16,11 +16,10 @@ import pytest
 from aim_runtime.checkpoint.facts import load_model_facts
 from aim_runtime.checkpoint.lora import adapter_problem
 from lora_adapters import make_adapter
-from servers import ServerProcess, aim_server
+from servers import ServerProcess
+from testkit import API_KEY
 
-KEY = "lora-test-key"
-AUTH = {"authorization": f"Bearer {KEY}"}
-MAX_RANK = 8
+AUTH = {"authorization": f"Bearer {API_KEY}"}
 
 
 # --- the adapter check, offline ---------------------------------------------------------------
@@ -44,19 +43,10 @@ def test_adapter_check_names_each_problem(tiny_model, tmp_path):
 # --- served --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def lora_server(work_dir, tiny_model, tmp_path_factory):
-    adapters = tmp_path_factory.mktemp("adapters")
-    make_adapter(adapters / "alpha", tiny_model, rank=MAX_RANK, seed=1)
-    server = aim_server(work_dir, tiny_model, "--max-loras", "2", "--max-lora-rank",
-                        str(MAX_RANK), name="tiny",
-                        env={"AIM_LORA_DIR": str(adapters), "AIM_LORA_WATCH_SECONDS": "1",
-                             "AIM_API_KEY": KEY}).start()
-    try:
-        server.wait_ready()
-        yield server, adapters
-    finally:
-        server.stop()
+@pytest.fixture
+def lora_server(guarded):
+    """The session's guarded server (tests/conftest.py) and its adapter directory."""
+    return guarded, guarded.adapters
 
 
 def listed(server: ServerProcess) -> set[str]:

@@ -4,8 +4,6 @@ started with such flags reports the configuration the plan announced."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -13,7 +11,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from aim_runtime import pipeline
 from aim_runtime.errors import NoFitError
 from aim_runtime.planner.memory import vllm_batch_defaults
-from servers import aim_server
 from testkit import MODELS
 
 
@@ -116,18 +113,13 @@ def metric_samples(text: str, name: str) -> list:
 
 
 @pytest.mark.serving
-def test_the_engine_runs_the_configuration_the_plan_describes(work_dir: Path, tiny_model):
-    # No --block-size: the plan's default block (the CPU platform's) must be the engine's.
-    flags = ["--max-num-seqs", "8", "--max-num-batched-tokens", "512", "--max-model-len", "512"]
-    server = aim_server(work_dir, tiny_model, *flags, name="flags").start()
-    try:
-        server.wait_ready()
-        text = httpx.get(server.url + "/metrics", timeout=10).text
-    finally:
-        server.stop()
+def test_the_engine_runs_the_configuration_the_plan_describes(bounded):
+    """The bounded server's flags (tests/conftest.py) in the plan and in the engine alike. No
+    --block-size: the plan's default block (the CPU platform's) must be the engine's."""
+    text = httpx.get(bounded.url + "/metrics", timeout=10).text
     (plan,) = metric_samples(text, "aim_plan_info")
     (engine,) = metric_samples(text, "aim_engine_config_info")
-    expected = {"max_num_seqs": "8", "max_num_batched_tokens": "512", "max_model_len": "512"}
+    expected = {"max_num_seqs": "8", "max_num_batched_tokens": "512", "max_model_len": "128"}
     for name, value in expected.items():
         assert plan.labels[name] == value, name
         assert engine.labels[name] == value, name

@@ -1,8 +1,9 @@
 """Every protocol with the clients people use, in their default modes, against a real server with
-an API key: the KServe v2 protocol's reference client (Triton's `tritonclient`) over HTTP (binary
-tensor data in and out, as it sends by default, and JSON) and gRPC (raw input contents), the
-`openai` SDK (Responses API) and the `anthropic` SDK (Messages); auth on both listeners; and
-vLLM's own paths at the root with `--openai-root-routes`."""
+an API key (the session's guarded server, tests/conftest.py): the KServe v2 protocol's reference
+client (Triton's `tritonclient`) over HTTP (binary tensor data in and out, as it sends by
+default, and JSON) and gRPC (raw input contents), the `openai` SDK (Responses API) and the
+`anthropic` SDK (Messages); auth on both listeners; and vLLM's own paths at the root with
+`--openai-root-routes`."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from servers import REPO, aim_server, free_port
+from servers import REPO, aim_server
+from testkit import API_KEY as KEY
 
 pytestmark = pytest.mark.serving
 
-KEY = "protocol-key"
 
 
 def auth() -> dict[str, str]:
@@ -30,20 +31,6 @@ def auth() -> dict[str, str]:
     return {"authorization": f"Bearer {KEY}"}
 
 PROMPTS = np.array([b"Hello there", b"Once upon a time"], dtype=np.object_)
-
-
-@pytest.fixture(scope="module")
-def keyed(work_dir, tiny_model):
-    """Our server with gRPC on, an API key, and vLLM's routes at the root too."""
-    grpc_port = free_port()
-    process = aim_server(work_dir, tiny_model, "--enable_grpc", "true", "--grpc_port",
-                         str(grpc_port), "--openai-root-routes", env={"AIM_API_KEY": KEY},
-                         name="tiny").start()
-    process.grpc_port = grpc_port
-    try:
-        yield process.wait_ready()
-    finally:
-        process.stop()
 
 
 def http_client(server) -> httpclient.InferenceServerClient:
@@ -60,8 +47,8 @@ def v2_inputs(binary: bool = True) -> list:
 
 
 @pytest.mark.parametrize("binary_inputs", [True, False], ids=["binary-in", "json-in"])
-def test_v2_http_reference_client_infers_with_binary_outputs(keyed, binary_inputs):
-    client = http_client(keyed)
+def test_v2_http_reference_client_infers_with_binary_outputs(guarded, binary_inputs):
+    client = http_client(guarded)
     outputs = [httpclient.InferRequestedOutput("text_output")]  # binary_data=True: the default
     result = client.infer("tiny", v2_inputs(binary_inputs), outputs=outputs,
                           parameters={"max_tokens": 4, "temperature": 0}, headers=auth())
@@ -70,16 +57,16 @@ def test_v2_http_reference_client_infers_with_binary_outputs(keyed, binary_input
     assert result.get_output("text_output")["parameters"]["binary_data_size"] > 0
 
 
-def test_v2_http_reference_client_with_json_outputs(keyed):
-    client = http_client(keyed)
+def test_v2_http_reference_client_with_json_outputs(guarded):
+    client = http_client(guarded)
     outputs = [httpclient.InferRequestedOutput("text_output", binary_data=False)]
     result = client.infer("tiny", v2_inputs(binary=False), outputs=outputs,
                           parameters={"max_tokens": 3}, headers=auth())
     assert len(result.get_output("text_output")["data"]) == 2
 
 
-def test_v2_http_metadata_readiness_and_auth(keyed):
-    client = http_client(keyed)
+def test_v2_http_metadata_readiness_and_auth(guarded):
+    client = http_client(guarded)
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("tiny")
     metadata = client.get_model_metadata("tiny", headers=auth())
@@ -93,8 +80,8 @@ def test_v2_http_metadata_readiness_and_auth(keyed):
     assert unknown.value.status() == "400" and "beam_width" in unknown.value.message()
 
 
-def test_v2_http_model_repository_is_not_served(keyed):
-    response = httpx.post(keyed.url + "/v2/repository/models/tiny/unload", headers=auth())
+def test_v2_http_model_repository_is_not_served(guarded):
+    response = httpx.post(guarded.url + "/v2/repository/models/tiny/unload", headers=auth())
     assert response.status_code == 404
 
 
@@ -102,9 +89,9 @@ def test_v2_http_model_repository_is_not_served(keyed):
 
 
 @pytest.fixture(scope="module")
-def grpc_outcomes(keyed) -> dict:
+def grpc_outcomes(guarded) -> dict:
     result = subprocess.run([sys.executable, str(REPO / "tests" / "v2_grpc_client.py"),
-                             f"127.0.0.1:{keyed.grpc_port}", KEY], capture_output=True,
+                             f"127.0.0.1:{guarded.grpc_port}", KEY], capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -134,17 +121,17 @@ def test_v2_grpc_errors_have_status_codes_and_the_repository_is_closed(grpc_outc
 # --- OpenAI and Anthropic SDKs ---------------------------------------------------------------
 
 
-def test_openai_responses_api(keyed):
-    client = openai.OpenAI(base_url=keyed.url + "/openai/v1", api_key=KEY, max_retries=0)
+def test_openai_responses_api(guarded):
+    client = openai.OpenAI(base_url=guarded.url + "/openai/v1", api_key=KEY, max_retries=0)
     response = client.responses.create(model="tiny", input="Hello", max_output_tokens=8)
     assert response.object == "response" and response.output
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=keyed.url + "/openai/v1", api_key="wrong",
+        openai.OpenAI(base_url=guarded.url + "/openai/v1", api_key="wrong",
                       max_retries=0).responses.create(model="tiny", input="x")
 
 
-def test_anthropic_messages(keyed):
-    client = anthropic.Anthropic(base_url=keyed.url + "/openai", api_key=KEY, max_retries=0,
+def test_anthropic_messages(guarded):
+    client = anthropic.Anthropic(base_url=guarded.url + "/openai", api_key=KEY, max_retries=0,
                                  default_headers=auth())
     message = client.messages.create(model="tiny", max_tokens=8,
                                       messages=[{"role": "user", "content": "Hello"}])
@@ -158,22 +145,22 @@ def test_anthropic_messages(keyed):
 # --- vllm serve's paths at the root ------------------------------------------------------------
 
 
-def test_root_routes_serve_clients_written_for_vllm_serve(keyed):
-    client = openai.OpenAI(base_url=keyed.url + "/v1", api_key=KEY, max_retries=0)
+def test_root_routes_serve_clients_written_for_vllm_serve(guarded):
+    client = openai.OpenAI(base_url=guarded.url + "/v1", api_key=KEY, max_retries=0)
     completion = client.chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
     assert completion.choices[0].message.role == "assistant"
-    models = httpx.get(keyed.url + "/v1/models", headers=auth()).json()
+    models = httpx.get(guarded.url + "/v1/models", headers=auth()).json()
     assert models["object"] == "list" and models["data"][0]["id"] == "tiny"  # OpenAI's shape
-    tokens = httpx.post(keyed.url + "/tokenize", headers=auth(),
+    tokens = httpx.post(guarded.url + "/tokenize", headers=auth(),
                         json={"model": "tiny", "prompt": "Hello"}).json()
     assert tokens["count"] > 0
-    assert httpx.get(keyed.url + "/health").status_code == 200  # open, for probes
+    assert httpx.get(guarded.url + "/health").status_code == 200  # open, for probes
     # KServe's v1 predict route is still there, next to OpenAI's /v1/models.
-    predict = httpx.post(keyed.url + "/v1/models/tiny:predict", headers=auth(),
+    predict = httpx.post(guarded.url + "/v1/models/tiny:predict", headers=auth(),
                          json={"instances": ["Hello"], "parameters": {"max_tokens": 2}})
     assert predict.status_code == 200 and len(predict.json()["predictions"]) == 1
-    refused = httpx.post(keyed.url + "/v1/chat/completions", json={"model": "tiny"})
+    refused = httpx.post(guarded.url + "/v1/chat/completions", json={"model": "tiny"})
     assert refused.status_code == 401 and refused.json()["error"]["type"] == "AuthenticationError"
 
 
@@ -211,7 +198,7 @@ def test_pooling_models_refuse_text_generation_clearly(pooled):
     assert "pooling model" in generate.json()["error"]
 
 
-def test_v2_grpc_typed_contents_and_parameters(keyed):
+def test_v2_grpc_typed_contents_and_parameters(guarded):
     """`contents` (typed, not raw) and typed InferParameters, as the protocol's own messages
     (KServe's generated ones; Triton's client always sends raw contents)."""
     import grpc
@@ -225,7 +212,7 @@ def test_v2_grpc_typed_contents_and_parameters(keyed):
             contents=pb.InferTensorContents(bytes_contents=[b"Hello", b"Once upon"]))],
         parameters={"max_tokens": pb.InferParameter(int64_param=3),
                     "seed": pb.InferParameter(int64_param=7)})
-    with grpc.insecure_channel(f"127.0.0.1:{keyed.grpc_port}") as channel:
+    with grpc.insecure_channel(f"127.0.0.1:{guarded.grpc_port}") as channel:
         stub = GRPCInferenceServiceStub(channel)
         response = stub.ModelInfer(request, metadata=[("authorization", f"Bearer {KEY}")],
                                    timeout=60)
@@ -244,7 +231,7 @@ def test_v2_grpc_typed_contents_and_parameters(keyed):
     ({"max_tokens": 2**62}, b"Hello"),
     ({"max_tokens": 2}, b"word " * 40_000),  # 200k characters: longer than the context
 ], ids=["negative max_tokens", "absurd max_tokens", "prompt past the context"])
-def test_v2_grpc_bad_requests_are_invalid_argument_not_internal(keyed, parameters, prompt):
+def test_v2_grpc_bad_requests_are_invalid_argument_not_internal(guarded, parameters, prompt):
     """What HTTP answers 400 is INVALID_ARGUMENT over gRPC, naming the problem; the server
     keeps serving."""
     import grpc
@@ -259,7 +246,7 @@ def test_v2_grpc_bad_requests_are_invalid_argument_not_internal(keyed, parameter
             parameters={k: pb.InferParameter(int64_param=v) for k, v in values.items()})
 
     metadata = [("authorization", f"Bearer {KEY}")]
-    with grpc.insecure_channel(f"127.0.0.1:{keyed.grpc_port}") as channel:
+    with grpc.insecure_channel(f"127.0.0.1:{guarded.grpc_port}") as channel:
         stub = GRPCInferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as refused:
             stub.ModelInfer(request(prompt, **parameters), metadata=metadata, timeout=60)

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from servers import REPO, ServerProcess, aim_server, free_port, server_environment
+from testkit import API_KEY, OLD_API_KEY
 
 pytestmark = pytest.mark.serving
 
@@ -112,28 +113,22 @@ def test_fifty_abrupt_disconnects_abort_their_requests(server):
     assert ok.status_code == 200
 
 
-# --- overload, auth and body size (one guarded server) -----------------------------------------
-
-API_KEY = "test-key-0123456789"
+# --- overload and body size (a server with a queue of one and 64 KiB bodies) -------------------
 
 
 @pytest.fixture(scope="module")
-def guarded(work_dir, tiny_model):
-    """max_num_seqs 2 + 1 queued = 3 in flight; API keys; 64 KiB bodies."""
+def crowded(work_dir, tiny_model):
+    """max_num_seqs 2 + 1 queued = 3 in flight; 64 KiB bodies. Limits that would change other
+    tests' behaviour, hence a server of its own."""
     process = aim_server(work_dir, tiny_model, "--max-num-seqs", "2", "--max-queued-requests",
-                         "1", "--max-request-bytes", "65536",
-                         env={"AIM_API_KEY": f"old-key,{API_KEY}"}).start()
+                         "1", "--max-request-bytes", "65536").start()
     try:
         yield process.wait_ready()
     finally:
         process.stop()
 
 
-def auth(key: str = API_KEY) -> dict:
-    return {"authorization": f"Bearer {key}"}
-
-
-def test_overload_is_refused_fast_with_retry_after(guarded):
+def test_overload_is_refused_fast_with_retry_after(crowded):
     """Two requests run (max_num_seqs 2), one waits (queue bound 1): the next is refused at once,
     while the three are still being served. Each event carries 20 logprobs, which keeps the
     streams busy long enough to be seen however fast the engine is."""
@@ -141,8 +136,8 @@ def test_overload_is_refused_fast_with_retry_after(guarded):
 
     def stream_to_the_end():
         body = {**STREAM, "logprobs": 20, "stream_options": {"include_usage": True}}
-        with httpx.stream("POST", guarded.url + "/openai/v1/completions", json=body,
-                          headers=auth(), timeout=300) as stream:
+        with httpx.stream("POST", crowded.url + "/openai/v1/completions", json=body,
+                          timeout=300) as stream:
             events = [line for line in stream.iter_lines() if line.startswith("data:")]
         usage = json.loads(events[-2].removeprefix("data: "))["usage"]
         results.append((usage["completion_tokens"], events[-1]))
@@ -150,12 +145,12 @@ def test_overload_is_refused_fast_with_retry_after(guarded):
     holders = [threading.Thread(target=stream_to_the_end) for _ in range(3)]
     for thread in holders:
         thread.start()
-    wait_until(lambda: metric(guarded.url, "aim_requests_in_flight") == 3, timeout=30)
-    refused = httpx.post(guarded.url + "/openai/v1/completions", headers=auth(),
+    wait_until(lambda: metric(crowded.url, "aim_requests_in_flight") == 3, timeout=30)
+    refused = httpx.post(crowded.url + "/openai/v1/completions",
                          json={"model": "tiny", "prompt": "x", "max_tokens": 2}, timeout=10)
-    v2_refused = httpx.post(guarded.url + "/v2/models/tiny/generate", headers=auth(),
+    v2_refused = httpx.post(crowded.url + "/v2/models/tiny/generate",
                             json={"text_input": "x"}, timeout=10)
-    still_in_flight = metric(guarded.url, "aim_requests_in_flight")
+    still_in_flight = metric(crowded.url, "aim_requests_in_flight")
     for thread in holders:
         thread.join()
     assert still_in_flight == 3  # refused while the admitted ones were being served
@@ -164,8 +159,8 @@ def test_overload_is_refused_fast_with_retry_after(guarded):
     assert v2_refused.status_code == 503 and "server busy" in v2_refused.json()["error"]
     # The admitted ones were not disturbed: every token, then the end of the stream.
     assert results == [(1500, "data: [DONE]")] * 3
-    assert metric(guarded.url, "aim_requests_rejected_total", reason="overload") >= 2
-    after = httpx.post(guarded.url + "/openai/v1/completions", headers=auth(),
+    assert metric(crowded.url, "aim_requests_rejected_total", reason="overload") >= 2
+    after = httpx.post(crowded.url + "/openai/v1/completions",
                        json={"model": "tiny", "prompt": "x", "max_tokens": 2}, timeout=60)
     assert after.status_code == 200
 
@@ -188,17 +183,17 @@ def test_health_and_metrics_stay_open_and_any_listed_key_works(guarded):
         assert httpx.get(guarded.url + path).status_code == 200, path
     import openai
 
-    for key in (API_KEY, "old-key"):
+    for key in (API_KEY, OLD_API_KEY):
         client = openai.OpenAI(base_url=guarded.url + "/openai/v1", api_key=key, max_retries=0)
         assert client.completions.create(model="tiny", prompt="x", max_tokens=1).choices
 
 
-def test_request_bodies_are_bounded(guarded):
+def test_request_bodies_are_bounded(crowded):
     huge = {"model": "tiny", "prompt": "x" * 70_000, "max_tokens": 1}
-    response = httpx.post(guarded.url + "/openai/v1/completions", json=huge, headers=auth())
+    response = httpx.post(crowded.url + "/openai/v1/completions", json=huge)
     assert response.status_code == 413
     assert "larger than 65536 bytes" in response.json()["error"]["message"]
-    chunked = httpx.post(guarded.url + "/v2/models/tiny/generate", headers=auth(),
+    chunked = httpx.post(crowded.url + "/v2/models/tiny/generate",
                          content=iter([b'{"text_input": "', b"y" * 70_000, b'"}']))
     assert chunked.status_code == 413 and "larger than" in chunked.json()["error"]
 
@@ -206,6 +201,7 @@ def test_request_bodies_are_bounded(guarded):
 # --- graceful shutdown -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_drains_in_flight_streams_then_exits_zero(work_dir, tiny_model):
     process = aim_server(work_dir, tiny_model, "--graceful-shutdown-seconds", "90").start()
     process.wait_ready()
@@ -233,6 +229,7 @@ def test_sigterm_drains_in_flight_streams_then_exits_zero(work_dir, tiny_model):
     assert process.process.wait(timeout=60) == 0
 
 
+@pytest.mark.slow
 def test_sigterm_with_a_drain_delay_keeps_serving_while_readiness_says_draining(work_dir,
                                                                                  tiny_model):
     process = aim_server(work_dir, tiny_model, env={"AIM_DRAIN_SECONDS": "4"}).start()
@@ -266,6 +263,7 @@ def engine_core(pid: int) -> psutil.Process:
     raise LookupError("no EngineCore process under the server")
 
 
+@pytest.mark.slow
 def test_dead_engine_fails_liveness_errors_requests_and_exits_non_zero(work_dir, tiny_model):
     """With gRPC on (KServe's default): every listener stops, not only REST, and the process
     ends within the drain time."""
@@ -324,6 +322,7 @@ def serve(args: list[str], tmp_path: Path, prelude: str = "") -> subprocess.Comp
                           timeout=180, env=server_environment(tmp_path))
 
 
+@pytest.mark.slow
 def test_startup_failures_are_one_clear_line_and_non_zero(tmp_path):
     big = tmp_path / "big"
     big.mkdir()
@@ -351,6 +350,7 @@ def test_startup_failures_are_one_clear_line_and_non_zero(tmp_path):
 # --- read-only root filesystem -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
                     reason="needs unshare and root to remount / read-only")
 def test_the_runtime_container_runs_with_a_read_only_root(tmp_path, tiny_model):

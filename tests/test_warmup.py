@@ -83,7 +83,7 @@ def test_start_up_failure_leaves_a_termination_message(tmp_path):
     assert text.startswith("start-up failed in phase inspect: ") and "no config.json" in text
 
 
-@pytest.mark.serving
+@pytest.mark.slow
 def test_a_stalled_engine_fails_liveness_and_says_so(work_dir, tiny_model, tmp_path):
     message = tmp_path / "termination-log"
     server = aim_server(work_dir, tiny_model, "--warmup", "off", name="stall",

@@ -16,6 +16,9 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "runtime" / "aim_runtime"
 RECIPES = REPO / "recipes"
 MODELS = REPO / "tests" / "fixtures" / "models"  # real public config.json files, no weights
+# The shared guarded server's keys (tests/conftest.py): the new one and the one being rotated out.
+API_KEY = "test-key-0123456789"
+OLD_API_KEY = "old-key"
 
 # Read by the runtime besides AIM_*: what KServe injects into multi-node pods, Ray's address, and
 # the device visibility that detection applies.
