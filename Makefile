@@ -9,7 +9,7 @@ LOCK := locks/cpu.txt
 # vLLM's CPU build exists for 0.32 only of the supported window (0.32-0.34): the one venv runs it,
 # and tests/test_vllm_release.py reads every release of the window from its wheel.
 
-.PHONY: install serve test test-fast test-avx2 check-vllm lint bench lock
+.PHONY: install serve test test-fast test-avx2 coverage check-vllm lint bench lock
 
 # A venv holds exactly its lock (locks/lock.py): made anew when the lock changes, the lock
 # installed without resolving anything (--no-deps), then the project itself with the locked
@@ -49,6 +49,14 @@ test: lint
 # The inner loop: no server starts (tests/conftest.py fails an unmarked test that starts one).
 test-fast: install
 	$(BIN)/python -m pytest -m "not serving and not slow" $(ARGS)
+
+# The whole suite under coverage.py, the servers it starts measured too ([tool.coverage] in
+# pyproject.toml); the report per module, then the total.
+coverage: install
+	$(BIN)/python -m coverage erase
+	$(BIN)/python -m coverage run -m pytest $(ARGS)
+	$(BIN)/python -m coverage combine --quiet
+	$(BIN)/python -m coverage report
 
 # The embedded-model tests forced onto vLLM's AVX2 kernels on an AVX-512 host (tests/isa_avx2:
 # torch's CPU probes answer no for AVX-512 and AMX; torch's and oneDNN's own dispatch capped).

@@ -305,6 +305,29 @@ def test_dead_engine_fails_liveness_errors_requests_and_exits_non_zero(work_dir,
     assert "the engine is dead" in process.log_path.read_text()
 
 
+@pytest.mark.slow
+def test_an_engine_that_fails_to_start_ends_the_process_with_grpc_on(work_dir, tiny_model,
+                                                                     tmp_path):
+    """Weights whose header is whole and whose tensors are cut short: planning reads the header,
+    the engine fails to load them. Both listeners are up by then; the process must still end,
+    non-zero, with a termination message naming the engine."""
+    broken = tmp_path / "cut-weights"
+    shutil.copytree(tiny_model, broken)
+    weights = broken / "model.safetensors"
+    data = weights.read_bytes()
+    (header_length,) = struct.unpack("<Q", data[:8])
+    weights.write_bytes(data[:8 + header_length + 64])
+    message = tmp_path / "termination-log"
+    process = aim_server(work_dir, broken, "--enable_grpc", "true", "--grpc_port",
+                         str(free_port()), env={"AIM_TERMINATION_LOG": str(message)}).start()
+    try:
+        code = process.process.wait(timeout=240)
+    finally:
+        process.stop()
+    assert code == 1, process.log_tail()
+    assert "engine" in message.read_text().lower(), message.read_text()
+
+
 def live(url: str) -> bool:
     try:
         return httpx.get(url + "/v2/health/live", timeout=2).status_code == 200
