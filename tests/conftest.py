@@ -124,10 +124,13 @@ BOUNDED_MAX_BODY = 256 * 1024
 @pytest.fixture(scope="session")
 def bounded(work_dir, tiny_model) -> Iterator[ServerProcess]:
     """The tiny model with small, explicit bounds: a context of 128 tokens (a fuzzed body without
-    `max_tokens` ends soon), 8 sequences, 512 batched tokens, 256 KiB bodies."""
+    `max_tokens` ends soon), 8 sequences, 512 batched tokens, 256 KiB bodies; gRPC on, no key."""
+    grpc_port = free_port()
     process = aim_server(work_dir, tiny_model, "--max-model-len", "128", "--max-num-seqs", "8",
                          "--max-num-batched-tokens", "512", "--max-request-bytes",
-                         str(BOUNDED_MAX_BODY), name="tiny").start()
+                         str(BOUNDED_MAX_BODY), "--enable_grpc", "true", "--grpc_port",
+                         str(grpc_port), name="tiny").start()
+    process.grpc_port = grpc_port  # type: ignore[attr-defined]
     try:
         yield process.wait_ready()
     finally:

@@ -1,6 +1,8 @@
 """Property-based fuzzing of every inference route with generated bodies (wrong types, huge
 numbers, unicode, deep nesting, huge strings, missing fields, raw bytes): the answer is never a
-5xx (overload's documented 503 aside) and the server stays healthy."""
+5xx (overload's documented 503 aside) and the server stays healthy. Over gRPC, generated
+ModelInfer messages (bad names, datatypes, shapes, contents, raw contents and parameters) never
+end INTERNAL or UNKNOWN. One shared server, `bounded` (tests/conftest.py), seeded runs."""
 
 from __future__ import annotations
 
@@ -135,3 +137,75 @@ def test_fuzzed_bodies_never_get_a_server_error(bounded, path):
         sane = client.post("/openai/v1/completions",
                            json={"model": "tiny", "prompt": "still fine?", "max_tokens": 3})
         assert sane.status_code == 200, sane.text
+
+
+# --- gRPC v2: generated ModelInfer messages ------------------------------------------------------
+
+GRPC_EXAMPLES = 400
+GRPC_FAULTS = {"StatusCode.INTERNAL", "StatusCode.UNKNOWN", "StatusCode.DEADLINE_EXCEEDED"}
+
+
+def grpc_strategies() -> st.SearchStrategy:
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    int64s = st.integers(-2**63, 2**63 - 1)
+    parameter = st.one_of(st.builds(lambda v: pb.InferParameter(bool_param=v), st.booleans()),
+                          st.builds(lambda v: pb.InferParameter(int64_param=v),
+                                    st.integers(-5, 16) | int64s),
+                          st.builds(lambda v: pb.InferParameter(string_param=v),
+                                    st.text(max_size=20)))
+    parameters = st.dictionaries(st.sampled_from([*plausible, "junk", ""]) | st.text(max_size=8),
+                                 parameter, max_size=4)
+    contents = st.builds(
+        lambda texts, ints, floats: pb.InferTensorContents(
+            bytes_contents=texts, int64_contents=ints, fp32_contents=floats),
+        st.lists(st.binary(max_size=60) | st.text(max_size=60).map(str.encode), max_size=3),
+        st.lists(int64s, max_size=2), st.lists(st.floats(width=32), max_size=2))
+    tensor = st.builds(
+        lambda name, datatype, shape, body: pb.ModelInferRequest.InferInputTensor(
+            name=name, datatype=datatype, shape=shape, contents=body),
+        st.sampled_from(["text_input", "x", ""]) | st.text(max_size=6),
+        st.sampled_from(["BYTES", "FP32", "INT64", "BOOL", ""]) | st.text(max_size=6),
+        st.lists(st.integers(-2, 4) | int64s, max_size=3), contents)
+    junk = st.builds(
+        lambda name, inputs, raw, params: pb.ModelInferRequest(
+            model_name=name, inputs=inputs, raw_input_contents=raw, parameters=params),
+        st.sampled_from(["tiny", "tiny", "absent", ""]), st.lists(tensor, max_size=2),
+        st.lists(st.binary(max_size=40), max_size=2), parameters)
+    # Near-valid: a right text tensor, parameters plausible (the happy path is reached too).
+    near_valid = st.builds(
+        lambda texts, tokens, params: pb.ModelInferRequest(
+            model_name="tiny", inputs=[pb.ModelInferRequest.InferInputTensor(
+                name="text_input", datatype="BYTES", shape=[len(texts)],
+                contents=pb.InferTensorContents(bytes_contents=[t.encode() for t in texts]))],
+            parameters={"max_tokens": pb.InferParameter(int64_param=tokens), **params}),
+        st.lists(st.text(min_size=1, max_size=60), min_size=1, max_size=3), st.integers(1, 8),
+        parameters)
+    return st.one_of(near_valid, junk)
+
+
+def test_fuzzed_grpc_messages_never_get_an_internal_error(bounded):
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    statuses: Counter = Counter()
+    with grpc.insecure_channel(f"127.0.0.1:{bounded.grpc_port}") as channel:
+        stub = GRPCInferenceServiceStub(channel)
+
+        @settings(max_examples=GRPC_EXAMPLES, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(request=grpc_strategies())
+        def infer(request):
+            try:
+                stub.ModelInfer(request, timeout=120)
+                statuses["OK"] += 1
+            except grpc.RpcError as error:
+                statuses[str(error.code())] += 1
+                assert str(error.code()) not in GRPC_FAULTS, (error.code(), error.details(),
+                                                              str(request)[:300])
+
+        infer()
+        assert sum(statuses.values()) >= GRPC_EXAMPLES
+        assert statuses["OK"] >= GRPC_EXAMPLES // 20, statuses  # the happy path was reached
+        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
