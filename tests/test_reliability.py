@@ -358,7 +358,7 @@ def test_startup_failures_are_one_clear_line_and_non_zero(tmp_path):
         ([f"--model_dir={tmp_path / 'absent'}"], "", 2, "no config.json at"),
         ([f"--model_dir={broken}"], "", 2, "is not valid JSON"),
         ([f"--model_dir={big}"],
-         "import aim_runtime.serving.vllm_adapter as e; e.installed_versions = lambda: "
+         "import aim_runtime.serving.vllm_adapter.versions as e; e.installed_versions = lambda: "
          "{'vllm': '0.35.0', 'kserve': '0.21.0'}", 2, "unsupported versions: vllm 0.35.0"),
     ]
     for args, prelude, code, message in cases:

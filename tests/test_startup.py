@@ -79,7 +79,8 @@ def test_missing_model_directory(clean_env, tmp_path):
 
 
 def installed(monkeypatch, vllm: str, kserve: str) -> None:
-    monkeypatch.setattr(engine, "installed_versions", lambda: {"vllm": vllm, "kserve": kserve})
+    monkeypatch.setattr(engine.versions, "installed_versions",
+                        lambda: {"vllm": vllm, "kserve": kserve})
 
 
 @pytest.mark.parametrize(("vllm", "kserve"), [

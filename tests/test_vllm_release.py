@@ -32,7 +32,7 @@ def test_the_check_names_the_serve_parser_that_0_34_moved():
     """Against the adapter as it was before 0.34 (no vllm.entrypoints.common.cli_args), the
     check for 0.34.0 names make_arg_parser."""
     release = vllm_release.Release(vllm_release.download("vllm==0.34.0"))
-    source = vllm_release.ADAPTER.read_text()
+    source = vllm_release.read_adapter()
     table = re.search(r"^MAKE_ARG_PARSER = \(.*?\)\)\n", source, re.M | re.S)
     assert table is not None and "vllm.entrypoints.common.cli_args" in table.group()
     before = source.replace(table.group(), 'MAKE_ARG_PARSER = (("vllm.entrypoints.launchers'

@@ -6,7 +6,7 @@ The release's wheel is downloaded without dependencies into the user's cache dir
 (`~/.cache/aim-runtime/vllm-wheels`, never the repository) and its Python files are parsed, never
 imported (the wheels on the package index are GPU builds). Checked against them:
 
-- every module, name and attribute that `serving/vllm_adapter.py` imports or reaches through an
+- every module, name and attribute that `serving/vllm_adapter/` imports or reaches through an
   import (found in the adapter's own syntax tree), a fallback chain (the adapter's location tables,
   `getattr(module, name, None)` with its alternative) counting when one alternative exists;
 - the keyword names of the adapter's calls into vLLM;
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-ADAPTER = REPO / "runtime" / "aim_runtime" / "serving" / "vllm_adapter.py"
+ADAPTER = REPO / "runtime" / "aim_runtime" / "serving" / "vllm_adapter"  # the package
 
 
 def wheel_cache() -> Path:
@@ -270,6 +270,11 @@ class Need:
 Chain = tuple[Need, ...]  # met when any one of them is
 
 
+def read_adapter() -> str:
+    """The adapter package's modules, one source (each module's uses are read alike)."""
+    return "\n".join(path.read_text() for path in sorted(ADAPTER.glob("*.py")))
+
+
 def adapter_needs(source: str) -> list[Chain]:
     """Every use of vLLM in the adapter's source, as chains of alternatives."""
     tree = ast.parse(source)
@@ -414,7 +419,7 @@ def problems(release: Release, adapter_source: str | None = None) -> list[str]:
     from aim_runtime.serving import listener, vllm_adapter
 
     found = []
-    for chain in adapter_needs(adapter_source or ADAPTER.read_text()):
+    for chain in adapter_needs(adapter_source or read_adapter()):
         if not any(need.met_by(release) for need in chain):
             found.append("vllm_adapter uses " + " or ".join(map(str, chain)))
     args, env = emitted_settings()

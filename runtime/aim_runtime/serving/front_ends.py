@@ -8,14 +8,14 @@ one API server per data-parallel rank by default, and so does `aim-runtime serve
 `--api-server-count`, else the plan's data-parallel size; the start-up log says which and why).
 
 How: the `aim-runtime serve` process plans, binds the HTTP port (once per API server, with
-SO_REUSEPORT), then becomes a supervisor.
-The engine cores start as vLLM's launcher starts them, then N processes (serving/vllm_adapter.py,
-`launch_api_servers`), each of them a whole AIM Runtime server (KServe's ModelServer with the
-OpenAI routes, v2 over HTTP and gRPC, the gate, /metrics) whose AsyncLLM is a client of the shared
-engine cores, each accepting connections on its own listening socket of the shared port. The
-kernel spreads new connections evenly over those sockets; with one socket shared by all
-processes, whichever process's event loop woke first took the connection, and under load one
-process served about three times the other's share (benchmarks/api_servers.py).
+SO_REUSEPORT), then becomes a supervisor. The engine cores start as vLLM's launcher starts them,
+then N processes (serving/vllm_adapter/api_servers.py, `launch_api_servers`), each of them a whole
+AIM Runtime server (KServe's ModelServer with the OpenAI routes, v2 over HTTP and gRPC, the gate,
+/metrics) whose AsyncLLM is a client of the shared engine cores, each accepting connections on its
+own listening socket of the shared port. The kernel spreads new connections evenly over those
+sockets; with one socket shared by all processes, whichever process's event loop woke first took
+the connection, and under load one process served about three times the other's share
+(benchmarks/api_servers.py).
 
 What holds for the pod as a whole, through the shared memory of `FrontEndGroup` (made before the
 processes start):

@@ -9,11 +9,12 @@
 - The v2 generate extension (`/generate`, `/generate_stream`) is added (serving/v2_routes.py);
   gRPC v2 needs the API key too (serving/grpc_listener.py).
 - Every response names the recipe in `x-aim-recipe`, so canary versions can be told apart.
-- The OpenAI surface is vLLM's own application (serving/vllm_adapter.py), served under
+- The OpenAI surface is vLLM's own application (serving/vllm_adapter/), served under
   `/openai` (KServe's prefix: `/openai/v1/chat/completions`...) and, with `--openai-root-routes`,
   at the root exactly where `vllm serve` serves it (`/v1/...`, `/tokenize`, `/health`...). Until
   the engine is loaded those paths answer 503 in OpenAI's shape. Its hot paths bypass KServe's
-  FastAPI stack (`VllmFastPath`, serving/asgi.py), so a streamed token costs what it costs under `vllm serve`.
+  FastAPI stack (`VllmFastPath`, serving/asgi.py), so a streamed token costs what it costs
+  under `vllm serve`.
 
 `GET /v1/models` belongs to two protocols: KServe's v1 (a list of model names) and OpenAI's (the
 models with their metadata). Without root routes it is KServe's; with them it is OpenAI's, which is
