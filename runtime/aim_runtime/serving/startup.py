@@ -14,11 +14,8 @@ import argparse
 import logging
 import os
 import socket
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aim_runtime import pipeline, settings
@@ -31,6 +28,8 @@ from aim_runtime.planner.plan import Plan, ray_carry_over_env
 from aim_runtime.serving import metrics
 from aim_runtime.serving.cluster import ClusterSpec, nodes_from_env, spec_from_env
 from aim_runtime.serving.listener import ListenerOptions, listener_options
+from aim_runtime.serving.model_location import model_location
+from aim_runtime.serving.phases import CURRENT_PHASE, phase
 from aim_runtime.settings import ROLES
 
 if TYPE_CHECKING:  # imported when serving starts: they import KServe and vLLM
@@ -103,20 +102,6 @@ def serve_parser() -> argparse.ArgumentParser:
     pipeline.add_detection_args(parser, simulate=False)
     pipeline.add_planner_args(parser, vllm_names=False)
     return parser
-
-
-CURRENT_PHASE = ["arguments"]  # the start-up phase running now, for the termination message
-
-
-@contextmanager
-def phase(name: str) -> Iterator[None]:
-    """Time a start-up phase: logged, and exported as aim_startup_phase_seconds."""
-    started = time.monotonic()
-    CURRENT_PHASE.append(name)
-    yield
-    seconds = time.monotonic() - started
-    metrics.record_phase(name, seconds)
-    log.info("phase %s: %.3f s", name, seconds)
 
 
 @dataclass(frozen=True)
@@ -312,7 +297,7 @@ def prepare(argv: list[str]) -> Prepared:
         versions = check_versions()
         vllm_args, explicit = parse_vllm_args(rest)
     log.info("vllm %s, kserve %s", versions["vllm"], versions["kserve"])
-    model_dir, model_source = _model_location(args)
+    model_dir, model_source = model_location(args.model_dir, args.model_id)
     nodes = _node_count(args)
     vllm_overrides = {dest: getattr(vllm_args, dest) for dest in explicit if dest in FIELDS}
     request = pipeline.request_from_args(
@@ -488,46 +473,6 @@ def _build_server(inputs: ServerInputs, client: EngineClient | None = None,
     for alias in names[1:]:
         server.register_model(model, alias)
     return model, server
-
-
-def _model_location(args: argparse.Namespace) -> tuple[Path, str]:
-    """(directory holding config.json, what vLLM loads): a local directory for both, or for a
-    Hugging Face id the downloaded config and the id (vLLM fetches the weights itself)."""
-    if args.model_dir:
-        return Path(args.model_dir), str(args.model_dir)
-    if args.model_id and Path(args.model_id).is_dir():
-        return Path(args.model_id), str(args.model_id)
-    if args.model_id:
-        with phase("fetch_config"):
-            return _hub_config_dir(args.model_id), args.model_id
-    with phase("default_model"):
-        if settings.DEFAULT_MODEL.read() == "tiny":
-            from aim_runtime.checkpoint import tiny_model
-
-            directory = tiny_model.ensure_default_model()
-            log.info("no --model_dir: serving the tiny random model at %s (AIM_DEFAULT_MODEL="
-                     "tiny: its text is gibberish by construction)", directory)
-        else:
-            from aim_runtime.checkpoint import default_model
-
-            directory = default_model.ensure_default_model()
-            log.info("no --model_dir: serving the embedded default model, %s (135M parameters, "
-                     "Apache-2.0) at %s", default_model.HF_ID, directory)
-    return directory, str(directory)
-
-
-def _hub_config_dir(model_id: str) -> Path:
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(model_id, "config.json")).parent
-    except Exception as exc:  # offline, unknown repo, gated without HF_TOKEN...
-        raise AimError(
-            f"--model_id {model_id}: cannot fetch its config.json from the Hugging Face hub "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
-            "give a local directory with --model_dir (in KServe: storageUri, which fills "
-            "/mnt/models), or set HF_TOKEN for gated models",
-        ) from exc
 
 
 def _reject_reserved(rest: list[str]) -> None:
