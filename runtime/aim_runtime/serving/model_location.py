@@ -11,7 +11,7 @@ from aim_runtime import settings
 from aim_runtime.errors import AimError
 from aim_runtime.serving.phases import phase
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("aim_runtime")
 
 
 def model_location(model_dir: str | None, model_id: str | None) -> tuple[Path, str]:
