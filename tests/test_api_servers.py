@@ -228,12 +228,10 @@ def test_admission_and_api_keys_hold_for_the_pod(pod):
         with httpx.Client(timeout=300) as client, client.stream(
                 "POST", url, json={**STREAM, "logprobs": 20, "n": 4}, headers=AUTH) as stream:
             holders.append(stream.status_code)
-            lines = stream.iter_lines()
-            next(lines)
+            next(stream.iter_lines())
             streaming.wait()
             done.wait(timeout=120)
-            for _ in lines:
-                pass
+        # Leaving the stream closes it: the requests are aborted, the pod's slots freed.
 
     threads = [threading.Thread(target=hold) for _ in range(2)]
     for thread in threads:
@@ -247,6 +245,7 @@ def test_admission_and_api_keys_hold_for_the_pod(pod):
     assert in_flight == 2
     assert holders == [200, 200]
     assert refused == [503] * 4
+    wait_until(lambda: metric(pod.url, "aim_requests_in_flight") == 0, timeout=60)
 
 
 @serving

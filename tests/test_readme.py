@@ -54,17 +54,24 @@ def checkout(tmp_path: Path, installed: bool) -> Path:
     return tmp_path
 
 
+# pytest on both cores, the tests grouped by the server they share (tests/conftest.py)
+PYTEST = [".venv/bin/python", "-m", "pytest", "-n", "2", "--dist", "loadgroup",
+          "--no-loadscope-reorder"]
+
+
 def test_make_test_runs_the_linters_then_pytest_with_the_given_args(tmp_path):
     commands = make_would_run(checkout(tmp_path, installed=True), "test", "ARGS=-x -k 'a b'")
     *lint, test = commands
-    assert test == [".venv/bin/python", "-m", "pytest", "-x", "-k", "a b"]
+    assert test == [*PYTEST, "-x", "-k", "a b"]
     assert lint, "no lint step before the tests"
     ruff = [c for c in lint if c[:2] == [".venv/bin/ruff", "check"]]
     assert ruff and {"runtime", "tests"} <= set(ruff[0][2:])
     tools = [next(word for word in c if not word.startswith("PYTHONPATH=")) for c in lint]
     assert {".venv/bin/ruff", ".venv/bin/lint-imports", ".venv/bin/mypy"} <= set(tools)
     assert not any("pip" in word for c in lint for word in c)  # installed: no install step
-    assert make_would_run(tmp_path, "test")[-1] == [".venv/bin/python", "-m", "pytest"]
+    assert make_would_run(tmp_path, "test")[-1] == PYTEST
+    serial = make_would_run(tmp_path, "test", "WORKERS=0")[-1]
+    assert serial[:5] == [".venv/bin/python", "-m", "pytest", "-n", "0"]
 
 
 def test_make_test_on_a_fresh_clone_installs_exactly_the_locks_first(tmp_path):
@@ -78,7 +85,7 @@ def test_make_test_on_a_fresh_clone_installs_exactly_the_locks_first(tmp_path):
         [".venv/bin/python", "locks/lock.py", "--check"],
         ["touch", ".venv/.installed-stamp"]]
     first_lint = next(i for i, c in enumerate(commands) if c[:1] == [".venv/bin/ruff"])
-    first_test = commands.index([".venv/bin/python", "-m", "pytest"])
+    first_test = commands.index(PYTEST)
     assert 5 < first_lint < first_test
 
 

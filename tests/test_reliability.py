@@ -361,8 +361,9 @@ def test_startup_failures_are_one_clear_line_and_non_zero(tmp_path):
          "import aim_runtime.serving.vllm_adapter.versions as e; e.installed_versions = lambda: "
          "{'vllm': '0.35.0', 'kserve': '0.21.0'}", 2, "unsupported versions: vllm 0.35.0"),
     ]
-    for args, prelude, code, message in cases:
-        result = serve(args, tmp_path, prelude)
+    with ThreadPoolExecutor(max_workers=len(cases)) as pool:  # each waits on its own process
+        results = list(pool.map(lambda case: serve(case[0], tmp_path, case[1]), cases))
+    for (_, _, code, message), result in zip(cases, results, strict=True):
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert result.returncode == code, result.stderr[-2000:]
         assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]

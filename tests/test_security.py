@@ -21,7 +21,7 @@ from aim_runtime.hardware import detect
 from aim_runtime.planner.catalog import Catalog, load_catalog, load_recipe_file
 from aim_runtime.planner.overrides import collect_overrides
 from aim_runtime.planner.plan import make_plan
-from aim_runtime.serving import gate
+from aim_runtime.serving import protocol_errors
 from aim_runtime.serving.gate import GateSettings, GateState, RequestGate
 from aim_runtime.serving.paths import OPENAI_PREFIX
 from testkit import MODELS, PACKAGE, REPO, write
@@ -252,7 +252,7 @@ def test_every_key_is_compared_with_compare_digest_even_after_a_match(monkeypatc
         compared.append(b)
         return real(a, b)
 
-    monkeypatch.setattr(gate.hmac, "compare_digest", recording)
+    monkeypatch.setattr(protocol_errors.hmac, "compare_digest", recording)
     app = StandIn()
     response = send(gated(app, keys="first, second, third"), "POST", "/v2/models/m/infer",
                     content=b"{}", headers={"Authorization": "Bearer first"})
