@@ -99,3 +99,15 @@ def test_recipes_dir_from_environment(tmp_path):
 
 def test_version():
     assert run_cli("--version").stdout.startswith("aim-runtime ")
+
+
+def test_the_model_directory_flag_has_one_name_everywhere_and_model_stays_an_alias():
+    """`--model-dir` (as `serve` spells it; `--model_dir` too), `--model` kept for plan/render."""
+    model = str(MODELS / "qwen3-32b")
+    plans = [run_cli("plan", flag, model, "--simulate", "MI355X:2", "--json")
+             for flag in ("--model-dir", "--model_dir", "--model")]
+    assert [p.returncode for p in plans] == [0, 0, 0]
+    assert plans[0].stdout == plans[1].stdout == plans[2].stdout
+    rendered = [run_cli("render", flag, model, "--gpu", "MI355X", "--name", "q")
+                for flag in ("--model-dir", "--model")]
+    assert rendered[0].returncode == 0 and rendered[0].stdout == rendered[1].stdout

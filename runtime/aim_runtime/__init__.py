@@ -4,7 +4,7 @@ Layers as folders, each importing only the ones below it (import-linter checks i
 
     cli/          the `aim-runtime` command
     serving/      the only layer that imports vLLM, KServe, FastAPI or Starlette; inside it,
-                  only `serving/vllm_adapter/` imports vLLM
+                  only `serving/vllm_adapter/` imports vLLM (the layers: README "Code map")
     deploy/       Kubernetes objects rendered from a plan
     pipeline.py   flags + environment -> Inventory -> ModelFacts -> Recipes -> Plan, the one way
     planner/      overrides, catalog, candidates, memory, ROCm rules, roofline, plan, explain
@@ -12,7 +12,7 @@ Layers as folders, each importing only the ones below it (import-linter checks i
     settings.py   every AIM_* variable once, and the shared vocabulary
     errors.py
 
-Where this differs from DESIGN.md's sketch, and why:
+Where this differs from the layering the project was first sketched with, and why:
 - `planner/setting.py` holds what is fixed before candidates are tried (`PlanSetting`): the plan
   and the no-fit suggestions both need it, and a module of its own keeps them from importing
   each other.

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect_cmd.set_defaults(handler=run_detect)
 
     plan_cmd = commands.add_parser("plan", help="choose a recipe for a model on these devices")
-    plan_cmd.add_argument("--model", required=True,
+    plan_cmd.add_argument("--model-dir", "--model_dir", "--model", dest="model", required=True,
                           help="model directory (or its config.json); weights are optional")
     plan_cmd.add_argument("--model-id", help="Hugging Face id of the model, for recipe matching "
                           "(default: AIM_MODEL_ID, or _name_or_path in config.json)")
@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "llminferenceservice uses the aim-runtime-llm preset)")
     render_cmd.add_argument("--prefill-replicas", type=int, default=0, metavar="N",
                             help="llminferenceservice: split prefill (N pods) from decode")
-    render_cmd.add_argument("--model", required=True, type=Path,
+    render_cmd.add_argument("--model-dir", "--model_dir", "--model", dest="model", required=True,
+                            type=Path,
                             help="model directory or its config.json (weights not needed)")
     render_cmd.add_argument("--model-id", help="Hugging Face id (storageUri hf://ID, recipes)")
     render_cmd.add_argument("--gpu", required=True, help="product, e.g. MI300X")
