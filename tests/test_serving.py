@@ -454,3 +454,23 @@ def test_malformed_binary_v2_requests_are_400(http, client, json_part, data):
     assert response.status_code == 400, response.text
     assert isinstance(response.json()["error"], str) and response.json()["error"]
     assert client.completions.create(model="tiny", prompt="x", max_tokens=2).choices
+
+
+def test_every_refusal_reason_is_exported_from_the_start(http):
+    """aim_requests_rejected_total for every reason the gate knows, at 0 before any refusal (the
+    plain server has no key and no refusal), so that rates and alerts on them evaluate."""
+    import ast
+    from pathlib import Path
+
+    from aim_runtime.serving import metrics
+
+    text = http.get("/metrics").text
+    for reason in metrics.REJECT_REASONS:
+        assert f'aim_requests_rejected_total{{reason="{reason}"}}' in text, reason
+    used = set()
+    for module in Path(metrics.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.keyword) and node.arg == "reason" and \
+                    isinstance(node.value, ast.Constant):
+                used.add(node.value.value)
+    assert used == set(metrics.REJECT_REASONS)

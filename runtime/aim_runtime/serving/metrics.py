@@ -51,6 +51,11 @@ ENGINE_ALIVE = Gauge("aim_engine_alive", "1 while the vLLM engine is loaded and 
 IN_FLIGHT = Gauge("aim_requests_in_flight", "Inference requests admitted and not finished",
                   multiprocess_mode=SAME_EVERYWHERE)
 REJECTED = Counter("aim_requests_rejected", "Requests refused by the gate", ["reason"])
+# Every reason the gate and the header limits refuse for, exported at 0 from the start, so that a
+# rate() or an alert on a reason works before its first refusal.
+REJECT_REASONS = ("unauthorized", "too_large", "invalid_text", "overload", "headers_too_large")
+for _reason in REJECT_REASONS:
+    REJECTED.labels(reason=_reason)
 API_SERVER_REQUESTS = Counter(
     "aim_api_server_requests",
     "Inference requests each API server process admitted (server: its index; one process: 0)",
