@@ -474,3 +474,15 @@ def test_every_refusal_reason_is_exported_from_the_start(http):
                     isinstance(node.value, ast.Constant):
                 used.add(node.value.value)
     assert used == set(metrics.REJECT_REASONS)
+
+
+def test_the_build_is_exported(http):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    import aim_runtime
+
+    (sample,) = [s for family in text_string_to_metric_families(http.get("/metrics").text)
+                 for s in family.samples if s.name == "aim_build_info"]
+    assert sample.labels["runtime"] == aim_runtime.__version__
+    assert sample.labels["vllm"].startswith("0.3") and sample.labels["kserve"].startswith("0.")
+    assert sample.labels["torch"].startswith("2.") and sample.labels["rocm"] == "none"  # CPU

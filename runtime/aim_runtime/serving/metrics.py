@@ -33,6 +33,7 @@ from aim_runtime.planner.roofline import Roofline
 PLAN = Info("aim_plan", "The recipe the planner chose, and on what")
 ENGINE_CONFIG = Info("aim_engine_config",
                      "What the vLLM engine runs with, read back from its own configuration")
+BUILD = Info("aim_build", "The versions serving: the runtime, vLLM, KServe, torch, ROCm (HIP)")
 SAME_EVERYWHERE = "mostrecent"  # multiprocess mode: a value every process sets alike
 STARTUP_PHASE_SECONDS = Gauge("aim_startup_phase_seconds",
                               "Seconds each start-up phase took", ["phase"],
@@ -77,6 +78,10 @@ ROOFLINE_PEAK = Gauge("aim_roofline_peak_flops",
                       multiprocess_mode=SAME_EVERYWHERE)
 
 FALLBACK_KINDS = ("precision", "kv_cache_dtype", "context", "devices")
+
+
+def record_build(versions: dict[str, str]) -> None:
+    BUILD.info(versions)
 
 
 def record_plan(plan: Plan, checkpoint_precision: str | None) -> None:
@@ -247,7 +252,7 @@ class ProcessLocal(Collector):
     metrics (the same in every process) and the collectors computed at scrape time."""
 
     def collect(self) -> Iterable[Metric]:
-        for info in (PLAN, ENGINE_CONFIG):
+        for info in (PLAN, ENGINE_CONFIG, BUILD):
             yield from info.collect()
         for tracker in _TRACKERS:
             yield from tracker.collect()

@@ -212,7 +212,7 @@ def serve_api_server(listen_address: str, sock: socket.socket, spec: ApiServerSp
     is a client of the shared engine cores, accepting on the socket the supervisor bound for
     it."""
     from aim_runtime.serving.front_ends import FrontEnd
-    from aim_runtime.serving.vllm_adapter import EngineClient, title_api_server
+    from aim_runtime.serving.vllm_adapter import EngineClient, build_versions, title_api_server
 
     settings.configure_logging("INFO", timestamps=True)
     client = EngineClient.from_client_config(client_config)
@@ -220,6 +220,7 @@ def serve_api_server(listen_address: str, sock: socket.socket, spec: ApiServerSp
     for name, seconds in spec.phases.items():
         metrics.record_phase(name, seconds)
     metrics.record_plan(spec.inputs.plan, spec.inputs.facts.weight_precision)
+    metrics.record_build(build_versions())
     log.info("API server %d of %d (pid %d) on %s", client.index + 1, client.count,
              os.getpid(), listen_address)
     model, server = _build_server(spec.inputs, client=client,
@@ -289,6 +290,7 @@ def prepare(argv: list[str]) -> Prepared:
                        "scale with replicas (or data parallelism) instead")
     with phase("import"):
         from aim_runtime.serving.vllm_adapter import (
+            build_versions,
             check_versions,
             engine_argv,
             parse_vllm_args,
@@ -296,6 +298,7 @@ def prepare(argv: list[str]) -> Prepared:
 
         versions = check_versions()
         vllm_args, explicit = parse_vllm_args(rest)
+    metrics.record_build(build_versions())
     log.info("vllm %s, kserve %s", versions["vllm"], versions["kserve"])
     model_dir, model_source = model_location(args.model_dir, args.model_id)
     nodes = _node_count(args)

@@ -47,6 +47,7 @@ from aim_runtime.serving.vllm_adapter.versions import (
     PARSER_DESTS_READ,
     SUPPORTED_KSERVE,
     SUPPORTED_VLLM,
+    build_versions,
     check_versions,
     installed_versions,
     supported_pair,
@@ -54,7 +55,7 @@ from aim_runtime.serving.vllm_adapter.versions import (
 
 __all__ = [
     "PARSER_DESTS_READ", "SUPPORTED_KSERVE", "SUPPORTED_VLLM", "ApiServers", "Engine",
-    "EngineClient", "check_recipe_args", "check_settings", "check_versions",
+    "EngineClient", "build_versions", "check_recipe_args", "check_settings", "check_versions",
     "completion_request", "engine_argv", "engine_dead_error_type", "error_response",
     "freeze_startup_heap", "installed_versions", "launch_api_servers", "parse_vllm_args",
     "setup_multiprocess_metrics", "start_engine", "supported_pair", "title_api_server",

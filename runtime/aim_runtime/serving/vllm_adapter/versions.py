@@ -42,6 +42,19 @@ def installed_versions() -> dict[str, str]:
     return versions
 
 
+def build_versions() -> dict[str, str]:
+    """What serves, for aim_build_info: the runtime, vLLM, KServe, torch, and the ROCm (HIP)
+    version torch was built for ("none" on a CPU build)."""
+    import sys
+
+    from aim_runtime import __version__
+
+    torch = sys.modules.get("torch")  # imported with vLLM by now; not imported for this
+    hip = getattr(getattr(torch, "version", None), "hip", None)
+    return {"runtime": __version__, **installed_versions(),
+            "torch": str(getattr(torch, "__version__", "missing")), "rocm": hip or "none"}
+
+
 def _window(bounds: tuple[tuple[int, int], tuple[int, int]]) -> str:
     (low_major, low_minor), (high_major, high_minor) = bounds
     last_minor = high_minor - 1 if high_major == low_major else low_minor
