@@ -160,14 +160,22 @@ def xdist_group(item: pytest.Item) -> str | None:
     return None
 
 
-@pytest.hookimpl(tryfirst=True)
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Each test's group, as xdist's loadgroup reads it: the suffix `@group` of the test's id.
+    (xdist 3.8 writes the suffix into `_nodeid`, which pytest 9 no longer reads: its node ids
+    are `_id`. Only in an xdist worker of a loadgroup run, so that ids stay as they are
+    elsewhere.)"""
+    group = xdist_group(item)
+    if group is None or not getattr(item.config.option, "loadgroup", False):
+        return
+    from _pytest.nodeid import NodeId
+
+    item._id = NodeId.parse(f"{item.nodeid}@{group}")  # type: ignore[attr-defined]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Groups marked for xdist, and the tests that start or use servers first (in their order):
-    the quick ones then fill whichever worker is free at the end (`--no-loadscope-reorder`)."""
-    for item in items:
-        group = xdist_group(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+    """The tests that start or use servers first (in their order): the quick ones then fill
+    whichever worker is free at the end (`--no-loadscope-reorder`)."""
     items.sort(key=lambda item: not any(item.get_closest_marker(m) for m in COSTLY_MARKERS))
 
 
