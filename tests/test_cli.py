@@ -108,6 +108,7 @@ def test_the_model_directory_flag_has_one_name_everywhere_and_model_stays_an_ali
              for flag in ("--model-dir", "--model_dir", "--model")]
     assert [p.returncode for p in plans] == [0, 0, 0]
     assert plans[0].stdout == plans[1].stdout == plans[2].stdout
-    rendered = [run_cli("render", flag, model, "--gpu", "MI355X", "--name", "q")
+    rendered = [run_cli("render", flag, model, "--gpu", "MI355X", "--name", "q",
+                        "--storage-uri", "pvc://models/qwen3-32b")
                 for flag in ("--model-dir", "--model")]
     assert rendered[0].returncode == 0 and rendered[0].stdout == rendered[1].stdout
