@@ -194,3 +194,16 @@ def write_safetensors_header(path, shapes: dict[str, list[int]]) -> None:
     header = json.dumps({name: {"dtype": "BF16", "shape": shape, "data_offsets": [0, 0]}
                          for name, shape in shapes.items()}).encode()
     path.write_bytes(struct.pack("<Q", len(header)) + header)
+
+
+@pytest.mark.serving
+def test_adapters_served_and_refused_are_counted(lora_server):
+    """After the refusals above: the directory's escaping symlink and the load API's bad
+    adapters; `alpha` is served."""
+    server, _ = lora_server
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(("aim_lora_adapters_loaded", "aim_lora_load_errors_total"))}
+    assert values["aim_lora_adapters_loaded"] >= 1
+    assert values['aim_lora_load_errors_total{source="api"}'] >= 5
+    assert values['aim_lora_load_errors_total{source="directory"}'] >= 1

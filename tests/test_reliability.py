@@ -238,6 +238,7 @@ def test_sigterm_with_a_drain_delay_keeps_serving_while_readiness_says_draining(
     wait_until(lambda: not ready(process.url), timeout=3)
     probe = httpx.get(process.url + "/v2/health/ready", timeout=5)
     assert probe.status_code == 503 and probe.json()["reason"] == "draining"
+    assert metric(process.url, "aim_state", state="draining") == 1
     assert httpx.get(process.url + "/v2/health/live", timeout=5).status_code == 200
     served = httpx.post(process.url + "/openai/v1/completions", timeout=30,
                         json={"model": "tiny", "prompt": "still here", "max_tokens": 2})

@@ -486,3 +486,33 @@ def test_the_build_is_exported(http):
     assert sample.labels["runtime"] == aim_runtime.__version__
     assert sample.labels["vllm"].startswith("0.3") and sample.labels["kserve"].startswith("0.")
     assert sample.labels["torch"].startswith("2.") and sample.labels["rocm"] == "none"  # CPU
+
+
+def test_operability_series_say_state_plan_and_warm_up(http):
+    """The series dashboards and alerts read (the operability work): readiness as aim_state, the
+    plan's numbers as numbers, its declared parsers as labels, the warm-up's outcome, the process
+    start time, the admission limit and the adapters."""
+    import time
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    http.post("/openai/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1})
+    samples = {}
+    for family in text_string_to_metric_families(http.get("/metrics").text):
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            samples[key] = sample.value
+    value = lambda name, **labels: samples[(name, tuple(sorted(labels.items())))]  # noqa: E731
+    assert value("aim_state", state="ready") == 1
+    assert sum(v for (name, _), v in samples.items() if name == "aim_state") == 1
+    (plan,) = [dict(labels) for (name, labels) in samples if name == "aim_plan_info"]
+    assert value("aim_plan_max_model_len") == int(plan["max_model_len"])
+    assert value("aim_plan_max_num_seqs") == int(plan["max_num_seqs"])
+    assert plan["tool_parser"] == "hermes" and plan["reasoning_parser"] == "none"
+    assert value("aim_warmup_requests", outcome="ok") > 0
+    assert value("aim_warmup_requests", outcome="failed") == 0
+    assert time.time() - 3600 < value("aim_process_start_time_seconds") < time.time()
+    # The queue bound defaults to the engine's capacity: twice max_num_seqs on one replica.
+    assert value("aim_admission_limit") == 2 * int(plan["max_num_seqs"])
+    assert value("aim_lora_adapters_loaded") == 0
+    assert value("aim_lora_load_errors_total", source="api") == 0

@@ -96,6 +96,7 @@ class RequestGate:
         self.root_routes = root_routes  # vLLM's routes at the root too (not KServe's paths)
         self.keys = [key.encode() for key in settings.api_keys if key]
         self.admitted = metrics.API_SERVER_REQUESTS.labels(server=str(state.server_index))
+        self.published_limit: int | None = None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket" and self.keys and not self._authorized(scope):
@@ -155,7 +156,11 @@ class RequestGate:
         if capacity is None:
             return None
         queued = self.settings.max_queued if self.settings.max_queued is not None else capacity
-        return capacity + queued
+        limit = capacity + queued
+        if limit != self.published_limit:  # once the engine is loaded (and if it changes)
+            metrics.ADMISSION_LIMIT.set(limit)
+            self.published_limit = limit
+        return limit
 
 
 def lone_surrogate_field(body: bytes) -> str | None:

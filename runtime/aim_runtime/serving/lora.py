@@ -106,6 +106,7 @@ class Adapters:
                 await asyncio.to_thread(self.check, path)
             except AdapterRefused as exc:
                 log.warning("adapter %s not loaded: %s", name, exc)
+                metrics.LORA_LOAD_ERRORS.labels(source="directory").inc()
                 self.refused[name] = modified  # said once, until its files change
                 continue
             self.refused.pop(name, None)
@@ -117,6 +118,7 @@ class Adapters:
                 log.info("LoRA adapter %s loaded from %s", name, path)
             else:
                 log.warning("adapter %s not loaded: %s", name, error)
+                metrics.LORA_LOAD_ERRORS.labels(source="directory").inc()
         for name in sorted(set(self.from_directory) - set(present)):
             error = await unload(name)
             del self.from_directory[name]
@@ -212,4 +214,5 @@ def _json_object(body: bytes) -> dict[str, Any]:
 
 
 async def _bad_request(send: Any, message: str) -> None:
+    metrics.LORA_LOAD_ERRORS.labels(source="api").inc()
     await send_error(send, True, HTTPStatus.BAD_REQUEST.value, "BadRequestError", message)

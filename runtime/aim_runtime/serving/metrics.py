@@ -30,11 +30,28 @@ from prometheus_client.registry import Collector
 from aim_runtime.planner.plan import Plan
 from aim_runtime.planner.roofline import Roofline
 
+SAME_EVERYWHERE = "mostrecent"  # multiprocess mode: a value every process sets alike
 PLAN = Info("aim_plan", "The recipe the planner chose, and on what")
 ENGINE_CONFIG = Info("aim_engine_config",
                      "What the vLLM engine runs with, read back from its own configuration")
+PROCESS_START = Gauge("aim_process_start_time_seconds",
+                      "When the serving process started, Unix time (multiprocess mode drops "
+                      "process_start_time_seconds)", multiprocess_mode="min")
+PROCESS_START.set_to_current_time()
+PLAN_MAX_MODEL_LEN = Gauge("aim_plan_max_model_len", "The plan's context length, tokens",
+                           multiprocess_mode=SAME_EVERYWHERE)
+PLAN_MAX_NUM_SEQS = Gauge("aim_plan_max_num_seqs", "Sequences the plan runs at once per replica",
+                          multiprocess_mode=SAME_EVERYWHERE)
+ADMISSION_LIMIT = Gauge("aim_admission_limit",
+                        "Inference requests admitted at once before 503 (engine capacity plus "
+                        "the queue bound)", multiprocess_mode=SAME_EVERYWHERE)
+WARMUP_REQUESTS = Gauge("aim_warmup_requests", "Warm-up requests before readiness, by outcome",
+                        ["outcome"], multiprocess_mode="sum")
+LORA_LOAD_ERRORS = Counter("aim_lora_load_errors", "LoRA adapters refused or failed to load",
+                           ["source"])  # the adapter directory, or vLLM's load API
+for _source in ("directory", "api"):
+    LORA_LOAD_ERRORS.labels(source=_source)
 BUILD = Info("aim_build", "The versions serving: the runtime, vLLM, KServe, torch, ROCm (HIP)")
-SAME_EVERYWHERE = "mostrecent"  # multiprocess mode: a value every process sets alike
 STARTUP_PHASE_SECONDS = Gauge("aim_startup_phase_seconds",
                               "Seconds each start-up phase took", ["phase"],
                               multiprocess_mode="max")
@@ -100,7 +117,11 @@ def record_plan(plan: Plan, checkpoint_precision: str | None) -> None:
         "max_num_seqs": str(plan.engine_args["max_num_seqs"]),
         "max_num_batched_tokens": str(plan.engine_args["max_num_batched_tokens"]),
         "block_size": str(plan.memory.block_size),
+        "tool_parser": str(plan.engine_args.get("tool_call_parser") or "none"),
+        "reasoning_parser": str(plan.engine_args.get("reasoning_parser") or "none"),
     })
+    PLAN_MAX_MODEL_LEN.set(plan.max_model_len)
+    PLAN_MAX_NUM_SEQS.set(int(plan.engine_args["max_num_seqs"]))
     CANDIDATES_REFUSED.set(sum(1 for r in plan.reasons if r.outcome == "refused"))
     taken = {
         "precision": checkpoint_precision not in (None, plan.precision)
@@ -216,6 +237,39 @@ class DecodeEfficiency(Collector):
 
 _TRACKERS: list[DecodeEfficiency] = []
 
+# Readiness as a series: ready, or the reason the probe answers 503.
+STATES = ("loading", "warming", "starting", "ready", "draining", "stalled", "dead")
+
+
+class ServingState(Collector):
+    """At each scrape, from the server: aim_state{state} (1 for the state now, 0 for every
+    other) and aim_lora_adapters_loaded."""
+
+    def __init__(self, state: Callable[[], str], adapters: Callable[[], int]) -> None:
+        self.state = state
+        self.adapters = adapters
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("aim_state", "1 for the serving state now (ready, or why "
+                                   "readiness is 503), 0 for the others", labels=["state"])
+        now = self.state()
+        for state in STATES:
+            family.add_metric([state], 1.0 if state == now else 0.0)
+        yield family
+        yield GaugeMetricFamily("aim_lora_adapters_loaded", "LoRA adapters served now",
+                                value=self.adapters())
+
+
+_STATE: list[ServingState] = []
+
+
+def track_state(state: Callable[[], str], adapters: Callable[[], int]) -> None:
+    """Export what the server answers at each scrape (a new server's replaces the last)."""
+    for old in _STATE:
+        REGISTRY.unregister(old)
+    _STATE[:] = [ServingState(state, adapters)]
+    REGISTRY.register(_STATE[0])
+
 
 def track_efficiency(roofline: Roofline, kv_capacity_tokens: int,
                      registry: CollectorRegistry | None = None,
@@ -254,7 +308,8 @@ class ProcessLocal(Collector):
     def collect(self) -> Iterable[Metric]:
         for info in (PLAN, ENGINE_CONFIG, BUILD):
             yield from info.collect()
-        for tracker in _TRACKERS:
+        trackers: list[Collector] = [*_TRACKERS, *_STATE]
+        for tracker in trackers:
             yield from tracker.collect()
 
 

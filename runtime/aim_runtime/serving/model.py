@@ -153,11 +153,14 @@ class AimModel(Model):
             tools=bool(getattr(engine.args, "enable_auto_tool_choice", False)),
             structured_outputs=engine.completions is not None,
             warmers=self.client.count if self.client is not None else 1)
+        failed = 0
         try:
             sent = await warm_up(plan, self.warmup_app) if engine.completions is not None else 0
         except Exception as exc:  # the listener or a request failed: serve anyway
             log.warning("warm-up incomplete: %s: %s", type(exc).__name__, exc)
-            sent = 0
+            sent, failed = 0, 1
+        metrics.WARMUP_REQUESTS.labels(outcome="ok").set(sent)
+        metrics.WARMUP_REQUESTS.labels(outcome="failed").set(failed)
         seconds = time.monotonic() - started
         metrics.record_phase("warmup", seconds)
         log.info("warm-up: %d request(s) in %.1f s (%s); ready", sent, seconds,

@@ -117,6 +117,18 @@ class AimDataPlane(DataPlane):
         except (AttributeError, TypeError, ValueError, IndexError, struct.error) as exc:
             raise InvalidInput(f"v2 request does not decode: {exc}") from exc
 
+    def state(self) -> str:
+        """Readiness in one word, for aim_state: ready, or the reason the probe answers 503."""
+        if self.front_end is not None and self.front_end.group_failed:
+            return "dead"
+        reason = self.aim_model.not_ready_reason()
+        if reason != "unhealthy":  # healthy() is what says unhealthy; here: all is in place
+            return reason
+        peers = self.front_end
+        if peers is not None and peers.ready_count() < peers.count:
+            return "starting"
+        return "ready"
+
     async def live(self) -> dict[str, str]:
         failed = self.front_end is not None and self.front_end.group_failed
         return {"status": "dead" if self.aim_model.engine_dead or failed else "alive"}
@@ -302,6 +314,7 @@ class AimModelServer(ModelServer):
         elif front_end is not None:
             model.on_warmed = front_end.mark_ready
         self.dataplane = AimDataPlane(self.registered_models, model, front_end)
+        metrics.track_state(self.dataplane.state, lambda: len(model.adapter_names()))
         self.aim_model = model
         self.recipe_id = recipe_id
         self.host = host
