@@ -228,10 +228,11 @@ def test_admission_and_api_keys_hold_for_the_pod(pod):
         with httpx.Client(timeout=300) as client, client.stream(
                 "POST", url, json={**STREAM, "logprobs": 20, "n": 4}, headers=AUTH) as stream:
             holders.append(stream.status_code)
-            next(stream.iter_lines())
+            lines = stream.iter_lines()  # kept: a dropped iterator closes the stream
+            next(lines)
             streaming.wait()
             done.wait(timeout=120)
-        # Leaving the stream closes it: the requests are aborted, the pod's slots freed.
+        # Leaving the stream unread closes it: the requests are aborted, the pod's slots freed.
 
     threads = [threading.Thread(target=hold) for _ in range(2)]
     for thread in threads:

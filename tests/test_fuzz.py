@@ -236,11 +236,14 @@ def test_schemathesis_finds_no_server_error_in_the_published_operations(bounded,
                   derandomize=True, suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy())
         def call(case):
+            response = case.call(timeout=120)
+            if mount and response.status_code == 501 and "NotImplementedError" in response.text:
+                return  # vLLM's own answer for what this model lacks, as under `vllm serve`
             try:
-                case.call_and_validate(checks=[not_a_server_error], timeout=120)
+                case.validate_response(response, checks=[not_a_server_error])
             except (Failure, FailureGroup) as failure:  # collected, not shrunk
-                failures.append(f"{case.operation.label}: {str(failure)[:300]}")
+                failures.append(f"{case.operation.label}: {str(failure)[:600]}")
 
         call()
-    assert failures == []
+    assert not failures, "\n".join(failures)
     assert httpx.get(bounded.url + "/v2/health/ready", timeout=10).status_code == 200

@@ -392,6 +392,8 @@ def test_openai_client_raises_its_own_error_types(client):
 
 @pytest.mark.parametrize(("method", "path", "status"), [
     ("GET", "/v2/models/tiny?model_version=7", 404),
+    ("GET", "/v2/models/tiny/ready?model_version=7", 404),  # KServe answered these 501
+    ("POST", "/v2/models/tiny/infer?model_version=7", 404),
     ("GET", "/v2/models/tiny/versions/7", 404),
     ("GET", "/v2/models/tiny/versions/7/ready", 404),
     ("POST", "/v2/models/tiny/versions/7/infer", 404),

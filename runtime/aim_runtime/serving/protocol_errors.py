@@ -79,6 +79,13 @@ def kserve_body(message: str, reason: str | None = None) -> dict:
     return {"error": message, **({"reason": reason} if reason else {})}
 
 
+def no_such_version(model_name: str, model_version: str) -> JSONResponse:
+    """A v2 model version the model does not have: 404, as Triton answers (KServe: 501)."""
+    return kserve_error(
+        f"Model with name {model_name} has no version {model_version!r}: models here have one "
+        f"version, unnamed (/v2/models/{model_name})", HTTPStatus.NOT_FOUND.value)
+
+
 def openai_error(message: str, err_type: str, status: HTTPStatus,
                  param: str | None = None) -> JSONResponse:
     return JSONResponse(openai_body(message, err_type, status.value, param),
@@ -133,6 +140,16 @@ def install_error_handlers(app: FastAPI, openai_root_routes: bool = False) -> No
     }
     for exc_type, (for_openai, for_kserve) in handlers.items():
         app.add_exception_handler(exc_type, dispatch(for_openai, for_kserve))
+    app.add_exception_handler(NotImplementedError, _not_implemented)
+
+
+async def _not_implemented(request: Request, exc: Exception) -> JSONResponse:
+    """KServe's v2 ready and infer handlers refuse any `?model_version=` with
+    NotImplementedError: a version the model does not have is a 404."""
+    version = request.query_params.get("model_version")
+    if version:
+        return no_such_version(str(request.path_params.get("model_name", "?")), version)
+    return kserve_error(str(exc) or "not implemented", HTTPStatus.NOT_IMPLEMENTED.value)
 
 
 def _not_ready(exc: Exception) -> JSONResponse:

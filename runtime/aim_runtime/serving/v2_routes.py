@@ -20,7 +20,7 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.rest.v2_datamodels import ModelMetadataResponse
 
 from aim_runtime.serving.model import AimModel
-from aim_runtime.serving.protocol_errors import kserve_error
+from aim_runtime.serving.protocol_errors import kserve_error, no_such_version
 
 
 def add_generate_routes(app: FastAPI, model: AimModel) -> None:
@@ -53,11 +53,6 @@ def add_generate_routes(app: FastAPI, model: AimModel) -> None:
 
 def add_version_routes(app: FastAPI, dataplane: DataPlane) -> None:
     """The versioned v2 routes, `?model_version=` on the metadata route, and v1 `:explain`."""
-
-    def no_such_version(model_name: str, model_version: str) -> JSONResponse:
-        return kserve_error(
-            f"Model with name {model_name} has no version {model_version!r}: models here have "
-            f"one version, unnamed (/v2/models/{model_name})", HTTPStatus.NOT_FOUND.value)
 
     async def metadata(model_name: str, model_version: str | None = None) -> Any:
         if model_version:
