@@ -197,13 +197,28 @@ def write_safetensors_header(path, shapes: dict[str, list[int]]) -> None:
 
 
 @pytest.mark.serving
-def test_adapters_served_and_refused_are_counted(lora_server):
-    """After the refusals above: the directory's escaping symlink and the load API's bad
-    adapters; `alpha` is served."""
-    server, _ = lora_server
-    text = httpx.get(server.url + "/metrics", timeout=10).text
-    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line.startswith(("aim_lora_adapters_loaded", "aim_lora_load_errors_total"))}
-    assert values["aim_lora_adapters_loaded"] >= 1
-    assert values['aim_lora_load_errors_total{source="api"}'] >= 5
-    assert values['aim_lora_load_errors_total{source="directory"}'] >= 1
+def test_adapters_served_and_refused_are_counted(lora_server, tmp_path):
+    """aim_lora_adapters_loaded, and aim_lora_load_errors_total by where the adapter came from:
+    a bad directory in the adapter directory, a bad adapter through the load API."""
+    server, adapters = lora_server
+
+    def counted() -> dict[str, float]:
+        text = httpx.get(server.url + "/metrics", timeout=10).text
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith(("aim_lora_adapters_loaded", "aim_lora_load_errors_total"))}
+
+    before = counted()
+    assert before["aim_lora_adapters_loaded"] >= 1  # alpha
+    (tmp_path / "empty").mkdir()
+    refused = httpx.post(server.url + "/openai/v1/load_lora_adapter", headers=AUTH, timeout=30,
+                         json={"lora_name": "bad", "lora_path": str(tmp_path / "empty")})
+    assert refused.status_code == 400
+    (adapters / "hollow").mkdir()  # no adapter_config.json: the watcher refuses it
+    try:
+        api, directory = ('aim_lora_load_errors_total{source="api"}',
+                          'aim_lora_load_errors_total{source="directory"}')
+        assert wait_for(lambda: counted()[directory] > before[directory])
+        assert counted()[api] == before[api] + 1
+    finally:
+        (adapters / "hollow").rmdir()
