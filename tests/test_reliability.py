@@ -202,17 +202,25 @@ def test_request_bodies_are_bounded(crowded):
 
 
 @pytest.mark.slow
-def test_sigterm_drains_in_flight_streams_then_exits_zero(work_dir, tiny_model):
-    process = aim_server(work_dir, tiny_model, "--graceful-shutdown-seconds", "90").start()
+def test_sigterm_drains_then_stops_accepting_then_finishes_in_flight_streams(work_dir,
+                                                                            tiny_model):
+    """A rolling update's SIGTERM, as the kubelet sends it to the server: for the drain delay
+    (AIM_DRAIN_SECONDS) readiness is 503 `draining` while new requests are still served; then
+    the listener closes and the streams in flight run to their last token; then exit 0."""
+    drain = 2
+    process = aim_server(work_dir, tiny_model, "--graceful-shutdown-seconds", "90",
+                         env={"AIM_DRAIN_SECONDS": str(drain)}).start()
     process.wait_ready()
-    body = {**STREAM, "max_tokens": 300, "stream_options": {"include_usage": True}}
-    outcomes: list[tuple[int, str, str]] = []
+    # Long enough to outlive the drain delay on any CPU (logprobs make each token dearer).
+    body = {**STREAM, "logprobs": 5, "stream_options": {"include_usage": True}}
+    outcomes: list[tuple[tuple[int, str, str], float]] = []
     first_tokens = threading.Barrier(4)
 
     def stream_to_the_end():
         with httpx.stream("POST", process.url + "/openai/v1/completions", json=body,
                           timeout=120) as stream:
-            outcomes.append(read_completion_stream(stream, first_tokens.wait))
+            outcome = read_completion_stream(stream, first_tokens.wait)
+        outcomes.append((outcome, time.monotonic()))
 
     threads = [threading.Thread(target=stream_to_the_end) for _ in range(3)]
     for thread in threads:
@@ -220,22 +228,6 @@ def test_sigterm_drains_in_flight_streams_then_exits_zero(work_dir, tiny_model):
     first_tokens.wait()
     process.process.send_signal(signal.SIGTERM)  # to the server only, as the kubelet does
     wait_until(lambda: not ready(process.url), timeout=3)  # readiness false at once
-    with pytest.raises(httpx.TransportError):
-        httpx.post(process.url + "/openai/v1/completions",
-                   json={"model": "tiny", "prompt": "new", "max_tokens": 1}, timeout=5)
-    for thread in threads:
-        thread.join(timeout=120)
-    assert outcomes == [(300, "length", "data: [DONE]")] * 3, process.log_tail()
-    assert process.process.wait(timeout=60) == 0
-
-
-@pytest.mark.slow
-def test_sigterm_with_a_drain_delay_keeps_serving_while_readiness_says_draining(work_dir,
-                                                                                 tiny_model):
-    process = aim_server(work_dir, tiny_model, env={"AIM_DRAIN_SECONDS": "4"}).start()
-    process.wait_ready()
-    process.process.send_signal(signal.SIGTERM)
-    wait_until(lambda: not ready(process.url), timeout=3)
     probe = httpx.get(process.url + "/v2/health/ready", timeout=5)
     assert probe.status_code == 503 and probe.json()["reason"] == "draining"
     assert metric(process.url, "aim_state", state="draining") == 1
@@ -243,8 +235,26 @@ def test_sigterm_with_a_drain_delay_keeps_serving_while_readiness_says_draining(
     served = httpx.post(process.url + "/openai/v1/completions", timeout=30,
                         json={"model": "tiny", "prompt": "still here", "max_tokens": 2})
     assert served.status_code == 200 and served.json()["choices"]
+    closed_after = wait_until(lambda: not accepts(process.url), timeout=drain + 10)
+    closed_at = time.monotonic()
+    for thread in threads:
+        thread.join(timeout=120)
+    complete = (STREAM["max_tokens"], "length", "data: [DONE]")
+    assert [outcome for outcome, _ in outcomes] == [complete] * 3, process.log_tail()
+    assert all(ended > closed_at for _, ended in outcomes), "no stream outlived the listener"
+    assert closed_after > 0
     assert process.process.wait(timeout=60) == 0
-    assert "SIGTERM: draining for 4 s" in process.log_path.read_text()
+    assert f"SIGTERM: draining for {drain} s" in process.log_path.read_text()
+
+
+def accepts(url: str) -> bool:
+    """Whether the listener still takes a new request."""
+    try:
+        httpx.post(url + "/openai/v1/completions", timeout=5,
+                   json={"model": "tiny", "prompt": "new", "max_tokens": 1})
+    except httpx.TransportError:
+        return False
+    return True
 
 
 def ready(url: str) -> bool:
