@@ -1,0 +1,128 @@
+"""The alert rules (deploy/monitoring.py, written to monitoring/): the checked-in files are what
+the generator writes; `promtool check rules` with every lint fatal; `promtool test rules` with a
+case that fires and one that stays silent for every alert; each runbook link lands on a section
+of docs/runbooks.md; the PrometheusRule and the ServiceMonitor pass the vendored Prometheus
+Operator CRDs; every series a rule reads is exported by the runtime (a live scrape) or named as
+another exporter's."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+import yaml
+
+import kube_schema
+import promtool
+from aim_runtime.deploy import monitoring
+from testkit import REPO
+
+MONITORING = REPO / "monitoring"
+RUNBOOKS = REPO / "docs" / "runbooks.md"
+
+
+@pytest.mark.parametrize("name", list(monitoring.FILES))
+def test_the_checked_in_files_are_what_the_generator_writes(name):
+    assert (MONITORING / name).read_text() == monitoring.render(name), \
+        "regenerate: python -m aim_runtime.deploy.monitoring"
+
+
+def test_promtool_checks_the_rules_with_every_lint_fatal(tmp_path):
+    plain = promtool.run("check", "rules", "--lint=all", "--lint-fatal",
+                         str(MONITORING / "aim-runtime.rules.yaml"))
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    spec = yaml.safe_load((MONITORING / "prometheusrule.yaml").read_text())["spec"]
+    (tmp_path / "operator.yaml").write_text(yaml.safe_dump(spec))
+    operator = promtool.run("check", "rules", "--lint=all", "--lint-fatal",
+                            str(tmp_path / "operator.yaml"))
+    assert operator.returncode == 0, operator.stdout + operator.stderr
+
+
+def unit_tests(alerts: tuple[monitoring.Alert, ...]) -> dict:
+    """promtool's unit tests: per alert, its firing series make ALERTS{alertstate="firing"}
+    exist once its `for:` has passed, and its silent series do not."""
+    tests = []
+    for alert in alerts:
+        for case, series, expected in (("firing", alert.firing, [{"value": 1}]),
+                                       ("silent", alert.silent, [])):
+            tests.append({
+                "name": f"{alert.name} {case}", "interval": "1m",
+                "input_series": [{"series": s, "values": v} for s, v in series.items()],
+                "promql_expr_test": [{
+                    "expr": f'count(ALERTS{{alertname="{alert.name}", alertstate="firing"}})',
+                    "eval_time": f"{_minutes(series)}m", "exp_samples": expected}]})
+    return {"rule_files": ["aim-runtime.rules.yaml"], "evaluation_interval": "1m",
+            "tests": tests}
+
+
+def _minutes(series: dict[str, str]) -> int:
+    """The last minute the series have a value for (promtool's `a+bxN` and `axN` notation)."""
+    counts = []
+    for values in series.values():
+        total = 0
+        for word in values.split():
+            match = re.fullmatch(r"[-+0-9.e]+(?:[-+][0-9.e]+)?x(\d+)", word)
+            total += int(match.group(1)) + 1 if match else 1
+        counts.append(total - 1)
+    return min(counts)
+
+
+def test_every_alert_fires_on_its_case_and_stays_silent_on_the_other(tmp_path):
+    assert all(alert.firing and alert.silent for alert in monitoring.ALERTS)
+    (tmp_path / "aim-runtime.rules.yaml").write_text(monitoring.render("aim-runtime.rules.yaml"))
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(unit_tests(monitoring.ALERTS)))
+    result = promtool.run("test", "rules", "tests.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_silent_case_that_fires_fails_the_unit_test(tmp_path):
+    """The check can fail: the firing series given as the silent case."""
+    alert = monitoring.ALERTS[0]
+    swapped = monitoring.Alert(alert.name, alert.expr, alert.for_, alert.severity,
+                               alert.summary, alert.description, alert.firing, alert.firing)
+    (tmp_path / "aim-runtime.rules.yaml").write_text(monitoring.render("aim-runtime.rules.yaml"))
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(unit_tests((swapped,))))
+    assert promtool.run("test", "rules", "tests.yaml", cwd=tmp_path).returncode != 0
+
+
+def test_every_alert_has_a_severity_a_summary_and_a_runbook_section():
+    sections = set(re.findall(r"^## (\w+)$", RUNBOOKS.read_text(), flags=re.M))
+    for group in yaml.safe_load((MONITORING / "aim-runtime.rules.yaml").read_text())["groups"]:
+        for rule in group["rules"]:
+            assert rule["labels"]["severity"] in ("critical", "warning", "info")
+            assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+            page, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+            assert page == "docs/runbooks.md" and anchor == rule["alert"].lower()
+            assert rule["alert"] in sections
+
+
+@pytest.mark.parametrize("path", ["monitoring/prometheusrule.yaml",
+                                  "manifests/servicemonitor.yaml"])
+def test_the_operator_objects_pass_the_vendored_crds(path):
+    document = yaml.safe_load((REPO / path).read_text())
+    assert kube_schema.validate(document) == []
+
+
+def queried_series() -> set[str]:
+    """The series every rule reads: names that are not functions, with label matchers and
+    grouping clauses taken out, histogram suffixes folded."""
+    names = set()
+    for alert in monitoring.ALERTS:
+        expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", alert.expr)
+        expr = re.sub(r"\b(?:by|ignoring|on|without)\s*\([^)]*\)", "", expr)
+        for name in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*(?![a-zA-Z0-9_:]|\s*\()", expr):
+            names.add(re.sub(r"_(bucket|count|sum)$", "", name))
+    return names
+
+
+@pytest.mark.serving
+def test_every_series_the_rules_read_is_exported_or_named_as_another_exporters(server):
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    exported = {re.sub(r"_(bucket|count|sum|created)$", "", line.split("{")[0].split(" ")[0])
+                for line in text.splitlines() if line and not line.startswith("#")}
+    exported |= set(re.findall(r"^# TYPE (\S+)", text, flags=re.M))
+    outside = monitoring.OUTSIDE_SERIES | monitoring.GPU_ONLY_SERIES
+    missing = sorted(name for name in queried_series() - outside if name not in exported)
+    assert not missing, missing
+    assert "aim_state" in queried_series() and "vllm:num_preemptions_total" in queried_series()
