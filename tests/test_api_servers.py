@@ -314,16 +314,56 @@ def live_status(url: str) -> int | None:
 @pytest.mark.slow
 @pytest.mark.parametrize("victim", ["APIServer_1", "EngineCore"])
 def test_a_dead_process_fails_liveness_and_the_pod(work_dir, tiny_model, victim):
-    process = aim_server(work_dir, tiny_model, "--api-server-count", "2",
-                         env={"AIM_DRAIN_SECONDS": "5"}).start()
+    """With gRPC on (KServe's default) and streams in flight: any process's death turns
+    liveness 503 and ends the pod with 1 within the drain time, every listener and process
+    gone; the engine's death cuts the streams short (none hangs) and is logged as such."""
+    drain = 2
+    process = aim_server(work_dir, tiny_model, "--api-server-count", "2", "--enable_grpc",
+                         "true", "--grpc_port", str(free_port()),
+                         env={"AIM_DRAIN_SECONDS": str(drain)}).start()
     try:
         process.wait_ready()
         family = [p for p in psutil.Process(process.process.pid).children(recursive=True)
                   if "VLLM::" in " ".join(p.cmdline())]
         (killed,) = [p for p in family if victim in " ".join(p.cmdline())]
+        outcomes, streaming = stream_in_background(process.url, streams=4)
+        assert streaming.wait(timeout=60)
         killed.kill()
         wait_until(lambda: live_status(process.url) == 503, timeout=20)
-        assert process.process.wait(timeout=60) == 1
+        assert process.process.wait(timeout=drain + 10 + 30) == 1  # with start-up slack
         assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family)
+        assert all(outcome.get("done") for outcome in outcomes), "an in-flight request hung"
+        if victim == "EngineCore":
+            complete = STREAM["max_tokens"] + 1  # every token's event, then [DONE]
+            assert any("error" in o or len(o["lines"]) < complete for o in outcomes)
+            # the supervisor sees it first: "stopping the pod's processes: ... EngineCore died"
+            assert "EngineCore died" in process.log_path.read_text()
     finally:
         process.stop()
+
+
+def stream_in_background(url: str, streams: int) -> tuple[list[dict], threading.Event]:
+    """`streams` long completions, each read in a thread of its own until it ends; the event
+    is set at the first event of any. Each outcome: its data lines, an error if one ended it,
+    and `done` once its thread is through."""
+    outcomes: list[dict] = []
+    streaming = threading.Event()
+
+    def stream() -> None:
+        outcome: dict = {"lines": []}
+        outcomes.append(outcome)
+        try:
+            with httpx.stream("POST", url + "/openai/v1/completions", json=STREAM,
+                              timeout=60) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data:"):
+                        outcome["lines"].append(line)
+                        streaming.set()
+        except httpx.HTTPError as exc:
+            outcome["error"] = exc
+        outcome["done"] = True
+        streaming.set()
+
+    for _ in range(streams):
+        threading.Thread(target=stream, daemon=True).start()
+    return outcomes, streaming
