@@ -96,7 +96,7 @@ class RequestGate:
         self.root_routes = root_routes  # vLLM's routes at the root too (not KServe's paths)
         self.keys = [key.encode() for key in settings.api_keys if key]
         self.admitted = metrics.API_SERVER_REQUESTS.labels(server=str(state.server_index))
-        self.published_limit: int | None = None
+        self.known_limit: int | None = None  # fixed once the engine knows its capacity
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket" and self.keys and not self._authorized(scope):
@@ -152,15 +152,17 @@ class RequestGate:
         return bearer_matches(dict(scope["headers"]).get(b"authorization", b""), self.keys)
 
     def _limit(self) -> int | None:
+        """Admissions before 503: the engine's capacity plus the queue bound. Worked out (and
+        exported) once, when the engine first knows its capacity; each request then reads it."""
+        if self.known_limit is not None:
+            return self.known_limit
         capacity = self.state.engine_capacity()
         if capacity is None:
             return None
         queued = self.settings.max_queued if self.settings.max_queued is not None else capacity
-        limit = capacity + queued
-        if limit != self.published_limit:  # once the engine is loaded (and if it changes)
-            metrics.ADMISSION_LIMIT.set(limit)
-            self.published_limit = limit
-        return limit
+        self.known_limit = capacity + queued
+        metrics.ADMISSION_LIMIT.set(self.known_limit)
+        return self.known_limit
 
 
 def lone_surrogate_field(body: bytes) -> str | None:
