@@ -34,7 +34,7 @@ def _leaves(root: dict[str, Any], node: dict[str, Any], default: Any,
             prefix: str) -> Iterator[tuple[str, dict[str, Any], Any]]:
     node = _resolved(root, node)
     properties = node.get("properties")
-    if node.get("type") != "object" or not properties or prefix.count(".") >= 3:
+    if node.get("type") != "object" or not properties:
         yield prefix, node, default
         return
     for name, child in properties.items():
