@@ -75,7 +75,7 @@ def test_one_api_server_where_several_cannot_work_and_a_refusal_when_asked(
 def _admit_twice(counter) -> None:
     from aim_runtime.serving.gate import GateState
 
-    state = GateState(shared_in_flight=counter)
+    state = GateState(shared_in_flight=counter, server_index=1)
     assert state.admit(limit=2) == 1 and state.admit(limit=2) == 2
 
 
@@ -89,9 +89,42 @@ def test_admission_is_counted_for_the_pod_across_processes():
     other.start()
     other.join(timeout=60)
     assert other.exitcode == 0
-    here = GateState(shared_in_flight=group.in_flight)
+    here = GateState(shared_in_flight=group.in_flight, server_index=0)
     assert here.admit(limit=2) is None and here.in_flight == 2  # the other process holds both
     assert here.admit(limit=3) == 3 and here.release() == 2
+    assert list(group.in_flight) == [0, 2]  # a refusal leaves nothing behind
+
+
+def _count_forever(counter) -> None:
+    from aim_runtime.serving.gate import GateState
+
+    state = GateState(shared_in_flight=counter, server_index=1)
+    while True:
+        state.admit(limit=None)
+        state.release()
+
+
+def test_a_process_killed_while_counting_never_blocks_the_others():
+    """A shared lock held by a process the kernel killed is never released: the survivors'
+    next request (and liveness behind it, on the same event loop) would hang. The count is
+    written by one process a slot, so the killed process's slot alone is left behind."""
+    from aim_runtime.serving.front_ends import FrontEndGroup
+    from aim_runtime.serving.gate import GateState
+
+    group = FrontEndGroup.create(2)
+    other = multiprocessing.get_context("spawn").Process(target=_count_forever,
+                                                         args=(group.in_flight,))
+    other.start()
+    wait_until(lambda: group.in_flight[1] > 0, timeout=60, interval=0.01)
+    other.kill()
+    other.join(timeout=10)
+    here = GateState(shared_in_flight=group.in_flight, server_index=0)
+    admitted: list[int | None] = []
+    counting = threading.Thread(target=lambda: admitted.append(here.admit(limit=None)),
+                                daemon=True)
+    counting.start()
+    counting.join(timeout=5)
+    assert admitted and admitted[0] in (1, 2)  # at most the dead process's one left over
 
 
 def test_readiness_waits_for_every_api_server_and_liveness_follows_the_pod():

@@ -62,14 +62,14 @@ class FrontEndGroup:
     count: int
     ready: Any  # RawArray("b", count): 1 once process i has loaded and warmed up
     failed: Any  # RawValue("b"): 1 once any process of the pod died
-    in_flight: Any  # Value("q") with its lock: inference requests admitted, pod-wide
+    in_flight: Any  # RawArray("q", count): inference requests admitted, by process (no lock)
     engine_phases: Any  # RawArray("d"): seconds per ENGINE_PHASES entry, 0 until timed
 
     @classmethod
     def create(cls, count: int) -> FrontEndGroup:
         context = multiprocessing.get_context("spawn")
         return cls(count=count, ready=context.RawArray("b", count),
-                   failed=context.RawValue("b", 0), in_flight=context.Value("q", 0),
+                   failed=context.RawValue("b", 0), in_flight=context.RawArray("q", count),
                    engine_phases=context.RawArray("d", len(ENGINE_PHASES)))
 
     def record_engine_phase(self, phase: str, seconds: float) -> None:

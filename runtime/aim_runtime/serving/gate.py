@@ -16,7 +16,6 @@ the protocol's shape (serving/protocol_errors.py): OpenAI's on vLLM's paths, KSe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from collections.abc import Callable
@@ -43,48 +42,41 @@ class GateSettings:
     max_queued: int | None = None  # None: as many as the engine runs at once (max_num_seqs)
 
 
-class _Count:
-    """An in-flight count for this process alone: the shape of a multiprocessing Value."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def get_lock(self) -> contextlib.nullcontext[None]:
-        return contextlib.nullcontext()
-
-
 @dataclass
 class GateState:
     """Inference requests in flight, and where the engine's capacity comes from (the model).
 
     With several API server processes the count is the pod's: `shared_in_flight`, a
-    multiprocessing Value("q") every process changes under its lock (serving/front_ends.py)."""
+    multiprocessing RawArray("q") with one slot per process (serving/front_ends.py). Each
+    process writes only its own slot and reads the sum, so no lock is shared: a process killed
+    while holding one would have hung every other process's next request, liveness included."""
 
     engine_capacity: Callable[[], int | None] = field(default=lambda: None)
     shared_in_flight: Any = None
     server_index: int = 0  # which of the pod's API server processes this is
 
     def __post_init__(self) -> None:
-        self._count = self.shared_in_flight if self.shared_in_flight is not None else _Count()
+        self._slots = self.shared_in_flight if self.shared_in_flight is not None else [0]
 
     @property
     def in_flight(self) -> int:
-        return int(self._count.value)
+        return int(sum(self._slots))
 
     def admit(self, limit: int | None) -> int | None:
         """Count one more request in flight unless `limit` already are: the new count, or
-        None (refused)."""
-        with self._count.get_lock():
-            if limit is not None and self._count.value >= limit:
-                return None
-            self._count.value += 1
-            return int(self._count.value)
+        None (refused). Counted first and taken back when over: two processes admitting the
+        last place at once may both refuse (each a 503 with Retry-After), never both admit."""
+        self._slots[self.server_index] += 1
+        count = self.in_flight
+        if limit is not None and count > limit:
+            self._slots[self.server_index] -= 1
+            return None
+        return count
 
     def release(self) -> int:
         """One request fewer in flight: the new count."""
-        with self._count.get_lock():
-            self._count.value -= 1
-            return int(self._count.value)
+        self._slots[self.server_index] -= 1
+        return self.in_flight
 
 
 class RequestGate:
