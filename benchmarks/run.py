@@ -105,12 +105,14 @@ def parse(argv: list[str] | None) -> Settings:
     parser.add_argument("--planner-recipes", type=int, default=500)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--smoke", action="store_true",
-                        help="one pair, concurrency 4, few prompts: keeps the harness working")
+                        help="one pair, concurrency 4, few short prompts: keeps the harness "
+                             "working")
     parser.add_argument("engine_args", nargs=argparse.REMAINDER,
                         help="after --: extra vLLM engine args for both servers")
     args = parser.parse_args(argv)
     if args.smoke:
         args.pairs, args.concurrency, args.prompt_scale, args.planner_recipes = 1, [4], 0.25, 50
+        args.input_len, args.output_len = 32, 32
     extra = [a for a in args.engine_args if a != "--"]
     return Settings(args.model, args.pairs, tuple(args.concurrency), args.input_len,
                     args.output_len, args.prompt_scale, args.out, extra, args.planner_recipes)

@@ -7,19 +7,29 @@ naming the field; the install enforces kubeVersion; the packaged chart renders a
 from __future__ import annotations
 
 import itertools
+import json
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
+from kubernetes_validate import utils as k8s_schemas
 
 import helm
 import kserve_rules as rules
 import kube_schema
-from testkit import REPO
+import test_kserve_admission as admission
+import test_kubernetes as kubernetes_tests
+import test_render as render_tests
+from aim_runtime.deploy.render import RenderRequest, render
+from testkit import MODELS, REPO, run_cli
 
 RUNTIME_CHART = REPO / "charts" / "aim-runtime"
+MODEL_CHART = REPO / "charts" / "aim-model"
 CI_VALUES = sorted((RUNTIME_CHART / "ci").glob("*.yaml"))
 HELM_LABELS = {"app.kubernetes.io/managed-by", "app.kubernetes.io/instance", "helm.sh/chart"}
 STOCK_RUNTIMES = [yaml.safe_load(p.read_text()) for p in
@@ -63,6 +73,9 @@ def test_the_charts_version_is_the_runtimes():
     chart = yaml.safe_load((RUNTIME_CHART / "Chart.yaml").read_text())
     project = (REPO / "pyproject.toml").read_text()
     assert f'version = "{chart["appVersion"]}"' in project
+    model_chart = yaml.safe_load((REPO / "charts" / "aim-model" / "Chart.yaml").read_text())
+    assert (model_chart["version"], model_chart["appVersion"]) == (chart["version"],
+                                                                  chart["appVersion"])
     kustomization = yaml.safe_load((REPO / "serving_runtimes/kustomization.yaml").read_text())
     assert kustomization["images"][0]["newTag"] == chart["appVersion"]
 
@@ -191,47 +204,59 @@ def test_latest_is_refused_by_the_template_too(tmp_path):
 # --- install and package ---------------------------------------------------------------------
 
 
-def test_a_dry_run_install_enforces_kube_version(tmp_path):
-    manifest = helm.dry_run_install(RUNTIME_CHART)
-    assert "kind: ClusterServingRuntime" in manifest
-    copy = tmp_path / "aim-runtime"
-    shutil.copytree(RUNTIME_CHART, copy)
-    chart = (copy / "Chart.yaml").read_text()
-    (copy / "Chart.yaml").write_text(chart.replace('kubeVersion: ">=1.29.0-0"',
-                                                   'kubeVersion: ">=99.0.0-0"'))
+@pytest.mark.parametrize(("chart", "values", "kind"), [
+    ("aim-runtime", None, "kind: ClusterServingRuntime"),
+    ("aim-model", "ci/lora.yaml", "kind: InferenceService")])
+def test_a_dry_run_install_enforces_kube_version(tmp_path, chart, values, kind):
+    folder = REPO / "charts" / chart
+    given = values_of(folder / values) if values else None
+    manifest = helm.dry_run_install(folder, given)
+    assert kind in manifest
+    copy = tmp_path / chart
+    shutil.copytree(folder, copy)
+    text = (copy / "Chart.yaml").read_text()
+    (copy / "Chart.yaml").write_text(text.replace('kubeVersion: ">=1.29.0-0"',
+                                                  'kubeVersion: ">=99.0.0-0"'))
     with pytest.raises(helm.HelmError, match="kubeVersion"):
-        helm.dry_run_install(copy)
+        helm.dry_run_install(copy, given)
 
 
-def test_the_packaged_chart_renders_as_the_folder(tmp_path):
-    archive = helm.package(RUNTIME_CHART, tmp_path)
-    assert archive.name == "aim-runtime-0.1.0.tgz"
-    values = values_of(RUNTIME_CHART / "ci" / "everything.yaml")
-    assert helm.objects(helm.render(archive, values)) == \
-        helm.objects(helm.render(RUNTIME_CHART, values))
+@pytest.mark.parametrize(("chart", "values"), [("aim-runtime", "ci/everything.yaml"),
+                                               ("aim-model", "ci/multinode-compile-cache.yaml")])
+def test_the_packaged_chart_renders_as_the_folder(tmp_path, chart, values):
+    folder = REPO / "charts" / chart
+    archive = helm.package(folder, tmp_path)
+    assert archive.name == f"{chart}-0.1.0.tgz"
+    given = values_of(folder / values)
+    assert helm.objects(helm.render(archive, given)) == helm.objects(helm.render(folder, given))
 
 
-def test_the_chart_readme_tables_the_schema():
+@pytest.mark.parametrize(("chart", "keys"), [
+    ("aim-runtime", ("image.repository", "llmPresets.namespace", "extraEnv")),
+    ("aim-model", ("storageUri", "plan.env", "canaryTrafficPercent"))])
+def test_the_chart_readme_tables_the_schema(chart, keys):
     from aim_runtime.deploy.chart_docs import values_table, with_table
 
-    readme = (RUNTIME_CHART / "README.md").read_text()
-    assert with_table(readme, values_table(RUNTIME_CHART)) == readme, \
-        "regenerate: python -m aim_runtime.deploy.chart_docs charts/aim-runtime"
-    for flag in ("image.repository", "llmPresets.namespace", "extraEnv"):
-        assert f"`{flag}`" in readme
+    readme = (REPO / "charts" / chart / "README.md").read_text()
+    assert with_table(readme, values_table(REPO / "charts" / chart)) == readme, \
+        f"regenerate: python -m aim_runtime.deploy.chart_docs charts/{chart}"
+    for key in keys:
+        assert f"`{key}`" in readme
 
 
-def documented_installs() -> list[tuple[str, dict]]:
-    """Every `helm install|upgrade ... charts/aim-runtime` in the docs, its --set values."""
+def documented_installs(chart: str) -> list[tuple[str, dict, list[str]]]:
+    """Every `helm install|upgrade ... charts/<chart>` in the docs: where, its --set values and
+    its -f files."""
     found = []
     for doc in [REPO / "README.md", *REPO.glob("charts/*/README.md"), *REPO.glob("docs/*.md")]:
         text = doc.read_text().replace("\\\n", " ")
         for line in text.splitlines():
-            words = line.split()
+            words = line.split("#")[0].split()
             if words[:2] not in (["helm", "install"], ["helm", "upgrade"]) or \
-                    "charts/aim-runtime" not in words:
+                    f"charts/{chart}" not in words:
                 continue
             values: dict = {}
+            files = [value for word, value in itertools.pairwise(words) if word == "-f"]
             for word, value in itertools.pairwise(words):
                 if word == "--set":
                     key, _, setting = value.partition("=")
@@ -239,14 +264,208 @@ def documented_installs() -> list[tuple[str, dict]]:
                     *parents, leaf = key.split(".")
                     for parent in parents:
                         node = node.setdefault(parent, {})
-                    node[leaf] = {"true": True, "false": False}.get(setting, setting)
-            found.append((f"{doc.name}: {line.strip()}", values))
+                    node[leaf] = {"true": True, "false": False, "null": None}.get(setting,
+                                                                                 setting)
+            found.append((f"{doc.name}: {line.strip()}", values, files))
     return found
 
 
 def test_every_documented_install_lints_and_renders():
-    installs = documented_installs()
+    installs = documented_installs("aim-runtime")
     assert len(installs) >= 2
-    for where, values in installs:
+    for where, values, _ in installs:
         assert helm.lint(RUNTIME_CHART, values) == [], where
         assert helm.objects(helm.render(RUNTIME_CHART, values)), where
+
+
+def test_every_documented_model_install_takes_values_render_wrote():
+    """Each `helm install|upgrade ... charts/aim-model -f FILE` in the docs follows a documented
+    `aim-runtime render ... --output helm-values > FILE`, and its --set values pass the schema
+    over a plan's values."""
+    installs = documented_installs("aim-model")
+    assert len(installs) >= 2
+    docs = "\n".join(p.read_text().replace("\\\n", " ") for p in
+                     [REPO / "README.md", *REPO.glob("charts/*/README.md"),
+                      *REPO.glob("docs/*.md")])
+    written = set(re.findall(r"aim-runtime render [^\n]*--output helm-values > (\S+)", docs))
+    plan_values = values_of(MODEL_CHART / "ci" / "knative-canary.yaml")
+    for where, values, files in installs:
+        assert files and set(files) <= written, where
+        assert helm.schema_error(MODEL_CHART, {**plan_values, **values}) is None, where
+
+
+# --- the aim-model chart: `render`'s objects from `render --output helm-values` --------------
+
+MODEL_CI_VALUES = sorted((MODEL_CHART / "ci").glob("*.yaml"))
+# The render options each ci/ values file was written with (a test keeps them current).
+MODEL_CI_REQUESTS = {
+    "gated-hf-model": dict(gpu="MI355X", service_account="hf-models", **admission.LLAMA_8B),
+    "knative-canary": dict(gpu="MI300X", mode="knative", canary_of="chat", traffic=10,
+                           objective="throughput", **admission.LLAMA_8B),
+    "multinode-compile-cache": dict(model=MODELS / "llama-3.1-405b-instruct", gpu="MI300X",
+                                    nodes=2, storage_uri="pvc://models/405b",
+                                    compile_cache_pvc="aim-compile-cache"),
+    "lora": dict(gpu="MI300X", storage_uri="pvc://models/llama", lora_pvc="models/adapters",
+                 max_loras=4, **admission.LLAMA_8B),
+}
+
+
+def every_render_case(tmp: Path) -> dict[str, RenderRequest]:
+    """Every InferenceService render case the tests have that a release can own (a Standard-mode
+    canary extends a service another release owns)."""
+    cases = {f"admission:{name}": request for name, request in
+             admission.render_requests(tmp / "stable.yaml").items()
+             if name != "canary-standard"}
+    cases["admission:stable"] = admission.STABLE_REQUEST
+    for model, gpu, count, _ in render_tests.CASES:
+        cases[f"render:{model}-{gpu}"] = RenderRequest(model=MODELS / model, gpu=gpu,
+                                                       count=count, storage_uri="s3://m/x")
+    for model, gpu, count, nodes in render_tests.NODE_CASES:
+        cases[f"render:{model}-{gpu}x{nodes}"] = RenderRequest(
+            model=MODELS / model, gpu=gpu, count=count, nodes=nodes,
+            storage_uri="pvc://aim-models/x")
+    for file, options, fixture in kubernetes_tests.RENDERED:
+        cases[f"manifests/{file}"] = RenderRequest(model=MODELS / fixture, gpu="MI300X",
+                                                   **options)
+    return cases
+
+
+def chart_service(values: dict, namespace: str = "default") -> dict:
+    """The InferenceService the aim-model chart renders from `values`, without Helm's labels."""
+    documents = helm.objects(helm.render(MODEL_CHART, values, name="release",
+                                         namespace=namespace))
+    (service,) = [d for d in documents if d["kind"] == "InferenceService"]
+    return without_helm_labels(service)
+
+
+def test_the_model_chart_renders_what_render_renders_for_every_case(tmp_path, catalog):
+    from aim_runtime.deploy.helm_values import helm_values
+
+    cases = every_render_case(tmp_path)
+    assert len(cases) >= 25
+    for name, request in cases.items():
+        expected, plan = render(request, catalog)
+        namespace = request.namespace or "default"  # the chart names the release's
+        expected["metadata"] = {**expected["metadata"], "namespace": namespace}
+        assert chart_service(helm_values(request, plan), namespace) == expected, name
+
+
+@pytest.mark.parametrize("stem", MODEL_CI_REQUESTS)
+def test_the_model_charts_ci_values_are_what_render_writes(stem, catalog):
+    from aim_runtime.deploy.helm_values import helm_values
+
+    request = RenderRequest(**MODEL_CI_REQUESTS[stem])
+    written = helm_values(request, render(request, catalog)[1])
+    assert values_of(MODEL_CHART / "ci" / f"{stem}.yaml") == written, \
+        f"write charts/aim-model/ci/{stem}.yaml again with render --output helm-values"
+
+
+def test_render_writes_helm_values_that_the_chart_takes(tmp_path):
+    result = run_cli("render", "--model-dir", str(MODELS / "llama-3.1-8b-instruct"),
+                     "--model-id", "meta-llama/Llama-3.1-8B-Instruct", "--gpu", "MI300X",
+                     "--output", "helm-values")
+    assert result.returncode == 0, result.stderr
+    values = yaml.safe_load(result.stdout)
+    assert helm.schema_error(MODEL_CHART, values) is None
+    manifest = run_cli("render", "--model-dir", str(MODELS / "llama-3.1-8b-instruct"),
+                       "--model-id", "meta-llama/Llama-3.1-8B-Instruct", "--gpu", "MI300X")
+    expected = yaml.safe_load(manifest.stdout)
+    expected["metadata"]["namespace"] = "default"
+    assert chart_service(values) == expected
+    for refused, said in [(["--kind", "llminferenceservice"], "renders InferenceServices"),
+                          (["--canary-of", "chat", "--traffic", "10", "--stable",
+                            str(tmp_path / "x.yaml")], "Standard-mode canary")]:
+        result = run_cli("render", "--model-dir", str(MODELS / "llama-3.1-8b-instruct"),
+                         "--model-id", "m/x", "--gpu", "MI300X", "--output", "helm-values",
+                         *refused)
+        assert result.returncode != 0 and said in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("values", [None, *MODEL_CI_VALUES],
+                         ids=["defaults", *[p.stem for p in MODEL_CI_VALUES]])
+def test_the_model_chart_lints_strictly(values):
+    assert helm.lint(MODEL_CHART, values_of(values) if values else None) == []
+
+
+@pytest.mark.parametrize("values", MODEL_CI_VALUES, ids=[p.stem for p in MODEL_CI_VALUES])
+def test_every_model_ci_values_file_renders_objects_kubernetes_and_kserve_admit(values):
+    documents = helm.objects(helm.render(MODEL_CHART, values_of(values)))
+    assert {d["kind"] for d in documents} == {"InferenceService", "Pod"}
+    for document in documents:
+        if kube_schema.is_custom(document):
+            assert kube_schema.validate(document) == [], document["metadata"]["name"]
+        else:
+            kubernetes_validate.validate(document, k8s_schemas.latest_version(), strict=True)
+    (service,) = [d for d in documents if d["kind"] == "InferenceService"]
+    assert rules.multinode_service_problems(service) == []
+    (pod,) = [d for d in documents if d["kind"] == "Pod"]
+    assert rules.restricted_problems(pod["spec"], pod["spec"]["containers"]) == []
+
+
+@pytest.mark.parametrize(("values", "named"), [
+    ({"nmae": "x"}, "additional properties 'nmae' not allowed"),
+    ({"mode": "serverless"}, "/mode"),
+    ({"name": "Chat_1"}, "/name"),
+    ({"storageUri": "models/llama"}, "/storageUri"),
+    ({"canaryTrafficPercent": 120}, "/canaryTrafficPercent"),
+    ({"plan": {"product": "MI100"}}, "/plan/product"),
+    ({"plan": {"deviceIds": ["0x74a1"]}}, "/plan/deviceIds/0"),
+    ({"plan": {"env": [{"name": "HF_TOKEN", "value": "x"}]}}, "/plan/env/0/name"),
+    ({"plan": {"resources": {"requests": {"cpu": 4}}}}, "/plan/resources/requests/cpu"),
+    ({"lora": {"maxLoras": -1}}, "/lora/maxLoras"),
+    ({"image": {"tag": "latest"}}, "/image/tag"),
+], ids=["misspelt-key", "mode", "name", "storage-uri", "traffic", "product", "device-id",
+        "env-not-a-pin", "cpu-not-a-quantity", "max-loras", "latest"])
+def test_the_model_schema_refuses_bad_values_naming_the_field(values, named):
+    error = helm.schema_error(MODEL_CHART, values)
+    assert error is not None and named in error, error
+
+
+@pytest.mark.parametrize(("stem", "change", "said"), [
+    (None, {}, "plan: empty; write this model's values with `aim-runtime render"),
+    ("lora", {"storageUri": ""}, "storageUri: empty"),
+    ("multinode-compile-cache", {"mode": "knative"}, "only in Standard mode"),
+    ("multinode-compile-cache", {"storageUri": "s3://m/x"}, "pvc:// (ReadWriteMany) or oci://"),
+    ("multinode-compile-cache", {"lora": {"claimName": "adapters"}}, "only the head mounts"),
+    ("lora", {"canaryTrafficPercent": 10}, "canaryTrafficPercent: Knative mode only"),
+])
+def test_the_model_chart_fails_on_what_kserve_would_refuse(stem, change, said):
+    values = values_of(MODEL_CHART / "ci" / f"{stem}.yaml") if stem else {}
+    with pytest.raises(helm.HelmError, match=re.escape(said)):
+        helm.render(MODEL_CHART, {**values, **change})
+
+
+def test_the_model_schema_knows_every_product():
+    from aim_runtime.hardware.products import PRODUCTS
+
+    schema = json.loads((MODEL_CHART / "values.schema.json").read_text())
+    assert schema["properties"]["plan"]["properties"]["product"]["enum"] == ["", *PRODUCTS]
+
+
+def test_the_model_notes_say_what_was_installed_and_how_to_check_it():
+    values = values_of(MODEL_CHART / "ci" / "knative-canary.yaml")
+    notes = helm.render(MODEL_CHART, values, name="chat-v2")["aim-model/templates/NOTES.txt"]
+    assert "InferenceService chat (knative mode)" in notes and "10% of the traffic" in notes
+    assert "helm test chat-v2" in notes and "1x MI300X" in notes
+
+
+@pytest.mark.serving
+def test_the_helm_test_hook_gets_a_completion_from_the_service(server):
+    """The hook's own command, run here against a real server in place of the cluster's."""
+    documents = helm.objects(helm.render(MODEL_CHART, values_of(MODEL_CHART / "ci" /
+                                                                "lora.yaml")))
+    (pod,) = [d for d in documents if d["kind"] == "Pod"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == "aim-runtime-rocm:0.1.0"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env == {"URL": "http://llama-3-1-8b-instruct-predictor.default.svc.cluster.local",
+                   "MODEL": "llama-3-1-8b-instruct"}
+    command = [sys.executable if word == "python3" else word for word in container["command"]]
+    answered = subprocess.run(command, capture_output=True, text=True, timeout=180,
+                              env={"URL": server.url, "MODEL": "tiny"})
+    assert answered.returncode == 0, answered.stderr
+    assert "usage" in answered.stdout and "'completion_tokens': 4" in answered.stdout
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=180,
+                             env={"URL": server.url, "MODEL": "no-such-model"})
+    assert refused.returncode == 1 and "HTTP 404" in refused.stderr, refused.stderr

@@ -42,12 +42,10 @@ def ids(items):
     return [f"{p.relative_to(REPO)}:{d['kind']}:{d['metadata']['name']}" for p, d in items]
 
 
-def rendered_variants(tmp: Path, catalog) -> list[tuple[str, dict]]:
-    """One object for every shape `render` produces: modes, canaries, multi-node, counts."""
-    stable, _ = render(RenderRequest(gpu="MI300X", name="chat", **LLAMA_8B), catalog)
-    stable_file = tmp / "stable.yaml"
-    stable_file.write_text(yaml.safe_dump(stable))
-    requests = {
+def render_requests(stable_file: Path) -> dict[str, RenderRequest]:
+    """One request for every shape `render` produces: modes, canaries, multi-node, counts; a
+    Standard-mode canary extends the service in `stable_file` (`stable_service`)."""
+    return {
         "standard": RenderRequest(gpu="MI300X", **LLAMA_8B),
         "standard-hf-token": RenderRequest(gpu="MI355X", service_account="hf-models",
                                            **LLAMA_8B),
@@ -72,8 +70,19 @@ def rendered_variants(tmp: Path, catalog) -> list[tuple[str, dict]]:
         "lora": RenderRequest(gpu="MI300X", storage_uri="pvc://models/llama",
                               lora_pvc="models/adapters", max_loras=4, **LLAMA_8B),
     }
+
+
+STABLE_REQUEST = RenderRequest(gpu="MI300X", name="chat", **LLAMA_8B)
+
+
+def rendered_variants(tmp: Path, catalog) -> list[tuple[str, dict]]:
+    """One object for every shape `render` produces (render_requests), and the stable service
+    the Standard-mode canary extends."""
+    stable, _ = render(STABLE_REQUEST, catalog)
+    stable_file = tmp / "stable.yaml"
+    stable_file.write_text(yaml.safe_dump(stable))
     return [("stable", stable), *((name, render(request, catalog)[0])
-                                  for name, request in requests.items())]
+                                  for name, request in render_requests(stable_file).items())]
 
 
 @pytest.fixture(scope="module")

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                             default="inferenceservice",
                             help="KServe resource to render (default inferenceservice; "
                                  "llminferenceservice uses the aim-runtime-llm preset)")
+    render_cmd.add_argument("--output", choices=("manifest", "helm-values"), default="manifest",
+                            help="manifest: the KServe object (default); helm-values: the "
+                                 "values with which charts/aim-model renders that object")
     render_cmd.add_argument("--prefill-replicas", type=int, default=0, metavar="N",
                             help="llminferenceservice: split prefill (N pods) from decode")
     render_cmd.add_argument("--model-dir", "--model_dir", "--model", dest="model", required=True,
@@ -159,6 +162,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def run_render(args: argparse.Namespace) -> int:
+    from aim_runtime.deploy.helm_values import check_release_owns, helm_values
     from aim_runtime.deploy.llm import render_llm
     from aim_runtime.deploy.render import RenderRequest, render, to_yaml
 
@@ -176,12 +180,19 @@ def run_render(args: argparse.Namespace) -> int:
         compile_cache_pvc=args.compile_cache_pvc, lora_pvc=args.lora_pvc,
         max_loras=args.max_loras, max_lora_rank=args.max_lora_rank,
     )
+    if args.output == "helm-values" and args.kind != "inferenceservice":
+        raise AimError(f"--output helm-values with --kind {args.kind}: the aim-model chart "
+                       "renders InferenceServices", "render the manifest (--output manifest)")
+    if args.output == "helm-values":
+        check_release_owns(request)
     if args.kind == "llminferenceservice":
         document, plan = render_llm(request, catalog_from_args(args), args.prefill_replicas)
     elif args.prefill_replicas:
         raise AimError("--prefill-replicas needs --kind llminferenceservice")
     else:
         document, plan = render(request, catalog_from_args(args))
+    if args.output == "helm-values":
+        document = helm_values(request, plan)
     print(to_yaml(document), end="")
     nodes = f"{plan.nodes} nodes, " if plan.nodes > 1 else ""
     print(f"# plan: {plan.recipe_id} on {nodes}{plan.devices_used}x {plan.product} "

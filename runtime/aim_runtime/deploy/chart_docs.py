@@ -55,9 +55,10 @@ def _resolved(root: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
 
 
 def _type(node: dict[str, Any]) -> str:
-    kind = str(node.get("type", "any"))
+    types = node.get("type", "any")
+    kind = " or ".join(types) if isinstance(types, list) else str(types)
     if "enum" in node:
-        kind += " (" + ", ".join(f"`{v}`" for v in node["enum"]) + ")"
+        kind += " (" + ", ".join(f"`{json.dumps(v)}`" for v in node["enum"]) + ")"
     return kind
 
 

@@ -1,0 +1,77 @@
+{{/* The InferenceService's name: `name`, else the release's. */}}
+{{- define "aim-model.name" -}}
+{{- .Values.name | default .Release.Name -}}
+{{- end -}}
+
+{{/* The values a render needs, refused with what to do when missing. */}}
+{{- define "aim-model.check" -}}
+{{- if not .Values.plan.recipe -}}
+{{- fail "plan: empty; write this model's values with `aim-runtime render --model-dir MODEL --gpu GPU --output helm-values`" -}}
+{{- end -}}
+{{- if not .Values.storageUri -}}
+{{- fail "storageUri: empty; give pvc://, s3://, oci:// or hf:// (render writes it from --storage-uri or --model-id)" -}}
+{{- end -}}
+{{- if gt (int .Values.plan.nodes) 1 -}}
+{{- if ne .Values.mode "standard" -}}
+{{- fail (printf "mode: %s with plan.nodes %v; KServe runs multi-node only in Standard mode" .Values.mode .Values.plan.nodes) -}}
+{{- end -}}
+{{- if not (or (hasPrefix "pvc://" .Values.storageUri) (hasPrefix "oci://" .Values.storageUri)) -}}
+{{- fail (printf "storageUri: %s with plan.nodes %v; every node reads the same weights, so KServe requires pvc:// (ReadWriteMany) or oci://" .Values.storageUri .Values.plan.nodes) -}}
+{{- end -}}
+{{- if .Values.lora.claimName -}}
+{{- fail "lora.claimName with plan.nodes > 1: every node's vLLM worker reads the adapters, and only the head mounts them" -}}
+{{- end -}}
+{{- end -}}
+{{- if and (ne .Values.canaryTrafficPercent nil) (ne .Values.mode "knative") -}}
+{{- fail "canaryTrafficPercent: Knative mode only; a Standard-mode canary extends the running InferenceService (aim-runtime render --canary-of --stable)" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels of every object: the service's own, then Helm's. */}}
+{{- define "aim-model.labels" -}}
+app.kubernetes.io/name: {{ include "aim-model.name" . }}
+app.kubernetes.io/part-of: aim-runtime
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Pod fields shared by the predictor and the multi-node workers. Knative sets the
+termination grace period itself (to the revision timeout) and refuses ours. */}}
+{{- define "aim-model.placement" -}}
+{{- if eq .Values.mode "standard" }}
+terminationGracePeriodSeconds: 120
+{{- end }}
+affinity:
+  nodeAffinity:
+    requiredDuringSchedulingIgnoredDuringExecution:
+      nodeSelectorTerms:
+        - matchExpressions:
+            - key: amd.com/gpu.device-id
+              operator: In
+              values: {{ toJson .Values.plan.deviceIds }}
+securityContext:
+  runAsNonRoot: true
+  seccompProfile:
+    type: RuntimeDefault
+  supplementalGroups: {{ toJson .Values.supplementalGroups }}
+volumes:
+  - name: dshm
+    emptyDir:
+      medium: Memory
+      sizeLimit: {{ printf "%vGi" .Values.plan.shmSizeGi }}
+{{- if .Values.compileCache.claimName }}
+  - name: compile-cache
+    persistentVolumeClaim:
+      claimName: {{ .Values.compileCache.claimName }}
+{{- end }}
+{{- end -}}
+
+{{/* The runtime image: repository and tag (the chart's appVersion unless given; never latest). */}}
+{{- define "aim-model.image" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion -}}
+{{- if eq $tag "latest" -}}
+{{- fail "image.tag: latest is refused; pin a version (empty means the chart's appVersion)" -}}
+{{- end -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}

@@ -1,0 +1,70 @@
+"""`aim-runtime render --output helm-values`: the values with which the aim-model chart
+(charts/aim-model) renders the same InferenceService as `render` does.
+
+Helm cannot run the planner, so the plan's outcome travels as values (`plan`: recipe, GPUs,
+nodes, pins, resources, /dev/shm, the node labels of the product) and the chart lays out the
+objects around it. tests/test_helm.py renders the chart with these values for every render case
+the tests have and compares the objects with `render`'s.
+
+Not carried: a Standard-mode canary (it extends the running InferenceService, which `render
+--stable` reads; a release owns its service whole) and LLMInferenceService.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aim_runtime.deploy.render import (
+    RenderRequest,
+    default_name,
+    planner_pins,
+    pod_resources,
+    shm_size_gib,
+    storage_uri_for,
+)
+from aim_runtime.errors import AimError
+from aim_runtime.hardware.products import lookup_product
+from aim_runtime.planner.plan import Plan
+
+
+def helm_values(request: RenderRequest, plan: Plan) -> dict[str, Any]:
+    """The aim-model chart's values for `request` served by `plan`."""
+    check_release_owns(request)
+    devices = plan.devices_per_node if request.multi_node else plan.devices_used
+    values: dict[str, Any] = {
+        "name": request.canary_of or request.name or default_name(request),
+        "mode": request.mode,
+        "storageUri": request.storage_uri or storage_uri_for(request),
+        "supplementalGroups": list(request.supplemental_groups),
+        "plan": {
+            "recipe": plan.recipe_id,
+            "product": plan.product,
+            "deviceIds": list(lookup_product(plan.product).node_label_values),
+            "gpus": devices,
+            "nodes": plan.nodes if request.multi_node else 1,
+            "shmSizeGi": shm_size_gib(devices),
+            "resources": pod_resources(devices),
+            "env": [{"name": k, "value": v} for k, v in planner_pins(plan, request).items()],
+        },
+    }
+    if request.service_account:
+        values["serviceAccountName"] = request.service_account
+    if request.traffic is not None:
+        values["canaryTrafficPercent"] = request.traffic
+    if request.compile_cache_pvc:
+        values["compileCache"] = {"claimName": request.compile_cache_pvc}
+    if request.lora_pvc:
+        claim, _, sub_path = request.lora_pvc.partition("/")
+        values["lora"] = {"claimName": claim, "subPath": sub_path,
+                          "maxLoras": request.max_loras or 0,
+                          "maxLoraRank": request.max_lora_rank or 0}
+    return values
+
+
+def check_release_owns(request: RenderRequest) -> None:
+    """Refuse what a release cannot own: a Standard-mode canary."""
+    if request.canary_of and request.mode != "knative":
+        raise AimError("--output helm-values with a Standard-mode canary: the canary extends "
+                       "the running InferenceService, which a release does not own",
+                       "render it as a manifest (--stable FILE), or use --mode knative, where "
+                       "`helm upgrade` with canaryTrafficPercent is the canary")
