@@ -61,11 +61,12 @@ def by_name(documents: list[dict]) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize(("copies", "originals"), [("files/runtimes", "serving_runtimes"),
-                                                   ("files/llm", "serving_runtimes/llm")])
+                                                   ("files/llm", "serving_runtimes/llm"),
+                                                   ("files/monitoring", "monitoring")])
 def test_the_charts_files_are_copies_of_the_kustomize_files(copies, originals):
     copied = {p.name: p.read_text() for p in (RUNTIME_CHART / copies).glob("*.yaml")}
     shipped = {p.name: p.read_text() for p in (REPO / originals).glob("*.yaml")
-               if p.name != "kustomization.yaml"}
+               if p.name not in ("kustomization.yaml", "aim-runtime.rules.yaml")}
     assert copied == shipped, "copy serving_runtimes/ into charts/aim-runtime/files/ again"
 
 
@@ -127,11 +128,11 @@ def test_values_patch_image_priorities_and_environment():
     documents = helm.objects(helm.render(RUNTIME_CHART, values))
     images = {c["image"] for d in documents for c in containers_of(d)}
     assert images == {"registry.example.com/ml/aim-runtime-rocm:0.1.0"}
-    single = by_name(documents)["aim-runtime"]
+    runtimes = by_name([d for d in documents if d["kind"] == "ClusterServingRuntime"])
+    single = runtimes["aim-runtime"]
     formats = {f["name"]: f["priority"] for f in single["spec"]["supportedModelFormats"]}
     assert formats == {"aim": 1, "huggingface": 4}
-    for container in containers_of(single) + containers_of(by_name(documents)[
-            "aim-runtime-multinode"]):
+    for container in containers_of(single) + containers_of(runtimes["aim-runtime-multinode"]):
         assert container["env"][-1] == {"name": "AIM_LOG_LEVEL", "value": "DEBUG"}
     presets = [d for d in documents if d["kind"] == "LLMInferenceServiceConfig"]
     assert {d["metadata"]["namespace"] for d in presets} == {"kserve"}
@@ -157,6 +158,20 @@ def containers_of(document: dict) -> list[dict]:
 
     walk(document["spec"])
     return found
+
+
+def test_the_alert_rules_install_as_generated():
+    values = {"prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}}}
+    documents = helm.objects(helm.render(RUNTIME_CHART, values, namespace="monitoring"))
+    (rule,) = [d for d in documents if d["kind"] == "PrometheusRule"]
+    assert kube_schema.validate(rule) == []
+    shipped = values_of(REPO / "monitoring" / "prometheusrule.yaml")
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    del rule["metadata"]["labels"]["release"]
+    shipped["metadata"]["namespace"] = "monitoring"
+    assert without_helm_labels(rule) == shipped  # Prometheus's {{ $labels }} kept literal
+    assert not [d for d in helm.objects(helm.render(RUNTIME_CHART)) if d["kind"] ==
+                "PrometheusRule"]
 
 
 def test_notes_say_what_was_installed():
@@ -278,20 +293,39 @@ def test_every_documented_install_lints_and_renders():
         assert helm.objects(helm.render(RUNTIME_CHART, values)), where
 
 
-def test_every_documented_model_install_takes_values_render_wrote():
-    """Each `helm install|upgrade ... charts/aim-model -f FILE` in the docs follows a documented
-    `aim-runtime render ... --output helm-values > FILE`, and its --set values pass the schema
-    over a plan's values."""
+def documented_helm_values() -> dict[str, dict]:
+    """Every `aim-runtime render ... --output helm-values > FILE` in the docs, run here (the
+    model directory is the test fixture of the same name): FILE -> the values it wrote."""
+    written = {}
+    for doc in [REPO / "README.md", *REPO.glob("charts/*/README.md"), *REPO.glob("docs/*.md")]:
+        text = doc.read_text().replace("\\\n", " ")
+        for command, file in re.findall(r"aim-runtime render ([^\n>]*--output helm-values) > "
+                                        r"(\S+)", text):
+            words = command.split()
+            at = words.index("--model-dir") + 1
+            words[at] = str(MODELS / Path(words[at]).name.lower())
+            result = run_cli("render", *words)
+            assert result.returncode == 0, f"{doc.name}: {command}: {result.stderr}"
+            written[file] = yaml.safe_load(result.stdout)
+    return written
+
+
+def test_every_documented_model_install_renders_from_the_documented_values():
+    """Each `helm install|upgrade ... charts/aim-model -f FILE --set ...` in the docs, with the
+    values the documented `render ... > FILE` writes: lints and renders."""
     installs = documented_installs("aim-model")
-    assert len(installs) >= 2
-    docs = "\n".join(p.read_text().replace("\\\n", " ") for p in
-                     [REPO / "README.md", *REPO.glob("charts/*/README.md"),
-                      *REPO.glob("docs/*.md")])
-    written = set(re.findall(r"aim-runtime render [^\n]*--output helm-values > (\S+)", docs))
-    plan_values = values_of(MODEL_CHART / "ci" / "knative-canary.yaml")
+    written = documented_helm_values()
+    assert len(installs) >= 3 and len(written) >= 2
     for where, values, files in installs:
-        assert files and set(files) <= written, where
-        assert helm.schema_error(MODEL_CHART, {**plan_values, **values}) is None, where
+        assert files and set(files) <= set(written), where
+        given: dict = {}
+        for file in files:
+            given.update(written[file])
+        for key, value in values.items():
+            given[key] = {**given.get(key, {}), **value} if isinstance(value, dict) else value
+        given = {k: v for k, v in given.items() if v is not None}  # --set key=null drops it
+        assert helm.lint(MODEL_CHART, given) == [], where
+        assert helm.objects(helm.render(MODEL_CHART, given)), where
 
 
 # --- the aim-model chart: `render`'s objects from `render --output helm-values` --------------
@@ -307,7 +341,13 @@ MODEL_CI_REQUESTS = {
                                     compile_cache_pvc="aim-compile-cache"),
     "lora": dict(gpu="MI300X", storage_uri="pvc://models/llama", lora_pvc="models/adapters",
                  max_loras=4, **admission.LLAMA_8B),
+    "everything": dict(gpu="MI300X", service_account="hf-models",
+                       storage_uri="pvc://aim-models/meta-llama/Llama-3.1-8B-Instruct",
+                       **admission.LLAMA_8B),
 }
+# The chart's own switches, beyond the plan: everything.yaml turns each on.
+SWITCHES = ("serviceAccount", "modelCache", "networkPolicy", "serviceMonitor", "autoscaling",
+            "image")
 
 
 def every_render_case(tmp: Path) -> dict[str, RenderRequest]:
@@ -356,7 +396,9 @@ def test_the_model_charts_ci_values_are_what_render_writes(stem, catalog):
 
     request = RenderRequest(**MODEL_CI_REQUESTS[stem])
     written = helm_values(request, render(request, catalog)[1])
-    assert values_of(MODEL_CHART / "ci" / f"{stem}.yaml") == written, \
+    in_file = {k: v for k, v in values_of(MODEL_CHART / "ci" / f"{stem}.yaml").items()
+               if k not in SWITCHES}
+    assert in_file == written, \
         f"write charts/aim-model/ci/{stem}.yaml again with render --output helm-values"
 
 
@@ -390,7 +432,7 @@ def test_the_model_chart_lints_strictly(values):
 @pytest.mark.parametrize("values", MODEL_CI_VALUES, ids=[p.stem for p in MODEL_CI_VALUES])
 def test_every_model_ci_values_file_renders_objects_kubernetes_and_kserve_admit(values):
     documents = helm.objects(helm.render(MODEL_CHART, values_of(values)))
-    assert {d["kind"] for d in documents} == {"InferenceService", "Pod"}
+    assert {"InferenceService", "Pod"} <= {d["kind"] for d in documents}
     for document in documents:
         if kube_schema.is_custom(document):
             assert kube_schema.validate(document) == [], document["metadata"]["name"]
@@ -398,8 +440,9 @@ def test_every_model_ci_values_file_renders_objects_kubernetes_and_kserve_admit(
             kubernetes_validate.validate(document, k8s_schemas.latest_version(), strict=True)
     (service,) = [d for d in documents if d["kind"] == "InferenceService"]
     assert rules.multinode_service_problems(service) == []
-    (pod,) = [d for d in documents if d["kind"] == "Pod"]
-    assert rules.restricted_problems(pod["spec"], pod["spec"]["containers"]) == []
+    for pod in [d["spec"] for d in documents if d["kind"] == "Pod"] + \
+            [d["spec"]["template"]["spec"] for d in documents if d["kind"] == "Job"]:
+        assert rules.restricted_problems(pod, pod["containers"]) == []
 
 
 @pytest.mark.parametrize(("values", "named"), [
@@ -428,6 +471,12 @@ def test_the_model_schema_refuses_bad_values_naming_the_field(values, named):
     ("multinode-compile-cache", {"storageUri": "s3://m/x"}, "pvc:// (ReadWriteMany) or oci://"),
     ("multinode-compile-cache", {"lora": {"claimName": "adapters"}}, "only the head mounts"),
     ("lora", {"canaryTrafficPercent": 10}, "canaryTrafficPercent: Knative mode only"),
+    ("lora", {"serviceAccount": {"create": True}}, "serviceAccount.create: true needs"),
+    ("gated-hf-model", {"modelCache": {"enabled": True}}, "give pvc://CLAIM/PATH"),
+    ("multinode-compile-cache", {"modelCache": {"enabled": True}}, "AIM_MODEL_ID"),
+    ("knative-canary", {"autoscaling": {"keda": {"enabled": True}}}, "KEDA autoscaling is for"),
+    ("multinode-compile-cache", {"autoscaling": {"keda": {"enabled": True}}},
+     "KEDA autoscaling is for"),
 ])
 def test_the_model_chart_fails_on_what_kserve_would_refuse(stem, change, said):
     values = values_of(MODEL_CHART / "ci" / f"{stem}.yaml") if stem else {}
@@ -469,3 +518,120 @@ def test_the_helm_test_hook_gets_a_completion_from_the_service(server):
     refused = subprocess.run(command, capture_output=True, text=True, timeout=180,
                              env={"URL": server.url, "MODEL": "no-such-model"})
     assert refused.returncode == 1 and "HTTP 404" in refused.stderr, refused.stderr
+
+
+def test_keda_autoscaling_is_the_shipped_manifests(catalog):
+    """manifests/autoscaling-keda.yaml, from render's values with autoscaling.keda on."""
+    from aim_runtime.deploy.helm_values import helm_values
+
+    request = RenderRequest(gpu="MI300X", name="llama-3-1-8b-autoscaled",
+                            service_account="hf-models", **admission.LLAMA_8B)
+    values = {**helm_values(request, render(request, catalog)[1]),
+              "autoscaling": {"keda": {"enabled": True}}}
+    shipped = values_of(REPO / "manifests" / "autoscaling-keda.yaml")
+    shipped["metadata"]["namespace"] = "default"
+    assert chart_service(values) == shipped
+
+
+def test_every_switch_adds_its_objects_for_this_service_only():
+    values = values_of(MODEL_CHART / "ci" / "everything.yaml")
+    documents = helm.objects(helm.render(MODEL_CHART, values, name="llama", namespace="models"))
+    kinds = {d["kind"]: d for d in documents}
+    assert set(kinds) == {"InferenceService", "Pod", "ServiceAccount", "PersistentVolumeClaim",
+                          "Job", "NetworkPolicy", "ServiceMonitor"}
+    service = "llama-3-1-8b-instruct"
+    assert all(d["metadata"]["namespace"] == "models" for d in documents)
+    account = kinds["ServiceAccount"]
+    assert account["metadata"]["name"] == kinds["InferenceService"]["spec"]["predictor"][
+        "serviceAccountName"] and account["secrets"] == [{"name": "hf-token"}]
+    claim = kinds["PersistentVolumeClaim"]
+    assert claim["metadata"]["name"] == "aim-models"  # the claim storageUri names
+    assert claim["metadata"]["annotations"] == {"helm.sh/hook": "pre-install",
+                                                "helm.sh/hook-weight": "-10",
+                                                "helm.sh/resource-policy": "keep"}
+    assert claim["spec"]["resources"]["requests"]["storage"] == "200Gi"
+    job = kinds["Job"]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["download", "--model-id=meta-llama/Llama-3.1-8B-Instruct",
+                                 "--dest=/models/meta-llama/Llama-3.1-8B-Instruct",
+                                 "--gpu=MI300X:1"]
+    assert container["image"] == "registry.example.com/ml/aim-runtime-rocm:0.1.0"
+    assert job["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"] == {
+        "claimName": "aim-models"}
+    selected = {"serving.kserve.io/inferenceservice": service}
+    assert kinds["NetworkPolicy"]["spec"]["podSelector"]["matchLabels"] == selected
+    monitor = kinds["ServiceMonitor"]
+    assert monitor["spec"]["selector"]["matchLabels"] == selected
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    query = kinds["InferenceService"]["spec"]["predictor"]["autoScaling"]["metrics"][0][
+        "external"]["metric"]["query"]
+    assert query == f'sum(vllm:num_requests_waiting{{namespace="models", model_name="{service}"}})'
+
+
+def test_the_download_job_plans_for_every_node():
+    values = {**values_of(MODEL_CHART / "ci" / "multinode-compile-cache.yaml"),
+              "modelCache": {"enabled": True, "accessMode": "ReadWriteMany"}}
+    values["plan"] = {**values["plan"], "env": [*values["plan"]["env"], {
+        "name": "AIM_MODEL_ID", "value": "meta-llama/Llama-3.1-405B-Instruct"}]}
+    (job,) = [d for d in helm.objects(helm.render(MODEL_CHART, values)) if d["kind"] == "Job"]
+    assert "--gpu=MI300X:8x2" in job["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+# --- a grid of renders: product x GPU count x nodes x mode x feature ---------------------------
+
+GRID_PRODUCTS = ("MI300X", "MI325X", "MI355X", "MI250", "MI210")
+GRID_SHAPES = ((None, 1), (8, 1), (None, 2))  # (GPUs per pod, nodes)
+GRID_FEATURES = ("plain", "gated", "compile-cache", "lora", "keda")
+
+
+def grid_request(product: str, count: int | None, nodes: int, mode: str,
+                 feature: str) -> RenderRequest:
+    options: dict = {"storage_uri": "pvc://models/llama-70b"}
+    if feature == "gated":
+        options = {"model_id": "meta-llama/Llama-3.1-70B-Instruct", "service_account": "hf"}
+    elif feature == "compile-cache":
+        options["compile_cache_pvc"] = "aim-compile-cache"
+    elif feature == "lora":
+        options.update(lora_pvc="models/adapters", max_loras=2, max_lora_rank=64)
+    return RenderRequest(model=MODELS / "llama-3.1-70b-instruct", gpu=product, count=count,
+                         nodes=nodes, mode=mode, **options)
+
+
+@pytest.mark.parametrize("product", GRID_PRODUCTS)
+def test_a_grid_of_renders_passes_kserves_checks_and_render_agrees(product, catalog):
+    """For one product, every shape, mode and feature: what render refuses, the chart would
+    too (its fail messages above); what it renders, the chart renders alike, and the object
+    passes the vendored CRD and KServe's multi-node, Knative and canary rules."""
+    from aim_runtime.deploy.helm_values import helm_values
+    from aim_runtime.errors import AimError
+
+    served = 0
+    for (count, nodes), mode, feature in itertools.product(GRID_SHAPES, ("standard", "knative"),
+                                                           GRID_FEATURES):
+        case = f"{product} {count}x{nodes} {mode} {feature}"
+        request = grid_request(product, count, nodes, mode, feature)
+        try:
+            expected, plan = render(request, catalog)
+        except AimError:  # KServe's rules (multi-node needs Standard, no adapters), or no fit
+            assert nodes > 1 or count is None or feature == "lora", case
+            continue
+        values = helm_values(request, plan)
+        if feature == "keda":
+            values["autoscaling"] = {"keda": {"enabled": True}}
+        try:
+            service = chart_service(values)
+        except helm.HelmError as refused:
+            assert feature == "keda" and (mode == "knative" or nodes > 1), (case, refused)
+            continue
+        if feature != "keda":
+            expected["metadata"]["namespace"] = "default"
+            assert service == expected, case
+        assert kube_schema.validate(service) == [], case
+        assert rules.multinode_service_problems(service) == [], case
+        assert rules.canary_problems(service) == [], case
+        if mode == "knative":
+            assert rules.knative_problems(service, admission.RUNTIMES["aim-runtime"])[0] == [], \
+                case
+        served += 1
+    assert served >= 12, f"only {served} cases of {product} rendered"

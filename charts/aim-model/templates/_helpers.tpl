@@ -22,6 +22,22 @@
 {{- fail "lora.claimName with plan.nodes > 1: every node's vLLM worker reads the adapters, and only the head mounts them" -}}
 {{- end -}}
 {{- end -}}
+{{- if and .Values.serviceAccount.create (not .Values.serviceAccountName) -}}
+{{- fail "serviceAccount.create: true needs serviceAccountName, the name to create (render --service-account)" -}}
+{{- end -}}
+{{- if .Values.modelCache.enabled -}}
+{{- if not (include "aim-model.cachePath" .) -}}
+{{- fail (printf "modelCache.enabled with storageUri %s: the cache is the claim storageUri names; give pvc://CLAIM/PATH" .Values.storageUri) -}}
+{{- end -}}
+{{- if not (include "aim-model.modelId" .) -}}
+{{- fail "modelCache.enabled: the download Job needs the model's id, the plan's AIM_MODEL_ID (render --model-id)" -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.autoscaling.keda.enabled -}}
+{{- if or (ne .Values.mode "standard") (gt (int .Values.plan.nodes) 1) -}}
+{{- fail "autoscaling.keda.enabled: KServe's KEDA autoscaling is for Standard mode on one node (Knative scales revisions itself; multi-node does not scale)" -}}
+{{- end -}}
+{{- end -}}
 {{- if and (ne .Values.canaryTrafficPercent nil) (ne .Values.mode "knative") -}}
 {{- fail "canaryTrafficPercent: Knative mode only; a Standard-mode canary extends the running InferenceService (aim-runtime render --canary-of --stable)" -}}
 {{- end -}}
@@ -39,9 +55,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{/* Pod fields shared by the predictor and the multi-node workers. Knative sets the
 termination grace period itself (to the revision timeout) and refuses ours. */}}
 {{- define "aim-model.placement" -}}
-{{- if eq .Values.mode "standard" }}
+{{- if eq .Values.mode "standard" -}}
 terminationGracePeriodSeconds: 120
-{{- end }}
+{{ end -}}
 affinity:
   nodeAffinity:
     requiredDuringSchedulingIgnoredDuringExecution:
@@ -74,4 +90,23 @@ volumes:
 {{- fail "image.tag: latest is refused; pin a version (empty means the chart's appVersion)" -}}
 {{- end -}}
 {{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+
+{{/* The model's id: the plan's AIM_MODEL_ID pin (empty without one). */}}
+{{- define "aim-model.modelId" -}}
+{{- range .Values.plan.env -}}
+{{- if eq .name "AIM_MODEL_ID" }}{{ .value }}{{ end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The claim and the path in it of a pvc://CLAIM/PATH storageUri (empty otherwise). */}}
+{{- define "aim-model.cacheClaim" -}}
+{{- if hasPrefix "pvc://" .Values.storageUri -}}
+{{- (splitn "/" 2 (trimPrefix "pvc://" .Values.storageUri))._0 -}}
+{{- end -}}
+{{- end -}}
+{{- define "aim-model.cachePath" -}}
+{{- if hasPrefix "pvc://" .Values.storageUri -}}
+{{- (splitn "/" 2 (trimPrefix "pvc://" .Values.storageUri))._1 -}}
+{{- end -}}
 {{- end -}}
