@@ -24,6 +24,7 @@ import kserve_rules as rules
 import kube_schema
 import test_kserve_admission as admission
 import test_kubernetes as kubernetes_tests
+import test_llm_inference_service as llm_tests
 import test_render as render_tests
 from aim_runtime.deploy.render import RenderRequest, render
 from testkit import MODELS, REPO, run_cli
@@ -341,6 +342,8 @@ MODEL_CI_REQUESTS = {
                                     compile_cache_pvc="aim-compile-cache"),
     "lora": dict(gpu="MI300X", storage_uri="pvc://models/llama", lora_pvc="models/adapters",
                  max_loras=4, **admission.LLAMA_8B),
+    "llm": dict(gpu="MI300X", storage_uri="s3://m/8b", service_account="hf-models",
+                model=MODELS / "llama-3.1-8b-instruct"),
     "everything": dict(gpu="MI300X", service_account="hf-models",
                        storage_uri="pvc://aim-models/meta-llama/Llama-3.1-8B-Instruct",
                        **admission.LLAMA_8B),
@@ -390,12 +393,31 @@ def test_the_model_chart_renders_what_render_renders_for_every_case(tmp_path, ca
         assert chart_service(helm_values(request, plan), namespace) == expected, name
 
 
+@pytest.mark.parametrize(("options", "prefill"), llm_tests.LLM_RENDERS)
+def test_the_model_chart_renders_what_render_renders_as_an_llm_inference_service(
+        options, prefill, catalog):
+    from aim_runtime.deploy.helm_values import helm_values
+    from aim_runtime.deploy.llm import render_llm
+
+    request = RenderRequest(**options)
+    expected, plan = render_llm(request, catalog, prefill_replicas=prefill)
+    expected["metadata"]["namespace"] = "default"
+    values = helm_values(request, plan, "LLMInferenceService", prefill)
+    documents = helm.objects(helm.render(MODEL_CHART, values, name="release"))
+    assert [d["kind"] for d in documents] == ["LLMInferenceService"]  # no InferenceService test
+    assert without_helm_labels(documents[0]) == expected
+    assert kube_schema.validate(documents[0]) == []
+
+
 @pytest.mark.parametrize("stem", MODEL_CI_REQUESTS)
 def test_the_model_charts_ci_values_are_what_render_writes(stem, catalog):
     from aim_runtime.deploy.helm_values import helm_values
 
     request = RenderRequest(**MODEL_CI_REQUESTS[stem])
-    written = helm_values(request, render(request, catalog)[1])
+    if stem == "llm":
+        written = helm_values(request, render(request, catalog)[1], "LLMInferenceService", 2)
+    else:
+        written = helm_values(request, render(request, catalog)[1])
     in_file = {k: v for k, v in values_of(MODEL_CHART / "ci" / f"{stem}.yaml").items()
                if k not in SWITCHES}
     assert in_file == written, \
@@ -414,8 +436,7 @@ def test_render_writes_helm_values_that_the_chart_takes(tmp_path):
     expected = yaml.safe_load(manifest.stdout)
     expected["metadata"]["namespace"] = "default"
     assert chart_service(values) == expected
-    for refused, said in [(["--kind", "llminferenceservice"], "renders InferenceServices"),
-                          (["--canary-of", "chat", "--traffic", "10", "--stable",
+    for refused, said in [(["--canary-of", "chat", "--traffic", "10", "--stable",
                             str(tmp_path / "x.yaml")], "Standard-mode canary")]:
         result = run_cli("render", "--model-dir", str(MODELS / "llama-3.1-8b-instruct"),
                          "--model-id", "m/x", "--gpu", "MI300X", "--output", "helm-values",
@@ -432,14 +453,15 @@ def test_the_model_chart_lints_strictly(values):
 @pytest.mark.parametrize("values", MODEL_CI_VALUES, ids=[p.stem for p in MODEL_CI_VALUES])
 def test_every_model_ci_values_file_renders_objects_kubernetes_and_kserve_admit(values):
     documents = helm.objects(helm.render(MODEL_CHART, values_of(values)))
-    assert {"InferenceService", "Pod"} <= {d["kind"] for d in documents}
+    assert {"InferenceService", "Pod"} <= {d["kind"] for d in documents} or \
+        [d["kind"] for d in documents] == ["LLMInferenceService"]
     for document in documents:
         if kube_schema.is_custom(document):
             assert kube_schema.validate(document) == [], document["metadata"]["name"]
         else:
             kubernetes_validate.validate(document, k8s_schemas.latest_version(), strict=True)
-    (service,) = [d for d in documents if d["kind"] == "InferenceService"]
-    assert rules.multinode_service_problems(service) == []
+    for service in [d for d in documents if d["kind"] == "InferenceService"]:
+        assert rules.multinode_service_problems(service) == []
     for pod in [d["spec"] for d in documents if d["kind"] == "Pod"] + \
             [d["spec"]["template"]["spec"] for d in documents if d["kind"] == "Job"]:
         assert rules.restricted_problems(pod, pod["containers"]) == []
@@ -475,6 +497,10 @@ def test_the_model_schema_refuses_bad_values_naming_the_field(values, named):
     ("gated-hf-model", {"modelCache": {"enabled": True}}, "give pvc://CLAIM/PATH"),
     ("multinode-compile-cache", {"modelCache": {"enabled": True}}, "AIM_MODEL_ID"),
     ("knative-canary", {"autoscaling": {"keda": {"enabled": True}}}, "KEDA autoscaling is for"),
+    ("llm", {"mode": "knative"}, "mode: knative: not available with kind LLMInferenceService"),
+    ("llm", {"lora": {"claimName": "adapters"}}, "lora.claimName (use spec.model.lora)"),
+    ("llm", {"serviceMonitor": {"enabled": True}}, "serviceMonitor.enabled: not available"),
+    ("lora", {"prefillReplicas": 2}, "prefillReplicas: kind LLMInferenceService only"),
     ("multinode-compile-cache", {"autoscaling": {"keda": {"enabled": True}}},
      "KEDA autoscaling is for"),
 ])

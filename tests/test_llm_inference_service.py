@@ -203,14 +203,19 @@ def test_pinned_parallelism_and_different_container_args_are_refused():
 # --- render ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("kwargs", "prefill"), [
+# (RenderRequest options, prefill replicas) of every shape render_llm produces
+LLM_RENDERS = [
     (dict(model=MODELS / "llama-3.1-8b-instruct", gpu="MI300X",
           model_id="meta-llama/Llama-3.1-8B-Instruct"), 0),
     (dict(model=MODELS / "llama-3.1-70b-instruct", gpu="MI355X", storage_uri="pvc://m/70b"), 0),
-    (dict(model=MODELS / "llama-3.1-8b-instruct", gpu="MI300X", storage_uri="s3://m/8b"), 2),
+    (dict(model=MODELS / "llama-3.1-8b-instruct", gpu="MI300X", storage_uri="s3://m/8b",
+          service_account="hf-models"), 2),
     (dict(model=MODELS / "llama-3.1-405b-instruct", gpu="MI300X", nodes=2,
           storage_uri="pvc://m/405b"), 0),
-])
+]
+
+
+@pytest.mark.parametrize(("kwargs", "prefill"), LLM_RENDERS)
 def test_rendered_services_pass_the_crd_and_pin_the_plan(catalog, kwargs, prefill):
     service, plan = render_llm(RenderRequest(**kwargs), catalog, prefill_replicas=prefill)
     assert kube_schema.validate(service) == []

@@ -38,6 +38,19 @@
 {{- fail "autoscaling.keda.enabled: KServe's KEDA autoscaling is for Standard mode on one node (Knative scales revisions itself; multi-node does not scale)" -}}
 {{- end -}}
 {{- end -}}
+{{- if eq .Values.kind "LLMInferenceService" -}}
+{{- $refused := dict "mode: knative" (ne .Values.mode "standard") "canaryTrafficPercent (split traffic with the route instead)" (ne .Values.canaryTrafficPercent nil) "compileCache.claimName" (ne .Values.compileCache.claimName "") "lora.claimName (use spec.model.lora)" (ne .Values.lora.claimName "") "autoscaling.keda.enabled" .Values.autoscaling.keda.enabled "networkPolicy.enabled (llm-d's scheduler in this namespace reads the pods too)" .Values.networkPolicy.enabled "serviceMonitor.enabled" .Values.serviceMonitor.enabled -}}
+{{- range $option, $given := $refused -}}
+{{- if $given -}}
+{{- fail (printf "%s: not available with kind LLMInferenceService" $option) -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.prefillReplicas (gt (int .Values.plan.nodes) 1) -}}
+{{- fail "prefillReplicas with plan.nodes > 1: a prefill/decode split across nodes is not rendered yet" -}}
+{{- end -}}
+{{- else if .Values.prefillReplicas -}}
+{{- fail "prefillReplicas: kind LLMInferenceService only" -}}
+{{- end -}}
 {{- if and (ne .Values.canaryTrafficPercent nil) (ne .Values.mode "knative") -}}
 {{- fail "canaryTrafficPercent: Knative mode only; a Standard-mode canary extends the running InferenceService (aim-runtime render --canary-of --stable)" -}}
 {{- end -}}
@@ -108,5 +121,43 @@ volumes:
 {{- define "aim-model.cachePath" -}}
 {{- if hasPrefix "pvc://" .Values.storageUri -}}
 {{- (splitn "/" 2 (trimPrefix "pvc://" .Values.storageUri))._1 -}}
+{{- end -}}
+{{- end -}}
+
+{{/* An LLMInferenceService pod (spec.template, spec.worker, spec.prefill.template): the plan's
+GPUs, node affinity and /dev/shm; `env` (a list, or nil for the workers) in its main container. */}}
+{{- define "aim-model.llmPod" -}}
+{{- $ctx := index . 0 -}}
+{{- $env := index . 1 -}}
+{{- with $ctx.Values -}}
+terminationGracePeriodSeconds: 120
+affinity:
+  nodeAffinity:
+    requiredDuringSchedulingIgnoredDuringExecution:
+      nodeSelectorTerms:
+        - matchExpressions:
+            - key: amd.com/gpu.device-id
+              operator: In
+              values: {{ toJson .plan.deviceIds }}
+securityContext:
+  runAsNonRoot: true
+  seccompProfile:
+    type: RuntimeDefault
+  supplementalGroups: {{ toJson .supplementalGroups }}
+containers:
+  - name: main
+    {{- if $env }}
+    env: {{ toJson $env }}
+    {{- end }}
+    resources:
+      {{- toYaml .plan.resources | nindent 6 }}
+volumes:
+  - name: dshm
+    emptyDir:
+      medium: Memory
+      sizeLimit: {{ printf "%vGi" .plan.shmSizeGi }}
+{{- with .serviceAccountName }}
+serviceAccountName: {{ . }}
+{{- end }}
 {{- end -}}
 {{- end -}}

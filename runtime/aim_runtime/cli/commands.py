@@ -180,9 +180,6 @@ def run_render(args: argparse.Namespace) -> int:
         compile_cache_pvc=args.compile_cache_pvc, lora_pvc=args.lora_pvc,
         max_loras=args.max_loras, max_lora_rank=args.max_lora_rank,
     )
-    if args.output == "helm-values" and args.kind != "inferenceservice":
-        raise AimError(f"--output helm-values with --kind {args.kind}: the aim-model chart "
-                       "renders InferenceServices", "render the manifest (--output manifest)")
     if args.output == "helm-values":
         check_release_owns(request)
     if args.kind == "llminferenceservice":
@@ -192,7 +189,8 @@ def run_render(args: argparse.Namespace) -> int:
     else:
         document, plan = render(request, catalog_from_args(args))
     if args.output == "helm-values":
-        document = helm_values(request, plan)
+        kind = "LLMInferenceService" if args.kind == "llminferenceservice" else "InferenceService"
+        document = helm_values(request, plan, kind, args.prefill_replicas)
     print(to_yaml(document), end="")
     nodes = f"{plan.nodes} nodes, " if plan.nodes > 1 else ""
     print(f"# plan: {plan.recipe_id} on {nodes}{plan.devices_used}x {plan.product} "

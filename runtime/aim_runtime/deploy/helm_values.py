@@ -6,8 +6,10 @@ nodes, pins, resources, /dev/shm, the node labels of the product) and the chart 
 objects around it. tests/test_helm.py renders the chart with these values for every render case
 the tests have and compares the objects with `render`'s.
 
-Not carried: a Standard-mode canary (it extends the running InferenceService, which `render
---stable` reads; a release owns its service whole) and LLMInferenceService.
+With `kind` LLMInferenceService the values carry what deploy/llm.py adds (the model's name,
+the tensor-parallel size, prefill replicas) and the chart renders `render --kind
+llminferenceservice`'s object. Not carried: a Standard-mode canary (it extends the running
+InferenceService, which `render --stable` reads; a release owns its service whole).
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ from aim_runtime.hardware.products import lookup_product
 from aim_runtime.planner.plan import Plan
 
 
-def helm_values(request: RenderRequest, plan: Plan) -> dict[str, Any]:
-    """The aim-model chart's values for `request` served by `plan`."""
+def helm_values(request: RenderRequest, plan: Plan, kind: str = "InferenceService",
+                prefill_replicas: int = 0) -> dict[str, Any]:
+    """The aim-model chart's values for `request` served by `plan`, as a `kind`."""
     check_release_owns(request)
     devices = plan.devices_per_node if request.multi_node else plan.devices_used
+    name = request.canary_of or request.name or default_name(request)
     values: dict[str, Any] = {
-        "name": request.canary_of or request.name or default_name(request),
+        "kind": kind,
+        "name": name,
         "mode": request.mode,
         "storageUri": request.storage_uri or storage_uri_for(request),
         "supplementalGroups": list(request.supplemental_groups),
@@ -42,11 +47,16 @@ def helm_values(request: RenderRequest, plan: Plan) -> dict[str, Any]:
             "deviceIds": list(lookup_product(plan.product).node_label_values),
             "gpus": devices,
             "nodes": plan.nodes if request.multi_node else 1,
+            "tensorParallelSize": plan.tensor_parallel_size,
             "shmSizeGi": shm_size_gib(devices),
             "resources": pod_resources(devices),
             "env": [{"name": k, "value": v} for k, v in planner_pins(plan, request).items()],
         },
     }
+    if kind == "LLMInferenceService":
+        values["modelName"] = request.model_id or name
+    if prefill_replicas:
+        values["prefillReplicas"] = prefill_replicas
     if request.service_account:
         values["serviceAccountName"] = request.service_account
     if request.traffic is not None:
