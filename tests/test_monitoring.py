@@ -16,7 +16,8 @@ import yaml
 import kube_schema
 import promtool
 from aim_runtime.deploy import monitoring
-from testkit import REPO
+from test_reliability import metric
+from testkit import API_KEY, REPO
 
 MONITORING = REPO / "monitoring"
 RUNBOOKS = REPO / "docs" / "runbooks.md"
@@ -126,3 +127,46 @@ def test_every_series_the_rules_read_is_exported_or_named_as_another_exporters(s
     missing = sorted(name for name in queried_series() - outside if name not in exported)
     assert not missing, missing
     assert "aim_state" in queried_series() and "vllm:num_preemptions_total" in queried_series()
+
+
+@pytest.mark.serving
+def test_requests_are_counted_by_protocol_and_status_class(guarded):
+    """Answered and refused alike, HTTP and gRPC; probes are not counted."""
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    def counts() -> dict[tuple[str, str], float]:
+        return {(protocol, status): metric(guarded.url, "aim_requests_total", protocol=protocol,
+                                           status_class=status)
+                for protocol in ("openai", "anthropic", "v2", "grpc")
+                for status in ("2xx", "4xx", "5xx")}
+
+    before = counts()
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    completion = {"model": "tiny", "prompt": "Hello", "max_tokens": 2}
+    url = guarded.url
+    assert httpx.post(url + "/openai/v1/completions", json=completion, headers=auth,
+                      timeout=60).status_code == 200
+    assert httpx.post(url + "/openai/v1/completions", json=completion,
+                      timeout=60).status_code == 401
+    assert httpx.post(url + "/v1/messages", json={"model": "tiny", "max_tokens": 2},
+                      headers=auth, timeout=60).status_code in range(400, 500)
+    assert httpx.post(url + "/v2/models/tiny/infer", json={"inputs": "not a list"},
+                      headers=auth, timeout=60).status_code in range(400, 500)
+    assert httpx.get(url + "/v2/health/ready", timeout=10).status_code == 200
+    request = pb.ModelInferRequest(model_name="tiny", inputs=[
+        pb.ModelInferRequest.InferInputTensor(name="text_input", datatype="BYTES", shape=[1],
+                                              contents=pb.InferTensorContents(
+                                                  bytes_contents=[b"Hello"]))],
+        parameters={"max_tokens": pb.InferParameter(int64_param=2)})
+    with grpc.insecure_channel(f"127.0.0.1:{guarded.grpc_port}") as channel:
+        stub = GRPCInferenceServiceStub(channel)
+        stub.ModelInfer(request, metadata=[("authorization", f"Bearer {API_KEY}")], timeout=60)
+        with pytest.raises(grpc.RpcError):
+            stub.ModelInfer(request, timeout=60)
+        stub.ServerReady(pb.ServerReadyRequest(), timeout=10)  # a probe: not counted
+    after = counts()
+    changed = {key: after[key] - before[key] for key in after if after[key] != before[key]}
+    assert changed == {("openai", "2xx"): 1, ("openai", "4xx"): 1, ("anthropic", "4xx"): 1,
+                       ("v2", "4xx"): 1, ("grpc", "2xx"): 1, ("grpc", "4xx"): 1}

@@ -1,6 +1,6 @@
 """The listener's ASGI layers, outermost first as uvicorn serves them: the access log, the
-recipe header, the fast path to vLLM's application, and the body rule of the v2 binary
-extension. Pure ASGI each, so a streamed response streams."""
+recipe header, the request counter, the fast path to vLLM's application, and the body rule of
+the v2 binary extension. Pure ASGI each, so a streamed response streams."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import logging
 import re
 from typing import Any
 
+from aim_runtime.serving import metrics
 from aim_runtime.serving.model import AimModel
-from aim_runtime.serving.paths import route_path, vllm_mount_point
+from aim_runtime.serving.paths import protocol_of, route_path, vllm_mount_point
 from aim_runtime.serving.protocol_errors import not_ready_yet
 
 RECIPE_HEADER = "x-aim-recipe"
@@ -69,6 +70,39 @@ class RecipeHeaderMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_header)
+
+
+class CountedRequests:
+    """`aim_requests_total{protocol, status_class}`: every HTTP request but probes and scrapes,
+    counted when its status is sent (a request that raises before answering counts as 5xx, as
+    uvicorn answers it; one dropped before any answer is not counted)."""
+
+    def __init__(self, app: Any, root_routes: bool) -> None:
+        self.app = app
+        self.root_routes = root_routes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        protocol = protocol_of(route_path(scope), self.root_routes) \
+            if scope["type"] == "http" else None
+        if protocol is None:
+            await self.app(scope, receive, send)
+            return
+        answered = False
+
+        async def counted_send(message: dict) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = True
+                metrics.REQUESTS.labels(protocol=protocol, status_class=metrics.status_class(
+                    message["status"])).inc()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted_send)
+        except Exception:
+            if not answered:
+                metrics.REQUESTS.labels(protocol=protocol, status_class="5xx").inc()
+            raise
 
 
 class VllmFastPath:

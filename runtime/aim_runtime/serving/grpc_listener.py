@@ -11,7 +11,13 @@ from kserve.errors import InvalidInput
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 from kserve.protocol.grpc.server import GRPCServer
 
-from aim_runtime.serving.protocol_errors import EngineErrorResponse, bearer_matches, grpc_status
+from aim_runtime.serving import metrics
+from aim_runtime.serving.protocol_errors import (
+    EngineErrorResponse,
+    bearer_matches,
+    grpc_status,
+    grpc_status_class,
+)
 from aim_runtime.serving.vllm_adapter import (
     engine_dead_error_type,
     error_response,
@@ -50,9 +56,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 def _grpc_refusal(code: grpc.StatusCode, message: str) -> Any:
     async def refuse(request: Any, context: Any) -> None:
+        _count(code)
         await context.abort(code, message)
 
     return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def _count(code: grpc.StatusCode | None) -> None:
+    metrics.REQUESTS.labels(protocol="grpc", status_class=grpc_status_class(code)).inc()
 
 
 class AimExceptionToStatus(ExceptionToStatusInterceptor):
@@ -60,6 +71,22 @@ class AimExceptionToStatus(ExceptionToStatusInterceptor):
     answered INTERNAL: vLLM's error responses and errors by the HTTP status vLLM gives them
     (a dead engine UNAVAILABLE, a bad request INVALID_ARGUMENT), and ValueError and TypeError
     INVALID_ARGUMENT, as the HTTP routes answer them 400."""
+
+    async def intercept(self, method: Any, request_or_iterator: Any,
+                        context: grpc.aio.ServicerContext, method_name: str) -> Any:
+        """KServe's interceptor, each call but the probes counted by its status (a streamed
+        response when it starts)."""
+        counted = method_name.removeprefix(GRPC_SERVICE) not in GRPC_OPEN_METHODS
+        try:
+            response = await super().intercept(method, request_or_iterator, context,
+                                               method_name)
+        except BaseException:
+            if counted:
+                _count(context.code() or grpc.StatusCode.UNKNOWN)
+            raise
+        if counted:
+            _count(context.code())
+        return response
 
     async def handle_exception(self, ex: Exception, request_or_iterator: Any,
                                context: grpc.aio.ServicerContext, method_name: str) -> None:

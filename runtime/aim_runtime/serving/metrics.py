@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from aim_runtime.planner.plan import Plan
 from aim_runtime.planner.roofline import Roofline
+from aim_runtime.serving.paths import PROTOCOLS
 
 SAME_EVERYWHERE = "mostrecent"  # multiprocess mode: a value every process sets alike
 PLAN = Info("aim_plan", "The recipe the planner chose, and on what")
@@ -78,6 +79,20 @@ API_SERVER_REQUESTS = Counter(
     "aim_api_server_requests",
     "Inference requests each API server process admitted (server: its index; one process: 0)",
     ["server"])
+# Every request but probes and scrapes, answered or refused, by protocol and status class:
+# vLLM's own HTTP counters see only its OpenAI application, and the gate's refusals never reach
+# it. gRPC calls count as protocol `grpc`, their status mapped to the class HTTP would give.
+REQUESTS = Counter("aim_requests", "Requests answered, by protocol and status class",
+                   ["protocol", "status_class"])
+STATUS_CLASSES = ("2xx", "4xx", "5xx")
+for _protocol in (*PROTOCOLS, "grpc"):
+    for _status_class in STATUS_CLASSES:
+        REQUESTS.labels(protocol=_protocol, status_class=_status_class)
+
+
+def status_class(status: int) -> str:
+    """The class a status counts in: 1xx and 3xx with 2xx (answered), 4xx, else 5xx."""
+    return "4xx" if 400 <= status < 500 else "5xx" if status >= 500 else "2xx"
 LORA_REQUESTS = Counter("aim_lora_requests", "Inference requests per LoRA adapter", ["adapter"])
 ROOFLINE_DECODE = Gauge(
     "aim_roofline_decode_tokens_per_second",

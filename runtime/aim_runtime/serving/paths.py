@@ -40,3 +40,20 @@ def route_path(scope: dict) -> str:
     path: str = scope["path"]
     root_path = scope.get("root_path", "")
     return path[len(root_path):] if root_path and path.startswith(root_path + "/") else path
+
+
+PROTOCOLS = ("openai", "anthropic", "v2", "v1", "other")
+ANTHROPIC_PATH = re.compile(r"/v1/messages(?:/count_tokens)?$")
+
+
+def protocol_of(path: str, root_routes: bool) -> str | None:
+    """The protocol a request speaks, for the request counters; None for probes and metrics."""
+    if OPEN_PATHS.match(path):
+        return None
+    if ANTHROPIC_PATH.search(path) and vllm_mount_point(path, root_routes) is not None:
+        return "anthropic"
+    if openai_shaped(path, root_routes):
+        return "openai"
+    if path.startswith("/v2/"):
+        return "v2"
+    return "v1" if path.startswith("/v1/") else "other"

@@ -58,6 +58,21 @@ def grpc_status(http_status: int) -> grpc.StatusCode:
     return GRPC_STATUS_OF_HTTP.get(http_status, grpc.StatusCode.INTERNAL)
 
 
+# The caller's mistakes (HTTP would answer 4xx; CANCELLED is the client's own, nginx's 499).
+GRPC_CLIENT_ERRORS = frozenset({
+    grpc.StatusCode.CANCELLED, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE})
+
+
+def grpc_status_class(code: grpc.StatusCode | None) -> str:
+    """The HTTP status class of a gRPC status, for the request counters (None: OK)."""
+    if code is None or code == grpc.StatusCode.OK:
+        return "2xx"
+    return "4xx" if code in GRPC_CLIENT_ERRORS else "5xx"
+
+
 def bearer_matches(header: bytes | str, keys: list[bytes]) -> bool:
     """`Bearer <key>` (an HTTP header or gRPC metadata) holds one of `keys`, compared in constant
     time against every key, so the time taken says nothing of which key came close."""

@@ -50,6 +50,7 @@ from aim_runtime.errors import AimError
 from aim_runtime.serving import metrics
 from aim_runtime.serving.asgi import (
     RECIPE_HEADER,
+    CountedRequests,
     OpenAIApplication,
     RecipeHeaderMiddleware,
     VllmFastPath,
@@ -223,6 +224,7 @@ class AimRESTServer(RESTServer):
         limits = self.listener or ListenerOptions()
         app = HeaderLimits(app, limits.max_header_bytes, limits.max_header_count,
                            self.openai_root_routes)
+        app = CountedRequests(app, self.openai_root_routes)
         if not self.access_log_format:
             self.config.headers = [(RECIPE_HEADER, self.recipe_id)]
             return app
