@@ -87,6 +87,15 @@ def test_a_silent_case_that_fires_fails_the_unit_test(tmp_path):
     assert promtool.run("test", "rules", "tests.yaml", cwd=tmp_path).returncode != 0
 
 
+def test_each_runbook_shows_its_alerts_query_as_generated():
+    text = RUNBOOKS.read_text()
+    for alert in monitoring.ALERTS:
+        section = text.split(f"## {alert.name}\n", 1)[1].split("\n## ", 1)[0]
+        shown = re.search(r"```promql\n(.*?)\n```", section, flags=re.S)
+        assert shown and shown.group(1).strip() == alert.expr, alert.name
+        assert f"`{alert.severity}`" in section, alert.name
+
+
 def test_every_alert_has_a_severity_a_summary_and_a_runbook_section():
     sections = set(re.findall(r"^## (\w+)$", RUNBOOKS.read_text(), flags=re.M))
     for group in yaml.safe_load((MONITORING / "aim-runtime.rules.yaml").read_text())["groups"]:

@@ -30,7 +30,9 @@ SERVICE = "serving_kserve_io_inferenceservice"
 # Series the rules read that other exporters publish (kube-state-metrics, Prometheus itself).
 OUTSIDE_SERIES = {"up", "kube_pod_container_status_restarts_total",
                   "kube_horizontalpodautoscaler_status_current_replicas",
-                  "kube_horizontalpodautoscaler_spec_max_replicas"}
+                  "kube_horizontalpodautoscaler_spec_max_replicas",
+                  # AMD's device-metrics-exporter (GPU operator), per GPU of a node
+                  "gpu_health", "gpu_ecc_uncorrect_total"}
 # Series only a GPU plan exports (a roofline needs a GPU).
 GPU_ONLY_SERIES = {"aim_decode_efficiency"}
 
@@ -62,6 +64,21 @@ def _state(state: str) -> str:
     return f'aim_state{{{POD}, state="{state}"}}'
 
 
+def _error_ratio(window: str) -> str:
+    """Requests answered 5xx over all requests, per service, in `window`."""
+    by = f"sum by (namespace, {SERVICE})"
+    return (f'{by} (rate(aim_requests_total{{status_class="5xx"}}[{window}])) / '
+            f"{by} (rate(aim_requests_total[{window}]))")
+
+
+def _requests(status_class: str) -> str:
+    return (f'aim_requests_total{{{POD}, {SERVICE}="llama", protocol="openai", '
+            f'status_class="{status_class}"}}')
+
+
+GPU = 'hostname="node-1", gpu_id="3", serial_number="PCB0042"'
+
+
 ALERTS = (
     Alert("AimRuntimeTargetDown", f"up{{{TARGET}}} == 0", "5m", "critical",
           "Prometheus cannot scrape an AIM Runtime pod",
@@ -89,6 +106,14 @@ ALERTS = (
                   'container="kserve-container"}': "0 0 1 1 2 2 3 3 3 3"},
           silent={'kube_pod_container_status_restarts_total{namespace="ml", pod="llama-0", '
                   'container="kserve-container"}': "0x10"}),
+    Alert("AimRuntimeErrorBudgetBurn",
+          f"({_error_ratio('5m')} > 0.05) and ({_error_ratio('1h')} > 0.05)", "5m", "critical",
+          "An InferenceService answers over 5% of its requests with server errors",
+          "{{ $labels.namespace }}/{{ $labels." + SERVICE + " }} answered {{ $value | "
+          "humanizePercentage }} of its requests 5xx in the last hour, and over 5% in the last "
+          "5 minutes: a 99% availability objective burns at 5 times its budget.",
+          firing={_requests("5xx"): "0+10x70", _requests("2xx"): "0+10x70"},
+          silent={_requests("5xx"): "0x70", _requests("2xx"): "0+10x70"}),
     Alert("AimRuntimeSheddingLoad",
           'sum by (namespace, pod) (rate(aim_requests_rejected_total{reason="overload"}[5m]))'
           " > 0", "10m", "warning", "AIM Runtime is refusing requests for overload",
@@ -157,6 +182,17 @@ ALERTS = (
                   'horizontalpodautoscaler="keda-hpa-llama"}': "2x40",
                   'kube_horizontalpodautoscaler_spec_max_replicas{namespace="ml", '
                   'horizontalpodautoscaler="keda-hpa-llama"}': "4x40"}),
+    Alert("AimRuntimeGpuUnhealthy", "gpu_health == 0", "5m", "critical",
+          "AMD's exporter reports a GPU unhealthy",
+          "GPU {{ $labels.gpu_id }} of {{ $labels.hostname }} is unhealthy; the device plugin "
+          "stops scheduling on it, and the pods using it should be moved.",
+          firing={f"gpu_health{{{GPU}}}": "0x10"}, silent={f"gpu_health{{{GPU}}}": "1x10"}),
+    Alert("AimRuntimeGpuEccErrors", "increase(gpu_ecc_uncorrect_total[15m]) > 0", "0m",
+          "critical", "A GPU reports uncorrectable ECC errors",
+          "GPU {{ $labels.gpu_id }} of {{ $labels.hostname }} had {{ $value }} uncorrectable "
+          "ECC errors in 15 minutes: its results can no longer be trusted.",
+          firing={f"gpu_ecc_uncorrect_total{{{GPU}}}": "0 0 0 1 1 1"},
+          silent={f"gpu_ecc_uncorrect_total{{{GPU}}}": "0x5"}),
     Alert("AimRuntimeAdapterLoadFailures", "increase(aim_lora_load_errors_total[15m]) > 0",
           "0m", "warning", "LoRA adapters fail to load",
           "{{ $labels.namespace }}/{{ $labels.pod }}: {{ $value }} adapter loads failed "
