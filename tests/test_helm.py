@@ -117,7 +117,10 @@ def test_every_ci_values_file_renders_objects_kserve_admits(values):
     assert documents
     runtimes = [d for d in documents if d["kind"] == "ClusterServingRuntime"]
     for document in documents:
-        assert kube_schema.validate(document) == [], document["metadata"]["name"]
+        if kube_schema.is_custom(document):
+            assert kube_schema.validate(document) == [], document["metadata"]["name"]
+        else:
+            kubernetes_validate.validate(document, k8s_schemas.latest_version(), strict=True)
     for runtime in runtimes:
         assert rules.priority_conflicts(runtime, [*STOCK_RUNTIMES, *runtimes]) == []
         if runtime["spec"].get("workerSpec"):
@@ -157,7 +160,7 @@ def containers_of(document: dict) -> list[dict]:
             for item in node:
                 walk(item)
 
-    walk(document["spec"])
+    walk(document.get("spec", {}))
     return found
 
 
@@ -173,6 +176,16 @@ def test_the_alert_rules_install_as_generated():
     assert without_helm_labels(rule) == shipped  # Prometheus's {{ $labels }} kept literal
     assert not [d for d in helm.objects(helm.render(RUNTIME_CHART)) if d["kind"] ==
                 "PrometheusRule"]
+
+
+def test_the_dashboard_installs_as_generated_where_grafana_looks():
+    values = {"grafanaDashboard": {"enabled": True, "namespace": "grafana"}}
+    documents = helm.objects(helm.render(RUNTIME_CHART, values))
+    (config_map,) = [d for d in documents if d["kind"] == "ConfigMap"]
+    shipped = values_of(REPO / "monitoring" / "grafana-dashboard-configmap.yaml")
+    shipped["metadata"]["namespace"] = "grafana"
+    assert without_helm_labels(config_map) == shipped
+    assert not [d for d in helm.objects(helm.render(RUNTIME_CHART)) if d["kind"] == "ConfigMap"]
 
 
 def test_notes_say_what_was_installed():

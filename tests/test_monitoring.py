@@ -15,7 +15,7 @@ import yaml
 
 import kube_schema
 import promtool
-from aim_runtime.deploy import monitoring
+from aim_runtime.deploy import dashboard, monitoring
 from test_reliability import metric
 from testkit import API_KEY, REPO
 
@@ -27,6 +27,51 @@ RUNBOOKS = REPO / "docs" / "runbooks.md"
 def test_the_checked_in_files_are_what_the_generator_writes(name):
     assert (MONITORING / name).read_text() == monitoring.render(name), \
         "regenerate: python -m aim_runtime.deploy.monitoring"
+
+
+def test_the_layout_picture_is_the_dashboards():
+    import xml.etree.ElementTree as ElementTree
+
+    picture = (REPO / monitoring.LAYOUT_PICTURE).read_text()
+    assert picture == dashboard.layout_svg(), "regenerate: python -m aim_runtime.deploy.monitoring"
+    texts = {t.text for t in ElementTree.fromstring(picture).iter(
+        "{http://www.w3.org/2000/svg}text")}
+    assert {panel.title for panel in dashboard.panels()} <= texts
+    assert "dashboard-layout.svg" in (REPO / "docs" / "runbooks.md").read_text()
+
+
+def test_the_dashboard_is_laid_out_on_grafanas_grid_and_selects_by_its_variables():
+    model = dashboard.dashboard()
+    items = model["panels"]
+    assert len({item["id"] for item in items}) == len(items)
+    cells = set()
+    for item in items:
+        grid = item["gridPos"]
+        assert grid["x"] + grid["w"] <= 24
+        covered = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"])
+                   for y in range(grid["y"], grid["y"] + grid["h"])}
+        assert not covered & cells, item["title"]
+        cells |= covered
+    variables = [v["name"] for v in model["templating"]["list"]]
+    assert variables == ["datasource", "namespace", "service"]
+    for panel in dashboard.panels():
+        for expr, _ in panel.queries:
+            outside = any(name in expr for name in monitoring.OUTSIDE_SERIES)
+            assert outside or '$service"' in expr, (panel.title, expr)
+    rows = [item["title"] for item in items if item["type"] == "row"]
+    assert rows == [row.title for row in dashboard.ROWS] and len(rows) == 8
+
+
+def test_the_dashboard_config_map_is_a_valid_kubernetes_object():
+    import json
+
+    import kubernetes_validate
+    from kubernetes_validate import utils as k8s_schemas
+
+    document = yaml.safe_load((MONITORING / "grafana-dashboard-configmap.yaml").read_text())
+    kubernetes_validate.validate(document, k8s_schemas.latest_version(), strict=True)
+    assert document["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(document["data"]["aim-runtime.json"]) == dashboard.dashboard()
 
 
 def test_promtool_checks_the_rules_with_every_lint_fatal(tmp_path):
@@ -114,12 +159,16 @@ def test_the_operator_objects_pass_the_vendored_crds(path):
     assert kube_schema.validate(document) == []
 
 
+def panel_queries() -> list[str]:
+    return [expr for panel in dashboard.panels() for expr, _ in panel.queries]
+
+
 def queried_series() -> set[str]:
-    """The series every rule reads: names that are not functions, with label matchers and
-    grouping clauses taken out, histogram suffixes folded."""
+    """The series every rule and panel reads: names that are not functions, with label
+    matchers and grouping clauses taken out, histogram suffixes folded."""
     names = set()
-    for alert in monitoring.ALERTS:
-        expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", alert.expr)
+    for query in [alert.expr for alert in monitoring.ALERTS] + panel_queries():
+        expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", query)
         expr = re.sub(r"\b(?:by|ignoring|on|without)\s*\([^)]*\)", "", expr)
         for name in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*(?![a-zA-Z0-9_:]|\s*\()", expr):
             names.add(re.sub(r"_(bucket|count|sum)$", "", name))
