@@ -8,6 +8,7 @@ another exporter's."""
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ import yaml
 import kube_schema
 import promtool
 from aim_runtime.deploy import dashboard, monitoring
-from test_reliability import metric
+from test_reliability import metric, wait_until
 from testkit import API_KEY, REPO
 
 MONITORING = REPO / "monitoring"
@@ -228,3 +229,93 @@ def test_requests_are_counted_by_protocol_and_status_class(guarded):
     changed = {key: after[key] - before[key] for key in after if after[key] != before[key]}
     assert changed == {("openai", "2xx"): 1, ("openai", "4xx"): 1, ("anthropic", "4xx"): 1,
                        ("v2", "4xx"): 1, ("grpc", "2xx"): 1, ("grpc", "4xx"): 1}
+
+
+# --- a real Prometheus ---------------------------------------------------------------------------
+
+LIVE_LABELS = {"runtime": "aim-runtime", "namespace": "ml", "pod": "tiny-0",
+               dashboard.SERVICE_LABEL: "tiny"}
+GRAFANA_VARIABLES = {"$namespace": ".*", "$service": ".*", "$__rate_interval": "1m"}
+
+
+def live_rule_file(tmp_path) -> str:
+    """The generated rules with every `for:` at 0, so that the positive control fires within
+    seconds and anything that would go pending on the healthy server fires instead."""
+    rules = monitoring.rule_file()
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule["for"] = "0s"
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
+    return "rules.yaml"
+
+
+@pytest.mark.serving
+def test_a_real_prometheus_evaluates_every_rule_and_answers_every_panel(server, tmp_path):
+    """Prometheus scrapes the test server (labelled as the ServiceMonitor labels a pod) and a
+    target that is gone, with the rules loaded: every rule evaluates with health ok; only the
+    positive control (the gone target's AimRuntimeTargetDown) is active, nothing on the healthy
+    server; every panel's query answers, with data where a healthy server has it."""
+    from servers import free_port
+
+    for _ in range(3):
+        assert httpx.post(server.url + "/openai/v1/completions", json={
+            "model": "tiny", "prompt": "Hello", "max_tokens": 2}, timeout=60).status_code == 200
+    gone = {**LIVE_LABELS, "pod": "gone-0"}
+    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+              "rule_files": [live_rule_file(tmp_path)],
+              "scrape_configs": [{"job_name": "aim-runtime", "static_configs": [
+                  {"targets": [server.url.removeprefix("http://")], "labels": LIVE_LABELS},
+                  {"targets": [f"127.0.0.1:{free_port()}"], "labels": gone}]}]}
+    with promtool.Prometheus(tmp_path, config, free_port()) as prometheus:
+        wait_until(lambda: _firing(prometheus) >= {("AimRuntimeTargetDown", "gone-0")}, 60)
+        wait_until(lambda: all(rule["health"] == "ok" and rule.get("lastEvaluation", "0001")
+                               [:4] != "0001" for rule in _rules(prometheus)), 30)
+        time.sleep(3)  # a few more scrapes and evaluations
+        assert {rule["name"] for rule in _rules(prometheus)} == \
+            {alert.name for alert in monitoring.ALERTS}
+        assert all(rule["health"] == "ok" for rule in _rules(prometheus)), _rules(prometheus)
+        assert _firing(prometheus, states=("pending", "firing")) == \
+            {("AimRuntimeTargetDown", "gone-0")}
+        empty = []
+        for panel in dashboard.panels():
+            for expr, _ in panel.queries:
+                for variable, value in GRAFANA_VARIABLES.items():
+                    expr = expr.replace(variable, value)
+                result = prometheus.api("query", query=expr)["result"]
+                if panel.always_answers and not result:
+                    empty.append((panel.title, expr))
+        assert not empty, "\n".join(f"{t}: {e}" for t, e in empty)
+
+
+def _rules(prometheus) -> list[dict]:
+    return [rule for group in prometheus.api("rules")["groups"] for rule in group["rules"]]
+
+
+def _firing(prometheus, states=("firing",)) -> set[tuple[str, str]]:
+    return {(alert["labels"]["alertname"], alert["labels"].get("pod", ""))
+            for alert in prometheus.api("alerts")["alerts"] if alert["state"] in states}
+
+
+# What Prometheus 2 sends (its default scrape protocols), and Prometheus 3 with UTF-8 names.
+PROMETHEUS_ACCEPT = {
+    "prometheus-2": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+                    "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    "prometheus-3": "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8,"
+                    "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.5,*/*;q=0.1",
+    "text": "text/plain;version=0.0.4"}
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize("scraper", list(PROMETHEUS_ACCEPT))
+def test_every_sample_is_named_as_its_family_in_every_format(server, scraper):
+    """prometheus_client wrote OpenMetrics samples of `vllm:x` as `vllm_x` (under a `# TYPE
+    vllm:x`): Prometheus 2 stored them so, and the `vllm:` queries found nothing."""
+    text = httpx.get(server.url + "/metrics", timeout=10,
+                     headers={"Accept": PROMETHEUS_ACCEPT[scraper]}).text
+    families = set(re.findall(r"^# TYPE (\S+)", text, flags=re.M))
+    samples = {line.split("{")[0].split(" ")[0] for line in text.splitlines()
+               if line and not line.startswith("#")}
+    orphans = {name for name in samples if not any(
+        name == family or name.startswith(family + "_") for family in families)}
+    assert not orphans, sorted(orphans)[:10]
+    assert "vllm:num_requests_running" in samples and "vllm:generation_tokens_total" in samples

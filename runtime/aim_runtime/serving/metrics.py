@@ -22,9 +22,19 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Info, multiprocess
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Info,
+    exposition,
+    multiprocess,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 
 from aim_runtime.planner.plan import Plan
@@ -336,6 +346,21 @@ def scrape_registry() -> CollectorRegistry:
     registry = series_registry()
     registry.register(ProcessLocal())
     return registry
+
+
+def encoder_for(accept: str | None) -> tuple[Callable[[CollectorRegistry], bytes], str]:
+    """The exposition format the scraper asks for, as prometheus_client chooses it, except that
+    OpenMetrics with `underscores` escaping (what Prometheus 2 asks for) keeps the colons of
+    sample names: prometheus_client (prometheus/client_python#1177) wrote `vllm_x` samples under
+    `# TYPE vllm:x`, so Prometheus stored `vllm_...` series and every `vllm:...` query (the
+    dashboard, the alerts, KEDA's) came back empty. Every name here is valid under the legacy
+    rules, which allow colons, so written unescaped it is what `underscores` escaping gives."""
+    encoder, content_type = exposition.choose_encoder(accept or "")
+    keywords = getattr(encoder, "keywords", {})
+    if keywords.get("escaping") == openmetrics.UNDERSCORES:
+        encoder = partial(openmetrics.generate_latest, escaping=openmetrics.ALLOWUTF8,
+                          version=keywords.get("version", "1.0.0"))
+    return encoder, content_type
 
 
 PROGRESS_SERIES = ("vllm:num_requests_running", "vllm:generation_tokens_total")

@@ -42,7 +42,6 @@ from kserve.errors import InferenceError, InvalidInput, ServerNotReady
 from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.rest.server import RESTServer
-from prometheus_client import exposition
 from starlette.middleware.errors import ServerErrorMiddleware
 from uvicorn.importer import import_from_string
 
@@ -239,7 +238,7 @@ class AimRESTServer(RESTServer):
         API server processes serve it (serving/metrics.py, multiprocess mode)."""
         if self.front_end is not None:
             self.front_end.publish_engine_phases()
-        encoder, content_type = exposition.choose_encoder(request.headers.get("accept"))
+        encoder, content_type = metrics.encoder_for(request.headers.get("accept"))
         return Response(content=encoder(metrics.scrape_registry()),
                         headers={"content-type": content_type})
 
