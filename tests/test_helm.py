@@ -537,26 +537,60 @@ def test_the_model_notes_say_what_was_installed_and_how_to_check_it():
     assert "helm test chat-v2" in notes and "1x MI300X" in notes
 
 
-@pytest.mark.serving
-def test_the_helm_test_hook_gets_a_completion_from_the_service(server):
-    """The hook's own command, run here against a real server in place of the cluster's."""
-    documents = helm.objects(helm.render(MODEL_CHART, values_of(MODEL_CHART / "ci" /
-                                                                "lora.yaml")))
+def hook_of(values: dict) -> dict:
+    documents = helm.objects(helm.render(MODEL_CHART, values))
     (pod,) = [d for d in documents if d["kind"] == "Pod"]
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
-    (container,) = pod["spec"]["containers"]
+    return pod
+
+
+@pytest.mark.serving
+def test_the_helm_test_hook_validates_the_service_and_its_recipe(server):
+    """The hook runs `aim-runtime validate` at the service, expecting the planned recipe; its
+    own command runs here against a real server, with this server's address, name and recipe."""
+    values = values_of(MODEL_CHART / "ci" / "lora.yaml")
+    (container,) = hook_of(values)["spec"]["containers"]
     assert container["image"] == "aim-runtime-rocm:0.1.0"
-    env = {e["name"]: e["value"] for e in container["env"]}
-    assert env == {"URL": "http://llama-3-1-8b-instruct-predictor.default.svc.cluster.local",
-                   "MODEL": "llama-3-1-8b-instruct"}
-    command = [sys.executable if word == "python3" else word for word in container["command"]]
-    answered = subprocess.run(command, capture_output=True, text=True, timeout=180,
-                              env={"URL": server.url, "MODEL": "tiny"})
-    assert answered.returncode == 0, answered.stderr
-    assert "usage" in answered.stdout and "'completion_tokens': 4" in answered.stdout
-    refused = subprocess.run(command, capture_output=True, text=True, timeout=180,
-                             env={"URL": server.url, "MODEL": "no-such-model"})
-    assert refused.returncode == 1 and "HTTP 404" in refused.stderr, refused.stderr
+    command = container["command"] + container["args"]
+    assert command == ["python3", "-m", "aim_runtime", "validate",
+                       "--url=http://llama-3-1-8b-instruct-predictor.default.svc.cluster.local",
+                       "--model=llama-3-1-8b-instruct",
+                       f"--expect-recipe={values['plan']['recipe']}"]
+    served = json.loads(run_cli("validate", "--url", server.url, "--json").stdout)
+    recipe = next(c["detail"] for c in served["checks"] if c["name"] == "recipe").split()[0]
+    here = {"--url": server.url, "--model": "tiny", "--expect-recipe": recipe}
+    local = [sys.executable] + [word.split("=")[0] + "=" + here[word.split("=")[0]]
+                                if word.split("=")[0] in here else word for word in command[1:]]
+    answered = subprocess.run(local, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert answered.returncode == 0, answered.stdout + answered.stderr
+    planned = subprocess.run([*local[:-1], command[-1]], capture_output=True, text=True,
+                             timeout=300, cwd=REPO)
+    assert planned.returncode == 1 and "FAIL  recipe" in planned.stdout  # another recipe here
+    canary = hook_of(values_of(MODEL_CHART / "ci" / "knative-canary.yaml"))
+    assert not [a for a in canary["spec"]["containers"][0]["args"] if "expect-recipe" in a]
+
+
+def test_api_keys_come_from_a_secret_for_the_server_and_the_hook():
+    values = {**values_of(MODEL_CHART / "ci" / "lora.yaml"),
+              "apiKeySecret": {"name": "aim-api-keys", "key": "keys"}}
+    expected = {"name": "AIM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "aim-api-keys",
+                                                                      "key": "keys"}}}
+    assert expected in chart_service(values)["spec"]["predictor"]["model"]["env"]
+    assert expected in hook_of(values)["spec"]["containers"][0]["env"]
+    keyless = values_of(MODEL_CHART / "ci" / "lora.yaml")
+    assert all(e["name"] != "AIM_API_KEY" for e in hook_of(keyless)["spec"]["containers"][0][
+        "env"])
+
+
+def test_the_network_policy_admits_the_hook_and_the_gateways_only():
+    values = {**values_of(MODEL_CHART / "ci" / "everything.yaml")}
+    documents = helm.objects(helm.render(MODEL_CHART, values, name="llama"))
+    (policy,) = [d for d in documents if d["kind"] == "NetworkPolicy"]
+    hook = hook_of(values)
+    admitted = [rule for rule in policy["spec"]["ingress"] for peer in rule["from"]
+                if "namespaceSelector" not in peer and
+                rules.selects(peer["podSelector"], hook["metadata"]["labels"])]
+    assert len(admitted) == 1 and {p["port"] for p in admitted[0]["ports"]} == {8080, 8012}
 
 
 def test_keda_autoscaling_is_the_shipped_manifests(catalog):

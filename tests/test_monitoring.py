@@ -319,3 +319,26 @@ def test_every_sample_is_named_as_its_family_in_every_format(server, scraper):
         name == family or name.startswith(family + "_") for family in families)}
     assert not orphans, sorted(orphans)[:10]
     assert "vllm:num_requests_running" in samples and "vllm:generation_tokens_total" in samples
+
+
+TARGET_LABELS = {"namespace", "pod", "runtime", dashboard.SERVICE_LABEL}  # the ServiceMonitor's
+
+
+@pytest.mark.serving
+def test_every_label_a_panel_groups_by_is_on_its_series(server):
+    """`count by (pod, recipe, gpu)` over series without `gpu` still answers (one blank
+    group): only the exposition says whether a label exists."""
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    labels: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" in line:
+            name = re.sub(r"_(bucket|count|sum|total|created|info)$", "", line.split("{")[0])
+            labels.setdefault(name, set()).update(re.findall(r'(\w+)="', line.split("}")[0]))
+    for panel in dashboard.panels():
+        for expr, _ in panel.queries:
+            grouped = {label.strip() for clause in re.findall(r"by \(([^)]*)\)", expr)
+                       for label in clause.split(",")} - TARGET_LABELS - {"le"}
+            selected = re.findall(r"([a-z_:]+)\{", expr)  # other exporters' series have none
+            series = re.sub(r"_(bucket|count|sum|total|info)$", "", selected[0] if selected else "")
+            if series in labels:
+                assert grouped <= labels[series], (panel.title, grouped - labels[series])

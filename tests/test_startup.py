@@ -154,14 +154,21 @@ def listener_of(tiny_model: Path, access_log_format: str | None = None) -> tuple
 def test_the_middleware_stack_is_ours_without_kserve_timing(tiny_model):
     """KServe's TimingMiddleware (route re-matching, CPU timing, trace logs per request) is left
     out of the serving path; the gate is in, and vLLM's routes skip KServe's stack."""
-    from aim_runtime.serving.asgi import OpenAIApplication, VllmFastPath, WholeBodyIsJson
+    from aim_runtime.serving.asgi import (
+        CountedRequests,
+        OpenAIApplication,
+        VllmFastPath,
+        WholeBodyIsJson,
+    )
     from aim_runtime.serving.gate import RequestGate
     from aim_runtime.serving.header_limits import HeaderLimits
 
     rest, app, served = listener_of(tiny_model)
     assert [entry.cls.__name__ for entry in app.user_middleware] == [
         RequestGate.__name__, WholeBodyIsJson.__name__]
-    assert isinstance(served, HeaderLimits)  # first: vLLM's header limits, on any parser
+    assert isinstance(served, CountedRequests)  # first: every request counted, refusals too
+    served = served.app
+    assert isinstance(served, HeaderLimits)  # then vLLM's header limits, on any parser
     served = served.app
     assert isinstance(served, VllmFastPath) and served.kserve_app is app
     assert isinstance(served.openai, RequestGate)
@@ -173,15 +180,16 @@ def test_with_an_access_log_the_recipe_header_is_where_the_log_reads_it(tiny_mod
     from asgi_logger import AccessLoggerMiddleware
     from starlette.middleware.errors import ServerErrorMiddleware
 
-    from aim_runtime.serving.asgi import RecipeHeaderMiddleware, VllmFastPath
+    from aim_runtime.serving.asgi import CountedRequests, RecipeHeaderMiddleware, VllmFastPath
     from aim_runtime.serving.header_limits import HeaderLimits
 
     rest, _, served = listener_of(tiny_model, "%(s)s recipe=%({x-aim-recipe}o)s")
     assert isinstance(served, ServerErrorMiddleware)
     assert isinstance(served.app, AccessLoggerMiddleware)
     assert isinstance(served.app.app, RecipeHeaderMiddleware)
-    assert isinstance(served.app.app.app, HeaderLimits)
-    assert isinstance(served.app.app.app.app, VllmFastPath)
+    assert isinstance(served.app.app.app, CountedRequests)
+    assert isinstance(served.app.app.app.app, HeaderLimits)
+    assert isinstance(served.app.app.app.app.app, VllmFastPath)
     assert rest.config.headers == []  # not twice
 
 

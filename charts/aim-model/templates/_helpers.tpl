@@ -161,3 +161,14 @@ serviceAccountName: {{ . }}
 {{- end }}
 {{- end -}}
 {{- end -}}
+
+{{/* AIM_API_KEY from apiKeySecret (the server's keys, and the key the helm test sends). */}}
+{{- define "aim-model.apiKeyEnv" -}}
+{{- with .Values.apiKeySecret.name }}
+- name: AIM_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.apiKeySecret.key }}
+{{- end }}
+{{- end -}}

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from aim_runtime import __version__, pipeline
+from aim_runtime.cli import validate
 from aim_runtime.errors import AimError, RecipeError
 from aim_runtime.planner.catalog import Catalog, load_recipe_file
 from aim_runtime.planner.explain import describe_inventory, explain_plan, summarize_plan
@@ -57,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     list_cmd.set_defaults(handler=run_recipes_list)
     show_cmd.set_defaults(handler=run_recipes_show)
     validate_cmd.set_defaults(handler=run_recipes_validate)
+
+    validate.add_parser(commands)
 
     render_cmd = commands.add_parser(
         "render", help="print an InferenceService (or LLMInferenceService) for a model on a GPU "

@@ -95,8 +95,8 @@ ROWS = (
                                      "prompt")), "short"),
     )),
     Row("The plan", (
-        Panel("Recipe per pod", ((f"count by (pod, recipe, gpu, precision) (aim_plan_info"
-                                  f"{sel()})", "{{pod}} {{recipe}}"),), kind="table",
+        Panel("Recipe per pod", ((f"count by (pod, recipe, product, devices, dtype) "
+                                  f"(aim_plan_info{sel()})", "{{pod}} {{recipe}}"),), kind="table",
               description="Pods on different recipes after a rollout: AimRuntimeMixedRecipes."),
         Panel("KV cache capacity: plan and engine",
               ((f"max by (source) (aim_kv_cache_capacity_tokens{sel()})", "{{source}}"),),

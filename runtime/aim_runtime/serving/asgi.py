@@ -8,12 +8,13 @@ import logging
 import re
 from typing import Any
 
+from aim_runtime import openai_requests
 from aim_runtime.serving import metrics
 from aim_runtime.serving.model import AimModel
 from aim_runtime.serving.paths import protocol_of, route_path, vllm_mount_point
 from aim_runtime.serving.protocol_errors import not_ready_yet
 
-RECIPE_HEADER = "x-aim-recipe"
+RECIPE_HEADER = openai_requests.RECIPE_HEADER
 
 
 def access_logged(app: Any, log_format: str) -> Any:

@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from aim_runtime import openai_requests as bodies
+
 log = logging.getLogger(__name__)
 
 CONNECT_ATTEMPTS = 50
@@ -55,30 +57,18 @@ class WarmupPlan:
 
 
 def requests_for(plan: WarmupPlan) -> list[tuple[str, dict[str, Any]]]:
-    """(path under /openai/v1, body) of every warm-up request, in order."""
-    short = {"model": plan.model, "max_tokens": 2, "temperature": 0}
-    requests: list[tuple[str, dict[str, Any]]] = [
-        ("/completions", {**short, "prompt": "Hello"}),
-        ("/completions", {**short, "prompt": "Hello", "stream": True,
-                          "stream_options": {"include_usage": True}}),
-        ("/chat/completions", {**short, "messages": [{"role": "user", "content": "Hello"}]}),
-    ]
+    """(path under /openai/v1, body) of every warm-up request, in order: the bodies `aim-runtime
+    validate` sends too (openai_requests.py)."""
+    requests = [bodies.completion(plan.model), bodies.streamed_completion(plan.model),
+                bodies.chat(plan.model)]
     if plan.extent != "full":
         return requests
     prefill = max(1, min(plan.max_num_batched_tokens, plan.max_model_len) - 8)
-    requests.append(("/completions", {**short, "prompt": [0] * prefill, "max_tokens": 1}))
+    requests.append(bodies.completion(plan.model, 1, prompt=[0] * prefill))
     if plan.structured_outputs:
-        requests.append(("/chat/completions", {
-            **short, "messages": [{"role": "user", "content": "Answer yes or no."}],
-            "max_tokens": 4, "structured_outputs": {"choice": ["yes", "no"]}}))
+        requests.append(bodies.choice(plan.model))
     if plan.tools:
-        requests.append(("/chat/completions", {
-            **short, "max_tokens": 64, "messages": [{"role": "user", "content": "Weather?"}],
-            "tools": [{"type": "function", "function": {
-                "name": "warm_up", "strict": True, "parameters": {
-                    "type": "object", "properties": {"ok": {"type": "boolean"}},
-                    "required": ["ok"]}}}],
-            "tool_choice": {"type": "function", "function": {"name": "warm_up"}}}))
+        requests.append(bodies.named_tool_call(plan.model))
     return requests
 
 
