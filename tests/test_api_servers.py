@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from types import SimpleNamespace
 
 import httpx
@@ -363,7 +364,13 @@ def test_a_dead_process_fails_liveness_and_the_pod(work_dir, tiny_model, victim)
         (killed,) = [p for p in family if victim in " ".join(p.cmdline())]
         outcomes, streaming = stream_in_background(
             process.url, streams=4 if victim == "EngineCore" else 0)
-        assert victim != "EngineCore" or streaming.wait(timeout=60)
+        validating = None
+        if victim == "EngineCore":
+            assert streaming.wait(timeout=60)
+            killed.suspend()  # SIGSTOP: the streams stay in flight, whatever the machine's pace
+            # `aim-runtime validate` gets as far as the first check that needs the engine
+            validating = validate_until(process.url, "recipe")
+            time.sleep(0.5)
         with httpx.Client() as client:
             killed.kill()
             try:
@@ -374,6 +381,11 @@ def test_a_dead_process_fails_liveness_and_the_pod(work_dir, tiny_model, victim)
         assert process.process.wait(timeout=drain + 10 + 30) == 1  # with start-up slack
         assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family)
         assert all(outcome.get("done") for outcome in outcomes), "an in-flight request hung"
+        if validating is not None:  # `aim-runtime validate`, under way when the engine died
+            validated, _ = validating.communicate(timeout=180)
+            assert validating.returncode == 1, validated
+            assert validated.splitlines()[0].split()[:2] == ["FAIL", "completion"], validated
+            assert validated.splitlines()[-1].startswith("FAILED:")
         if victim == "EngineCore":
             complete = STREAM["max_tokens"] + 1  # every token's event, then [DONE]
             assert any("error" in o or len(o["lines"]) < complete for o in outcomes)
@@ -381,6 +393,17 @@ def test_a_dead_process_fails_liveness_and_the_pod(work_dir, tiny_model, victim)
             assert "EngineCore died" in process.log_path.read_text()
     finally:
         process.stop()
+
+
+def validate_until(url: str, check: str) -> subprocess.Popen:
+    """`aim-runtime validate` under way: `check` passed, the next has begun."""
+    running = subprocess.Popen([sys.executable, "-m", "aim_runtime", "validate", "--url", url,
+                                "--timeout", "60"], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert running.stdout is not None
+    for line in running.stdout:
+        if line.split()[:2] == ["PASS", check]:
+            return running
+    raise AssertionError(f"validate ended before its {check} check ({running.wait()})")
 
 
 def stream_in_background(url: str, streams: int) -> tuple[list[dict], threading.Event]:

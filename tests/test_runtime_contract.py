@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from servers import REPO, ServerProcess, free_port, server_environment
+from testkit import run_cli
 
 pytestmark = pytest.mark.serving
 
@@ -68,6 +69,9 @@ def pod(tmp_path_factory, tiny_model):
         history.append((probe(url, "startupProbe"), probe(url, "livenessProbe")))
         if history[-1][0] == 200:
             break
+        if history[-1] == (503, 200) and not hasattr(process, "early_validation"):
+            process.early_validation = run_cli(  # type: ignore[attr-defined]
+                "validate", "--url", url, "--timeout", "10")
         time.sleep(1)
     yield process, history
     process.stop()
@@ -78,6 +82,17 @@ def test_startup_probe_succeeds_and_liveness_holds_while_loading(pod):
     assert history[-1][0] == 200
     assert all(live in (200, None) for _, live in history), history
     assert any(start == 503 for start, _ in history), "the engine was never seen loading"
+
+
+def test_validate_while_loading_fails_naming_readiness(pod):
+    """`aim-runtime validate` run while the startup probe still answers 503."""
+    process, _ = pod
+    early = process.early_validation
+    lines = early.stdout.splitlines()
+    assert early.returncode == 1, early.stdout + early.stderr
+    assert lines[0].split()[:2] == ["PASS", "reach"], lines
+    assert lines[1].split()[:2] == ["FAIL", "ready"] and "not ready (503)" in lines[1], lines
+    assert all(line.split()[0] == "SKIP" for line in lines[2:-1]), lines
 
 
 def test_readiness_and_liveness_answer_on_the_declared_paths(pod):

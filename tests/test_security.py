@@ -347,14 +347,17 @@ def test_queue_defaults_to_the_engine_capacity_and_no_engine_means_no_limit():
     assert asyncio.run(asyncio.wait_for(admitted(None, 6), 10)) == [200] * 6
 
 
-def test_network_policy_admits_only_gateways_and_prometheus():
+def test_network_policy_admits_only_gateways_prometheus_and_validate():
     policy = yaml.safe_load((REPO / "manifests" / "networkpolicy.yaml").read_text())
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     sources = [peer for rule in policy["spec"]["ingress"] for peer in rule["from"]]
     namespaces = {p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
-                  for p in sources}
+                  for p in sources if "namespaceSelector" in p}
     assert namespaces == {"istio-system", "envoy-gateway-system", "knative-serving",
                           "monitoring"}
+    # and, from this namespace, `aim-runtime validate`'s pods only (manifests/validate-job.yaml)
+    assert [p for p in sources if "namespaceSelector" not in p] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "aim-validate"}}}]
     runtime = yaml.safe_load((REPO / "serving_runtimes" / "aim-runtime.yaml").read_text())
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= \
         runtime["spec"]["labels"].items()

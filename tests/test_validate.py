@@ -1,21 +1,16 @@
 """`aim-runtime validate` as an operator runs it, against real servers: it passes on healthy ones
 (plain; API keys, gRPC and adapters) and fails, naming the check, with a wrong key, a wrong
-expected recipe, a server not ready yet, and an engine that dies (and a pod that stops) while it
-runs."""
+expected recipe or no server. Against a server still loading: tests/test_runtime_contract.py;
+an engine that dies (and a pod that stops) while it runs: tests/test_api_servers.py."""
 
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import sys
 
-import psutil
 import pytest
 
-from servers import REPO, aim_server, server_environment
-from test_api_servers import live_status
-from test_reliability import wait_until
+from servers import REPO
 from testkit import API_KEY, run_cli
 
 
@@ -90,43 +85,6 @@ def test_keys_and_adapters_are_checked_where_the_server_has_them(guarded):
     from_environment = run_cli("validate", "--url", guarded.url,
                                env={"AIM_API_KEY": f"{API_KEY},other"})
     assert from_environment.returncode == 0, from_environment.stdout
-
-
-@pytest.mark.slow
-def test_it_fails_before_ready_and_when_the_engine_dies_while_it_runs(work_dir, tiny_model):
-    """Not ready yet: `ready` fails. Then, while a run is under way, the engine is killed: the
-    check in flight or the next fails, the pod stops, the rest are skipped; nothing hangs."""
-    process = aim_server(work_dir, tiny_model, env={"AIM_DRAIN_SECONDS": "1"}).start()
-    try:
-        wait_until(lambda: live_status(process.url) == 200, timeout=300, interval=0.1)
-        early = validate(process.url, "--timeout", "10")
-        if outcomes(early).get("ready") != "PASS":  # a fast machine may be ready already
-            assert early.returncode == 1 and outcomes(early)["ready"] == "FAIL", early.stdout
-            assert "not ready (503)" in early.stdout
-        process.wait_ready()
-        running = subprocess.Popen(
-            [sys.executable, "-m", "aim_runtime", "validate", "--url", process.url,
-             "--load", "32", "--timeout", "30"], stdout=subprocess.PIPE, text=True, cwd=REPO,
-            env=server_environment(work_dir))
-        assert running.stdout is not None
-        lines = []
-        for line in running.stdout:
-            lines.append(line)
-            if line.split()[:2] == ["PASS", "completion"]:
-                break
-        (engine,) = [p for p in psutil.Process(process.process.pid).children(recursive=True)
-                     if "EngineCore" in " ".join(p.cmdline())]
-        engine.send_signal(signal.SIGKILL)
-        rest, _ = running.communicate(timeout=180)
-        result = subprocess.CompletedProcess(running.args, running.returncode,
-                                             "".join(lines) + rest, "")
-        assert result.returncode == 1, result.stdout
-        checks = outcomes(result)
-        failed = [name for name, outcome in checks.items() if outcome == "FAIL"]
-        assert failed and list(checks)[-1] == "load", result.stdout
-        assert process.process.wait(timeout=60) == 1  # the pod ends with the engine
-    finally:
-        process.stop()
 
 
 def test_the_job_runs_validate_as_the_cli_parses_it_and_the_network_policy_admits_it():
