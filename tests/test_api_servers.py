@@ -222,6 +222,21 @@ def test_both_api_servers_and_both_engine_ranks_serve_and_metrics_aggregate_them
 
 
 @serving
+def test_every_series_the_rules_and_panels_read_is_exported_by_the_pod(pod):
+    """The pod's exposition merges its processes' (multiprocess mode): the names the alerts and
+    the dashboard read are there as in one process, with each engine rank's own samples."""
+    from test_monitoring import missing_series
+
+    # Per adapter, so not created before the first adapter request: one process still writes
+    # its TYPE line, the multiprocess exposition only families with a sample.
+    assert missing_series(pod.url) in ([], ["aim_lora_requests_total"])
+    text = httpx.get(pod.url + "/metrics", timeout=10).text
+    for name in ("vllm:num_requests_running", "vllm:kv_cache_usage_perc"):
+        engines = set(re.findall(rf'^{name}{{[^}}]*engine="(\d+)"', text, flags=re.M))
+        assert engines == {"0", "1"}, (name, engines)
+
+
+@serving
 def test_every_response_names_the_recipe_once(pod):
     """Without an access log the header is uvicorn's default one: on KServe's routes, on vLLM's
     (streamed too) and on the gate's refusals alike."""

@@ -489,11 +489,13 @@ def test_every_model_ci_values_file_renders_objects_kubernetes_and_kserve_admit(
     ({"plan": {"product": "MI100"}}, "/plan/product"),
     ({"plan": {"deviceIds": ["0x74a1"]}}, "/plan/deviceIds/0"),
     ({"plan": {"env": [{"name": "HF_TOKEN", "value": "x"}]}}, "/plan/env/0/name"),
+    ({"plan": {"env": [{"name": "AIM_PRECISION", "value": "fp4"}]}}, "/plan/env/0/value"),
+    ({"plan": {"env": [{"name": "AIM_OBJECTIVE", "value": "cheap"}]}}, "/plan/env/0/value"),
     ({"plan": {"resources": {"requests": {"cpu": 4}}}}, "/plan/resources/requests/cpu"),
     ({"lora": {"maxLoras": -1}}, "/lora/maxLoras"),
     ({"image": {"tag": "latest"}}, "/image/tag"),
 ], ids=["misspelt-key", "mode", "name", "storage-uri", "traffic", "product", "device-id",
-        "env-not-a-pin", "cpu-not-a-quantity", "max-loras", "latest"])
+        "env-not-a-pin", "precision", "objective", "cpu-not-a-quantity", "max-loras", "latest"])
 def test_the_model_schema_refuses_bad_values_naming_the_field(values, named):
     error = helm.schema_error(MODEL_CHART, values)
     assert error is not None and named in error, error
@@ -523,11 +525,17 @@ def test_the_model_chart_fails_on_what_kserve_would_refuse(stem, change, said):
         helm.render(MODEL_CHART, {**values, **change})
 
 
-def test_the_model_schema_knows_every_product():
+def test_the_model_schema_knows_every_product_precision_and_objective():
     from aim_runtime.hardware.products import PRODUCTS
+    from aim_runtime.settings import KV_CACHE_DTYPES, OBJECTIVES, PRECISIONS
 
     schema = json.loads((MODEL_CHART / "values.schema.json").read_text())
-    assert schema["properties"]["plan"]["properties"]["product"]["enum"] == ["", *PRODUCTS]
+    plan = schema["properties"]["plan"]["properties"]
+    assert plan["product"]["enum"] == ["", *PRODUCTS]
+    pinned = {rule["if"]["properties"]["name"]["const"]: rule["then"]["properties"]["value"][
+        "enum"] for rule in plan["env"]["items"]["allOf"]}
+    assert pinned == {"AIM_PRECISION": list(PRECISIONS), "AIM_OBJECTIVE": list(OBJECTIVES),
+                      "AIM_KV_CACHE_DTYPE": list(KV_CACHE_DTYPES)}
 
 
 def test_the_model_notes_say_what_was_installed_and_how_to_check_it():
