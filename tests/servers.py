@@ -3,7 +3,9 @@ server, started as users start them and watched from outside through HTTP only."
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,10 +21,31 @@ STARTUP_TIMEOUT_SECONDS = 600
 READY_POLL_SECONDS = 0.2
 
 
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 10000
+_turn = itertools.count(random.randrange(1 << 16))
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port free now that stays free until a server binds it: below the kernel's ephemeral
+    range, so that no outgoing connection (a client's, a scrape's, the engine's) is given it in
+    the meantime, and from a slice of its own per xdist worker, handed out in turn. (A port the
+    kernel picked, closed and handed over was sometimes taken again before the server, seconds
+    later, bound it: `address already in use`.)"""
+    ephemeral = int(EPHEMERAL_PORTS.read_text().split()[0]) if EPHEMERAL_PORTS.exists() \
+        else 32768
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    span = (ephemeral - LOWEST_PORT) // workers
+    for _ in range(span):
+        port = LOWEST_PORT + worker * span + next(_turn) % span
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port among {span} from {LOWEST_PORT + worker * span}")
 
 
 def server_environment(work_dir: Path, extra: dict | None = None) -> dict[str, str]:
