@@ -22,7 +22,7 @@ READY_POLL_SECONDS = 0.2
 
 
 EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
-LOWEST_PORT = 10000
+LOWEST_PORT = 20000  # above Ray's default worker ports (10002-19999), which a head refuses
 _turn = itertools.count(random.randrange(1 << 16))
 
 
