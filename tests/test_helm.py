@@ -339,7 +339,13 @@ def test_every_documented_model_install_renders_from_the_documented_values():
             given[key] = {**given.get(key, {}), **value} if isinstance(value, dict) else value
         given = {k: v for k, v in given.items() if v is not None}  # --set key=null drops it
         assert helm.lint(MODEL_CHART, given) == [], where
-        assert helm.objects(helm.render(MODEL_CHART, given)), where
+        documents = helm.objects(helm.render(MODEL_CHART, given))
+        for document in documents:  # the checks the kustomize manifests pass
+            if kube_schema.is_custom(document):
+                assert kube_schema.validate(document) == [], where
+                assert rules.multinode_service_problems(document) == [], where
+            else:
+                kubernetes_validate.validate(document, k8s_schemas.latest_version(), strict=True)
 
 
 # --- the aim-model chart: `render`'s objects from `render --output helm-values` --------------
