@@ -19,7 +19,7 @@ from xml.sax.saxutils import escape
 
 UID = "aim-runtime"
 TITLE = "AIM Runtime"
-SERVICE_LABEL = "serving_kserve_io_inferenceservice"
+SERVICE_LABEL = "serving_kserve_io_inferenceservice"  # the ServiceMonitor's target label
 RATE = "$__rate_interval"
 COLUMNS, PANEL_WIDTH, PANEL_HEIGHT = 2, 12, 8  # Grafana's grid is 24 units wide
 FIVE_XX = 'status_class="5xx"'

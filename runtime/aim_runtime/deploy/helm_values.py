@@ -18,9 +18,11 @@ from typing import Any
 
 from aim_runtime.deploy.render import (
     RenderRequest,
-    default_name,
+    lora_claim,
     planner_pins,
+    pod_devices,
     pod_resources,
+    service_name,
     shm_size_gib,
     storage_uri_for,
 )
@@ -33,13 +35,13 @@ def helm_values(request: RenderRequest, plan: Plan, kind: str = "InferenceServic
                 prefill_replicas: int = 0) -> dict[str, Any]:
     """The aim-model chart's values for `request` served by `plan`, as a `kind`."""
     check_release_owns(request)
-    devices = plan.devices_per_node if request.multi_node else plan.devices_used
-    name = request.canary_of or request.name or default_name(request)
+    devices = pod_devices(plan, request)
+    name = service_name(request)
     values: dict[str, Any] = {
         "kind": kind,
         "name": name,
         "mode": request.mode,
-        "storageUri": request.storage_uri or storage_uri_for(request),
+        "storageUri": storage_uri_for(request),
         "supplementalGroups": list(request.supplemental_groups),
         "plan": {
             "recipe": plan.recipe_id,
@@ -64,7 +66,7 @@ def helm_values(request: RenderRequest, plan: Plan, kind: str = "InferenceServic
     if request.compile_cache_pvc:
         values["compileCache"] = {"claimName": request.compile_cache_pvc}
     if request.lora_pvc:
-        claim, _, sub_path = request.lora_pvc.partition("/")
+        claim, sub_path = lora_claim(request)
         values["lora"] = {"claimName": claim, "subPath": sub_path,
                           "maxLoras": request.max_loras or 0,
                           "maxLoraRank": request.max_lora_rank or 0}

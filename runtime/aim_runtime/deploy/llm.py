@@ -17,12 +17,13 @@ from typing import Any
 
 from aim_runtime.deploy.render import (
     RenderRequest,
-    default_name,
     gpu_affinity,
     plan_for_gpu,
     plan_for_nodes,
     planner_pins,
+    pod_devices,
     pod_resources,
+    service_name,
     shm_size_gib,
     storage_uri_for,
     validate_hardware,
@@ -55,8 +56,8 @@ def render_llm(request: RenderRequest, catalog: Catalog,
         raise AimError(f"--prefill-replicas {prefill_replicas}: expected a number of pods")
     plan = plan_for_nodes(request, catalog) if request.multi_node else \
         plan_for_gpu(request, catalog)
-    devices = plan.devices_per_node if request.multi_node else plan.devices_used
-    name = request.name or default_name(request)
+    devices = pod_devices(plan, request)
+    name = service_name(request)
     metadata: dict[str, Any] = {
         "name": name,
         "annotations": {"aim.amd.com/recipe": plan.recipe_id},
@@ -66,7 +67,7 @@ def render_llm(request: RenderRequest, catalog: Catalog,
         metadata["namespace"] = request.namespace
     parallelism: dict[str, int] = {"tensor": plan.tensor_parallel_size}
     spec: dict[str, Any] = {
-        "model": {"uri": request.storage_uri or storage_uri_for(request),
+        "model": {"uri": storage_uri_for(request),
                   "name": request.model_id or name},
         "replicas": 1,
         "parallelism": parallelism,

@@ -31,7 +31,7 @@ GROUP = "aim-runtime"
 # What the ServiceMonitor (manifests/servicemonitor.yaml) adds to every target it scrapes.
 TARGET = 'runtime="aim-runtime"'
 POD = 'namespace="ml", pod="llama-0", runtime="aim-runtime"'
-SERVICE = "serving_kserve_io_inferenceservice"
+SERVICE = dashboard.SERVICE_LABEL  # the InferenceService, as the ServiceMonitor labels it
 # Series the rules read that other exporters publish (kube-state-metrics, Prometheus itself).
 OUTSIDE_SERIES = {"up", "kube_pod_container_status_restarts_total",
                   "kube_horizontalpodautoscaler_status_current_replicas",

@@ -89,7 +89,7 @@ def render(request: RenderRequest, catalog: Catalog) -> tuple[dict[str, Any], Pl
     else:
         plan = plan_for_gpu(request, catalog)
     predictor = predictor_spec(plan, request)
-    name = request.canary_of or request.name or default_name(request)
+    name = service_name(request)
     annotations = {"serving.kserve.io/deploymentMode": request.mode.capitalize(),
                    "aim.amd.com/recipe": plan.recipe_id}
     if request.multi_node:
@@ -155,11 +155,11 @@ def _plan_request(request: RenderRequest, simulate: str) -> pipeline.PlanRequest
 
 def predictor_spec(plan: Plan, request: RenderRequest) -> dict[str, Any]:
     """The predictor: model, pins, resources, node selector, /dev/shm (and the worker pods)."""
-    devices = plan.devices_per_node if request.multi_node else plan.devices_used
+    devices = pod_devices(plan, request)
     model: dict[str, Any] = {
         "modelFormat": {"name": MODEL_FORMAT},
         "runtime": MULTINODE_RUNTIME_NAME if request.multi_node else RUNTIME_NAME,
-        "storageUri": request.storage_uri or storage_uri_for(request),
+        "storageUri": storage_uri_for(request),
         "env": [{"name": k, "value": v} for k, v in planner_pins(plan, request).items()],
         "resources": pod_resources(devices),
     }
@@ -197,7 +197,7 @@ def _add_adapters(predictor: dict[str, Any], model: dict[str, Any],
                   request: RenderRequest) -> None:
     """The adapters' volume at LORA_MOUNT (AIM_LORA_DIR: loaded at start, watched) and the
     LoRA limits as `vllm serve` flags."""
-    claim, _, sub_path = (request.lora_pvc or "").partition("/")
+    claim, sub_path = lora_claim(request)
     predictor["volumes"].append({"name": "lora-adapters", "persistentVolumeClaim": {
         "claimName": claim, "readOnly": True}})
     mount = {"name": "lora-adapters", "mountPath": LORA_MOUNT, "readOnly": True}
@@ -274,6 +274,22 @@ def host_memory_gib(devices: int, shm_gib: int) -> int:
     return 8 + 6 * devices + shm_gib
 
 
+def pod_devices(plan: Plan, request: RenderRequest) -> int:
+    """GPUs of one pod: a node's share on several nodes, else the plan's."""
+    return plan.devices_per_node if request.multi_node else plan.devices_used
+
+
+def service_name(request: RenderRequest) -> str:
+    """The service's name: the canary's stable service, the one given, or the model's."""
+    return request.canary_of or request.name or default_name(request)
+
+
+def lora_claim(request: RenderRequest) -> tuple[str, str]:
+    """(claim, path in it) of `--lora-pvc CLAIM[/PATH]`."""
+    claim, _, sub_path = (request.lora_pvc or "").partition("/")
+    return claim, sub_path
+
+
 def default_name(request: RenderRequest) -> str:
     source = request.model_id or request.model.resolve().name
     if source == "config.json":
@@ -287,6 +303,9 @@ def to_yaml(document: dict[str, Any]) -> str:
 
 
 def storage_uri_for(request: RenderRequest) -> str:
+    """`--storage-uri`, else hf://<model id>."""
+    if request.storage_uri:
+        return request.storage_uri
     if request.model_id:
         return f"hf://{request.model_id}"
     raise AimError("no storage URI: give --storage-uri (pvc://, s3://, oci://, hf://) or "
