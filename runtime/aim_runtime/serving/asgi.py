@@ -94,15 +94,14 @@ class CountedRequests:
             nonlocal answered
             if message["type"] == "http.response.start":
                 answered = True
-                metrics.REQUESTS.labels(protocol=protocol, status_class=metrics.status_class(
-                    message["status"])).inc()
+                metrics.count_request(protocol, metrics.status_class(message["status"]))
             await send(message)
 
         try:
             await self.app(scope, receive, counted_send)
         except Exception:
             if not answered:
-                metrics.REQUESTS.labels(protocol=protocol, status_class="5xx").inc()
+                metrics.count_request(protocol, "5xx")
             raise
 
 

@@ -63,7 +63,7 @@ def _grpc_refusal(code: grpc.StatusCode, message: str) -> Any:
 
 
 def _count(code: grpc.StatusCode | None) -> None:
-    metrics.REQUESTS.labels(protocol="grpc", status_class=grpc_status_class(code)).inc()
+    metrics.count_request("grpc", grpc_status_class(code))
 
 
 class AimExceptionToStatus(ExceptionToStatusInterceptor):

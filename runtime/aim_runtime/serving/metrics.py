@@ -95,14 +95,21 @@ API_SERVER_REQUESTS = Counter(
 REQUESTS = Counter("aim_requests", "Requests answered, by protocol and status class",
                    ["protocol", "status_class"])
 STATUS_CLASSES = ("2xx", "4xx", "5xx")
-for _protocol in (*PROTOCOLS, "grpc"):
-    for _status_class in STATUS_CLASSES:
-        REQUESTS.labels(protocol=_protocol, status_class=_status_class)
+# Every child made once, here (so each is exported at 0 from the start); a request looks its
+# counter up instead of building the label key again under the metric's lock.
+_REQUEST_COUNTERS = {(protocol, status): REQUESTS.labels(protocol=protocol, status_class=status)
+                     for protocol in (*PROTOCOLS, "grpc") for status in STATUS_CLASSES}
+
+
+def count_request(protocol: str, status_class: str) -> None:
+    _REQUEST_COUNTERS[(protocol, status_class)].inc()
 
 
 def status_class(status: int) -> str:
-    """The class a status counts in: 1xx and 3xx with 2xx (answered), 4xx, else 5xx."""
+    """The class an HTTP status counts in: 1xx and 3xx with 2xx (answered), 4xx, else 5xx."""
     return "4xx" if 400 <= status < 500 else "5xx" if status >= 500 else "2xx"
+
+
 LORA_REQUESTS = Counter("aim_lora_requests", "Inference requests per LoRA adapter", ["adapter"])
 ROOFLINE_DECODE = Gauge(
     "aim_roofline_decode_tokens_per_second",
