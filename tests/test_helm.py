@@ -523,6 +523,7 @@ def test_the_model_schema_refuses_bad_values_naming_the_field(values, named):
     ("llm", {"lora": {"claimName": "adapters"}}, "lora.claimName (use spec.model.lora)"),
     ("llm", {"serviceMonitor": {"enabled": True}}, "serviceMonitor.enabled: not available"),
     ("lora", {"prefillReplicas": 2}, "prefillReplicas: kind LLMInferenceService only"),
+    ("llm", {"apiKeySecret": {"name": "keys", "key": "keys"}}, "apiKeySecret.name (set"),
     ("multinode-compile-cache", {"autoscaling": {"keda": {"enabled": True}}},
      "KEDA autoscaling is for"),
 ])
@@ -723,3 +724,23 @@ def test_a_grid_of_renders_passes_kserves_checks_and_render_agrees(product, cata
                 case
         served += 1
     assert served >= 12, f"only {served} cases of {product} rendered"
+
+
+def test_a_multi_node_service_s_pods_reach_each_other_under_its_network_policy():
+    values = {**values_of(MODEL_CHART / "ci" / "multinode-compile-cache.yaml"),
+              "networkPolicy": {"enabled": True}}
+    (policy,) = [d for d in helm.objects(helm.render(MODEL_CHART, values))
+                 if d["kind"] == "NetworkPolicy"]
+    own = {"serving.kserve.io/inferenceservice": values["name"]}
+    assert {"from": [{"podSelector": {"matchLabels": own}}]} in policy["spec"]["ingress"]
+    single = {**values_of(MODEL_CHART / "ci" / "lora.yaml"), "networkPolicy": {"enabled": True}}
+    (policy,) = [d for d in helm.objects(helm.render(MODEL_CHART, single))
+                 if d["kind"] == "NetworkPolicy"]
+    assert all("ports" in rule for rule in policy["spec"]["ingress"])
+
+
+def test_the_notes_of_an_llm_inference_service_name_its_kind_and_no_helm_test():
+    notes = helm.render(MODEL_CHART, values_of(MODEL_CHART / "ci" / "llm.yaml"))[
+        "aim-model/templates/NOTES.txt"]
+    assert "LLMInferenceService llama-3-1-8b-instruct" in notes
+    assert "kubectl get llminferenceservice" in notes and "helm test" not in notes

@@ -39,7 +39,7 @@
 {{- end -}}
 {{- end -}}
 {{- if eq .Values.kind "LLMInferenceService" -}}
-{{- $refused := dict "mode: knative" (ne .Values.mode "standard") "canaryTrafficPercent (split traffic with the route instead)" (ne .Values.canaryTrafficPercent nil) "compileCache.claimName" (ne .Values.compileCache.claimName "") "lora.claimName (use spec.model.lora)" (ne .Values.lora.claimName "") "autoscaling.keda.enabled" .Values.autoscaling.keda.enabled "networkPolicy.enabled (llm-d's scheduler in this namespace reads the pods too)" .Values.networkPolicy.enabled "serviceMonitor.enabled" .Values.serviceMonitor.enabled -}}
+{{- $refused := dict "mode: knative" (ne .Values.mode "standard") "canaryTrafficPercent (split traffic with the route instead)" (ne .Values.canaryTrafficPercent nil) "compileCache.claimName" (ne .Values.compileCache.claimName "") "lora.claimName (use spec.model.lora)" (ne .Values.lora.claimName "") "autoscaling.keda.enabled" .Values.autoscaling.keda.enabled "networkPolicy.enabled (llm-d's scheduler in this namespace reads the pods too)" .Values.networkPolicy.enabled "serviceMonitor.enabled" .Values.serviceMonitor.enabled "apiKeySecret.name (set AIM_API_KEY in the preset or spec.template)" (ne .Values.apiKeySecret.name "") -}}
 {{- range $option, $given := $refused -}}
 {{- if $given -}}
 {{- fail (printf "%s: not available with kind LLMInferenceService" $option) -}}

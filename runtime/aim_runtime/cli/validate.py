@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict
 
 from aim_runtime import settings
+from aim_runtime.errors import AimError
 from aim_runtime.validate import Outcome, Target, run
 from aim_runtime.validate.checks import FAIL, PASS, SKIP, WARN
 
@@ -34,8 +34,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_validate(args: argparse.Namespace) -> int:
     if args.load < 0:
-        print(f"error: --load {args.load}: expected a number of requests", file=sys.stderr)
-        return 2
+        raise AimError(f"--load {args.load}: expected a number of requests")
     key = args.api_key if args.api_key is not None else _first_key()
     target = Target(url=args.url, api_key=key, model=args.model,
                     expect_recipe=args.expect_recipe, load=args.load, timeout=args.timeout,

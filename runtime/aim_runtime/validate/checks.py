@@ -66,10 +66,17 @@ class Session:
     adapters: list[str] = field(default_factory=list)
     plan: dict[str, str] = field(default_factory=dict)
     generated_before: float = 0.0
+    listing: httpx.Response | None = None  # /models with the key, as api-key got it
 
-    def headers(self, keyed: bool = True) -> dict[str, str]:
+    def headers(self) -> dict[str, str]:
         key = self.target.api_key
-        return {"authorization": f"Bearer {key}"} if key and keyed else {}
+        return {"authorization": f"Bearer {key}"} if key else {}
+
+    def models_listing(self) -> httpx.Response:
+        """/models with the key: fetched once, by the api-key check, and read by the others."""
+        if self.listing is None:
+            self.listing = self.client.get(OPENAI + "/models", headers=self.headers())
+        return self.listing
 
     def post(self, request: tuple[str, dict[str, Any]], **changes: Any) -> httpx.Response:
         path, body = request
@@ -104,7 +111,7 @@ def ready(s: Session) -> str:
 
 
 def api_key(s: Session) -> str:
-    keyed = s.client.get(OPENAI + "/models", headers=s.headers())
+    keyed = s.models_listing()
     if keyed.status_code == 401:
         raise Failed("the server refuses the key given (401)" if s.target.api_key else
                      "the server requires an API key: give --api-key or AIM_API_KEY")
@@ -118,7 +125,7 @@ def api_key(s: Session) -> str:
 
 
 def models(s: Session) -> str:
-    response = s.client.get(OPENAI + "/models", headers=s.headers())
+    response = s.models_listing()
     cards = response.json().get("data") if response.status_code == 200 else None
     if not cards:
         raise Failed(f"/models answered {response.status_code}: {response.text[:200]}")
@@ -145,8 +152,7 @@ def plan(s: Session) -> str:
 
 
 def recipe(s: Session) -> str:
-    served = s.client.get(OPENAI + "/models", headers=s.headers()).headers.get(
-        bodies.RECIPE_HEADER)
+    served = s.models_listing().headers.get(bodies.RECIPE_HEADER)
     if served is None:
         raise Failed(f"no {bodies.RECIPE_HEADER} header on the answer")
     expected = s.target.expect_recipe
