@@ -27,7 +27,7 @@ import test_kubernetes as kubernetes_tests
 import test_llm_inference_service as llm_tests
 import test_render as render_tests
 from aim_runtime.deploy.render import RenderRequest, render
-from testkit import MODELS, REPO, run_cli
+from testkit import MODELS, REPO, clean_environ, run_cli
 
 RUNTIME_CHART = REPO / "charts" / "aim-runtime"
 MODEL_CHART = REPO / "charts" / "aim-model"
@@ -577,10 +577,11 @@ def test_the_helm_test_hook_validates_the_service_and_its_recipe(server):
     here = {"--url": server.url, "--model": "tiny", "--expect-recipe": recipe}
     local = [sys.executable] + [word.split("=")[0] + "=" + here[word.split("=")[0]]
                                 if word.split("=")[0] in here else word for word in command[1:]]
-    answered = subprocess.run(local, capture_output=True, text=True, timeout=300, cwd=REPO)
+    answered = subprocess.run(local, capture_output=True, text=True, timeout=300, cwd=REPO,
+                              env=clean_environ())
     assert answered.returncode == 0, answered.stdout + answered.stderr
     planned = subprocess.run([*local[:-1], command[-1]], capture_output=True, text=True,
-                             timeout=300, cwd=REPO)
+                             timeout=300, cwd=REPO, env=clean_environ())
     assert planned.returncode == 1 and "FAIL  recipe" in planned.stdout  # another recipe here
     canary = hook_of(values_of(MODEL_CHART / "ci" / "knative-canary.yaml"))
     assert not [a for a in canary["spec"]["containers"][0]["args"] if "expect-recipe" in a]

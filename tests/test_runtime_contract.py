@@ -87,7 +87,8 @@ def test_startup_probe_succeeds_and_liveness_holds_while_loading(pod):
 def test_validate_while_loading_fails_naming_readiness(pod):
     """`aim-runtime validate` run while the startup probe still answers 503."""
     process, _ = pod
-    early = process.early_validation
+    early = getattr(process, "early_validation", None)
+    assert early is not None, "the startup probe was never seen at 503 with liveness 200"
     lines = early.stdout.splitlines()
     assert early.returncode == 1, early.stdout + early.stderr
     assert lines[0].split()[:2] == ["PASS", "reach"], lines
