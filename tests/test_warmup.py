@@ -19,6 +19,7 @@ import pytest
 
 from aim_runtime.serving.warmup import WarmupPlan, requests_for
 from servers import aim_server, server_environment
+from test_reliability import metric
 from testkit import REPO
 
 
@@ -83,6 +84,23 @@ def test_start_up_failure_leaves_a_termination_message(tmp_path):
     assert text.startswith("start-up failed in phase inspect: ") and "no config.json" in text
 
 
+def stop_mid_request(server, engine_core: psutil.Process, streams: contextlib.ExitStack) -> None:
+    """SIGSTOP the engine core while a request runs, which is what the stall watch looks for. A
+    fast CPU can finish a 2,000-token stream before a loaded client reads its first event, so
+    the server's own gauge confirms a request is still running, or another is sent."""
+    body = {"model": "stall", "prompt": "x", "max_tokens": 2000, "ignore_eos": True,
+            "stream": True}
+    for _ in range(3):
+        stream = streams.enter_context(httpx.stream(
+            "POST", server.url + "/openai/v1/completions", json=body, timeout=60))
+        next(line for line in stream.iter_lines() if line.startswith("data:"))
+        engine_core.send_signal(signal.SIGSTOP)
+        if metric(server.url, "vllm:num_requests_running") >= 1:
+            return
+        engine_core.send_signal(signal.SIGCONT)  # it had already finished: once more
+    pytest.fail("no request was still running when the engine was stopped, three times")
+
+
 @pytest.mark.slow
 def test_a_stalled_engine_fails_liveness_and_says_so(work_dir, tiny_model, tmp_path):
     message = tmp_path / "termination-log"
@@ -93,12 +111,8 @@ def test_a_stalled_engine_fails_liveness_and_says_so(work_dir, tiny_model, tmp_p
         server.wait_ready()
         engine_core = next(p for p in psutil.Process(server.process.pid).children(recursive=True)
                            if "EngineCore" in " ".join(p.cmdline()) or "EngineCore" in p.name())
-        body = {"model": "stall", "prompt": "x", "max_tokens": 2000, "ignore_eos": True,
-                "stream": True}
-        with httpx.stream("POST", server.url + "/openai/v1/completions", json=body,
-                          timeout=60) as stream:
-            next(line for line in stream.iter_lines() if line.startswith("data:"))
-            engine_core.send_signal(signal.SIGSTOP)  # the engine stops making progress
+        with contextlib.ExitStack() as streams:
+            stop_mid_request(server, engine_core, streams)
             started = time.monotonic()
             statuses = []
             while time.monotonic() - started < 60 and server.process.poll() is None:
@@ -110,7 +124,9 @@ def test_a_stalled_engine_fails_liveness_and_says_so(work_dir, tiny_model, tmp_p
                 if statuses[-1] != 200:
                     break
                 time.sleep(0.2)
-        assert statuses[0] == 200 and statuses[-1] != 200  # alive, then not
+            assert statuses[0] == 200 and statuses[-1] != 200, (  # alive, then not
+                f"liveness {statuses[-1]} {time.monotonic() - started:.0f} s after the stop; "
+                f"log:\n{server.log_path.read_text()[-4000:]}")
         assert server.process.wait(timeout=120) == 1  # exits for a restart
         assert "stalled: " in message.read_text()
         assert "no token produced for 4 s" in server.log_path.read_text()
