@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import ServerProcess, aim_server, free_port, server_environment
+from servers import ServerProcess, aim_server, await_dismissed, free_port, server_environment
 from testkit import API_KEY, OLD_API_KEY, RECIPES, is_runtime_setting
 
 ACCESS_LOG_FORMAT = 'access %(h)s "%(r)s" %(s)s %(M)sms recipe=%({x-aim-recipe}o)s'
@@ -88,7 +88,7 @@ def server(work_dir, tiny_model) -> ServerProcess:
         process.wait_ready(also_probe=("/v2/health/live",))
         yield process
     finally:
-        process.stop()
+        process.dismiss()
 
 
 LORA_MAX_RANK = 8
@@ -115,7 +115,7 @@ def guarded(work_dir, tiny_model, tmp_path_factory) -> Iterator[ServerProcess]:
     try:
         yield process.wait_ready()
     finally:
-        process.stop()
+        process.dismiss()
 
 
 BOUNDED_MAX_BODY = 256 * 1024
@@ -134,7 +134,7 @@ def bounded(work_dir, tiny_model) -> Iterator[ServerProcess]:
     try:
         yield process.wait_ready()
     finally:
-        process.stop()
+        process.dismiss()
 
 
 # --- one worker per shared server ---------------------------------------------------------------
@@ -216,3 +216,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     finally:
         if not marked:
             _running_unmarked.pop()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """After every fixture's teardown: the servers stopped without waiting have exited."""
+    await_dismissed()

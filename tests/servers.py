@@ -3,6 +3,7 @@ server, started as users start them and watched from outside through HTTP only."
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,13 +115,30 @@ class ServerProcess:
         return status
 
     def stop(self, timeout: float = 60) -> int | None:
+        """SIGTERM to the server's process group, then its exit code (SIGKILL after `timeout`)."""
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else None
         os.killpg(self.process.pid, signal.SIGTERM)
+        return self._await_exit(timeout)
+
+    def dismiss(self) -> None:
+        """Stop without waiting for the exit, for a fixture or test done with its server: the
+        SIGTERM now, the exit awaited in a thread (vLLM's engine takes seconds to stop; no test
+        needs to wait for it), all of them joined by `await_dismissed` before the session ends."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        waiter = threading.Thread(target=self._await_exit, args=(60,), daemon=True)
+        waiter.start()
+        _dismissed.append(waiter)
+
+    def _await_exit(self, timeout: float) -> int | None:
+        assert self.process is not None
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             return self.process.wait(timeout=10)
 
     def log_tail(self, lines: int = 60) -> str:
@@ -147,3 +166,12 @@ def bare_vllm_server(work_dir: Path, model_dir: Path, engine_argv: list[str],
                "--port", str(port), *engine_argv]
     return ServerProcess(command, port, work_dir / f"vllm-{port}.log",
                          server_environment(work_dir, env), ready_path="/health")
+
+
+_dismissed: list[threading.Thread] = []
+
+
+def await_dismissed() -> None:
+    """Every dismissed server has exited (or been killed): nothing outlives the session."""
+    for waiter in _dismissed:
+        waiter.join()

@@ -172,7 +172,7 @@ def pod(work_dir, tiny_model):
     try:
         yield process.wait_ready()
     finally:
-        process.stop()
+        process.dismiss()
 
 
 def api_servers(pod) -> list[psutil.Process]:
@@ -415,7 +415,7 @@ def test_a_dead_process_fails_liveness_and_the_pod(work_dir, tiny_model, victim)
             # the supervisor sees it first: "stopping the pod's processes: ... EngineCore died"
             assert "EngineCore died" in process.log_path.read_text()
     finally:
-        process.stop()
+        process.dismiss()
 
 
 def validate_until(url: str, check: str) -> subprocess.Popen:

@@ -44,7 +44,7 @@ def bare_vllm(work_dir, tiny_model):
     try:
         yield process.wait_ready()
     finally:
-        process.stop()
+        process.dismiss()
 
 
 def shape(value):

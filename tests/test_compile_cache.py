@@ -70,7 +70,7 @@ def test_a_filled_cache_is_hit_and_a_changed_plan_misses(work_dir, tiny_model, t
         server.wait_ready()
         assert cache_lines(server.log_path.read_text()) == [("hit", directory)]
     finally:
-        server.stop()
+        server.dismiss()
 
     # A changed plan names another directory, which the filled one does not stand in for (a
     # third start would only repeat the first one's miss; the key's parts: the unit test above).

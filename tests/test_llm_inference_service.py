@@ -329,7 +329,7 @@ def pod(tmp_path_factory, tiny_model):
         else:
             pytest.fail("never ready:\n" + process.log_tail())
     yield process, url, certificate, work
-    process.stop()
+    process.dismiss()
 
 
 @pytest.mark.serving

@@ -175,7 +175,7 @@ def pooled(work_dir, tiny_model):
     try:
         yield process.wait_ready()
     finally:
-        process.stop()
+        process.dismiss()
 
 
 def test_pooling_models_serve_embeddings_score_and_pooling(pooled):

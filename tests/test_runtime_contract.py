@@ -74,7 +74,7 @@ def pod(tmp_path_factory, tiny_model):
                 "validate", "--url", url, "--timeout", "10")
         time.sleep(1)
     yield process, history
-    process.stop()
+    process.dismiss()
 
 
 def test_startup_probe_succeeds_and_liveness_holds_while_loading(pod):

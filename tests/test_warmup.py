@@ -93,7 +93,9 @@ def stop_mid_request(server, engine_core: psutil.Process, streams: contextlib.Ex
     for _ in range(3):
         stream = streams.enter_context(httpx.stream(
             "POST", server.url + "/openai/v1/completions", json=body, timeout=60))
-        next(line for line in stream.iter_lines() if line.startswith("data:"))
+        events = (line for line in stream.iter_lines() if line.startswith("data:"))
+        for _ in range(5):  # a few steps: vLLM's gauge lags the first token's
+            next(events)
         engine_core.send_signal(signal.SIGSTOP)
         if metric(server.url, "vllm:num_requests_running") >= 1:
             return
@@ -134,7 +136,7 @@ def test_a_stalled_engine_fails_liveness_and_says_so(work_dir, tiny_model, tmp_p
         for child in psutil.Process(os.getpid()).children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 child.send_signal(signal.SIGCONT)
-        server.stop()
+        server.dismiss()
 
 
 @pytest.mark.parametrize(("line", "phases"), [
