@@ -1,18 +1,17 @@
 """A serving runtime's worst minutes, provoked against the real server: clients that vanish
-mid-stream, more clients than it can take, a rolling update's SIGTERM, a dead engine, start-ups
-that cannot work, and a read-only root filesystem."""
+mid-stream, more clients than it can take, a rolling update's SIGTERM, a dead engine and start-ups
+that cannot work. (The read-only root: tests/test_runtime_contract.py runs the container on
+one.)"""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -22,9 +21,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-import yaml
 
-from servers import REPO, ServerProcess, aim_server, free_port, server_environment
+from servers import REPO, aim_server, free_port, server_environment
 from testkit import API_KEY, OLD_API_KEY
 
 pytestmark = pytest.mark.serving
@@ -338,43 +336,3 @@ def test_startup_failures_are_one_clear_line_and_non_zero(tmp_path):
         assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
         assert "  hint: " in result.stderr
         assert "loading the vLLM engine" not in result.stderr  # failed before the slow part
-
-
-# --- read-only root filesystem -------------------------------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
-                    reason="needs unshare and root to remount / read-only")
-def test_the_runtime_container_runs_with_a_read_only_root(tmp_path, tiny_model):
-    """The ServingRuntime's env on a read-only root with only its volumes writable (/dev/shm,
-    the cache directory and /tmp, here tmpfs mounts) serves requests."""
-    runtime = yaml.safe_load((REPO / "serving_runtimes" / "aim-runtime.yaml").read_text())
-    container = runtime["spec"]["containers"][0]
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    # Short: Unix socket paths (vLLM's IPC under TMPDIR) are limited to 107 characters.
-    scratch = Path(tempfile.mkdtemp(prefix="aimro-", dir="/tmp"))
-    env = server_environment(tmp_path)
-    env.update({e["name"]: e["value"].replace("/home/aim", f"{scratch}/home")
-                .replace("/tmp", f"{scratch}/tmp") if e["value"].startswith(("/home", "/tmp"))
-                else e["value"] for e in container["env"]})
-    port = free_port()
-    inner = [sys.executable, "-m", "aim_runtime", "serve", f"--model_dir={tiny_model}",
-             "--model_name=tiny", f"--http_port={port}", "--host=127.0.0.1",
-             "--enable_grpc=false"]
-    script = (f"mount -o remount,bind,ro / && mount -t tmpfs -o size=1g tmpfs {scratch} && "
-              f"mount -t tmpfs -o size=2g tmpfs /dev/shm && "
-              f"mkdir -p {scratch}/home/.cache {scratch}/tmp && exec \"$@\"")
-    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-               *inner]
-    process = ServerProcess(command, port, tmp_path / "ro.log", env).start()
-    try:
-        process.wait_ready()
-        answer = httpx.post(process.url + "/openai/v1/completions",
-                            json={"model": "tiny", "prompt": "hi", "max_tokens": 4}, timeout=60)
-        assert answer.status_code == 200
-        assert "Read-only file system" not in process.log_path.read_text()
-    finally:
-        process.dismiss()
-        shutil.rmtree(scratch, ignore_errors=True)
-        shutil.rmtree(scratch, ignore_errors=True)

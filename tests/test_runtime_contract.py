@@ -1,14 +1,19 @@
 """The ClusterServingRuntime's container, run as KServe would run it: its command, args and env
 with KServe's template variables filled (the InferenceService's name) and /mnt/models pointing
-at a local model, on CPU. Its declared probes must answer as Kubernetes expects, on its declared
-port, and the README's example request must work against it."""
+at a local model, on CPU, and (where this machine allows: root and `unshare`) on a read-only root
+with only its volumes writable, as its securityContext asks. Its declared probes must answer as
+Kubernetes expects, on its declared port, and the README's example request must work against
+it."""
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,8 +45,25 @@ def container_command(model_dir: Path, port: int) -> list[str]:
     return command + args
 
 
-def container_env(home: Path) -> dict[str, str]:
-    return {e["name"]: e["value"].replace("/home/aim", str(home)) for e in CONTAINER["env"]}
+def container_env(scratch: Path) -> dict[str, str]:
+    """The container's env, its home and /tmp volumes under `scratch`."""
+    def local(value: str) -> str:
+        return value.replace("/home/aim", f"{scratch}/home").replace("/tmp", f"{scratch}/tmp") \
+            if value.startswith(("/home", "/tmp")) else value
+
+    return {e["name"]: local(e["value"]) for e in CONTAINER["env"]}
+
+
+READ_ONLY_ROOT = shutil.which("unshare") is not None and os.geteuid() == 0
+
+
+def on_a_read_only_root(command: list[str], scratch: Path) -> list[str]:
+    """`command` in a mount namespace of its own: / read-only, writable only its volumes
+    (/dev/shm, and `scratch` for home and /tmp), each a tmpfs."""
+    script = (f"mount -o remount,bind,ro / && mount -t tmpfs -o size=1g tmpfs {scratch} && "
+              "mount -t tmpfs -o size=2g tmpfs /dev/shm && "
+              f"mkdir -p {scratch}/home/.cache {scratch}/tmp && exec \"$@\"")
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *command]
 
 
 def probe(url: str, name: str) -> int | None:
@@ -56,8 +78,15 @@ def probe(url: str, name: str) -> int | None:
 def pod(tmp_path_factory, tiny_model):
     work = tmp_path_factory.mktemp("pod")
     port = free_port()
-    env = server_environment(work, container_env(work / "home"))
-    process = ServerProcess(container_command(tiny_model, port), port, work / "pod.log", env)
+    # Short: Unix socket paths (vLLM's IPC under TMPDIR) are limited to 107 characters.
+    scratch = Path(tempfile.mkdtemp(prefix="aimpod-", dir="/tmp"))
+    (scratch / "home" / ".cache").mkdir(parents=True)
+    (scratch / "tmp").mkdir()
+    env = server_environment(work, container_env(scratch))
+    command = container_command(tiny_model, port)
+    if READ_ONLY_ROOT:
+        command = on_a_read_only_root(command, scratch)
+    process = ServerProcess(command, port, work / "pod.log", env)
     process.start()
     url = process.url
     startup = CONTAINER["startupProbe"]
@@ -74,7 +103,8 @@ def pod(tmp_path_factory, tiny_model):
                 "validate", "--url", url, "--timeout", "10")
         time.sleep(1)
     yield process, history
-    process.dismiss()
+    process.dismiss()  # the namespace's tmpfs goes with it; what is left here is empty
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def test_startup_probe_succeeds_and_liveness_holds_while_loading(pod):
@@ -121,3 +151,14 @@ def test_metrics_are_where_the_scrape_annotations_say(pod):
     path = RUNTIME["spec"]["annotations"]["prometheus.kserve.io/path"]
     text = httpx.get(process.url + path).text
     assert "aim_plan_info{" in text and "vllm:num_requests_running" in text
+
+
+@pytest.mark.skipif(not READ_ONLY_ROOT, reason="needs unshare and root to remount / read-only")
+def test_the_container_serves_from_a_read_only_root(pod):
+    """readOnlyRootFilesystem: the server's root is mounted read-only, and nothing it does
+    (caches, compiled kernels, sockets, the model's conversion) tried to write there."""
+    process, _ = pod  # unshare and sh exec the server: the same process
+    root = next(line.split() for line in Path(f"/proc/{process.process.pid}/mountinfo")
+                .read_text().splitlines() if line.split()[4] == "/")
+    assert "ro" in root[5].split(","), root
+    assert "Read-only file system" not in process.log_path.read_text()
