@@ -174,12 +174,11 @@ def wait_for_cluster(spec: ClusterSpec) -> ClusterStatus:
 
 
 def wait_for_head(address: str, timeout_seconds: float) -> None:
-    """Block until the head's Ray GCS answers, or fail clearly."""
+    """Block until the head's Ray GCS answers, or fail clearly. Each check is cut at the
+    deadline: `ray health-check` retries an address that does not answer for about 40 s."""
     deadline = time.monotonic() + timeout_seconds
     while True:
-        check = subprocess.run(ray_command("health-check", f"--address={address}"),
-                               capture_output=True, timeout=60, check=False)
-        if check.returncode == 0:
+        if _head_answers(address, max(deadline - time.monotonic(), HEALTH_CHECK_FLOOR_SECONDS)):
             return
         if time.monotonic() > deadline:
             raise AimError(f"the Ray head at {address} did not answer within "
@@ -187,6 +186,18 @@ def wait_for_head(address: str, timeout_seconds: float) -> None:
                            "is the head pod running? (its Service <isvc>-head must exist); "
                            "AIM_RAY_JOIN_TIMEOUT waits longer")
         time.sleep(POLL_SECONDS)
+
+
+HEALTH_CHECK_FLOOR_SECONDS = 5.0  # what `ray health-check` needs to start and answer
+
+
+def _head_answers(address: str, within_seconds: float) -> bool:
+    try:
+        check = subprocess.run(ray_command("health-check", f"--address={address}"),
+                               capture_output=True, timeout=within_seconds, check=False)
+    except subprocess.TimeoutExpired:
+        return False
+    return check.returncode == 0
 
 
 class WorkerHealth:
