@@ -192,6 +192,13 @@ class Variable(Generic[T]):
 REGISTRY: dict[str, Variable[Any]] = {}  # values differ in type
 
 
+def check_all(environ: Mapping[str, str] | None = None) -> None:
+    """Every registered variable read once: a bad value stops a long-running command at once,
+    before its slow imports, not minutes later when (or if) the code that uses it runs."""
+    for variable in REGISTRY.values():
+        variable.read(environ)
+
+
 def _register(variable: Variable[T]) -> Variable[T]:
     if variable.name in REGISTRY:
         raise ValueError(f"{variable.name} registered twice")

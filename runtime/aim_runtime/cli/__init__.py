@@ -24,6 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings.configure_logging("INFO" if long_running else "WARNING",
                                    timestamps=long_running)
+        if long_running:
+            settings.check_all()
         if command == "serve":
             from aim_runtime.serving.startup import serve_main  # imports KServe and vLLM
 
