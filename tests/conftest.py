@@ -80,10 +80,25 @@ def smol(default_model_cache, tmp_path_factory) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="session")
-def server(work_dir, tiny_model) -> ServerProcess:
+def filled_compile_cache(work_dir, tiny_model) -> ServerProcess:
+    """The compile-cache pre-fill Job's run: `serve --exit-after-warmup` with
+    AIM_COMPILE_CACHE_DIR, exited 0 (its log says what it filled)."""
+    filler = aim_server(work_dir, tiny_model, "--exit-after-warmup",
+                        env=compile_cache_env(work_dir)).start()
+    assert filler.process.wait(timeout=600) == 0, filler.log_tail()
+    return filler
+
+
+def compile_cache_env(work_dir: Path) -> dict[str, str]:
+    return {"AIM_COMPILE_CACHE_DIR": str(work_dir / "compile-cache")}
+
+
+@pytest.fixture(scope="session")
+def server(work_dir, tiny_model, filled_compile_cache) -> ServerProcess:
     """`aim-runtime serve` on the tiny model: real KServe ModelServer, real vLLM CPU engine,
-    with an access log."""
-    process = aim_server(work_dir, tiny_model, "--access_log_format", ACCESS_LOG_FORMAT).start()
+    with an access log; started as a pod after the pre-fill Job, on its compile cache."""
+    process = aim_server(work_dir, tiny_model, "--access_log_format", ACCESS_LOG_FORMAT,
+                         env=compile_cache_env(work_dir)).start()
     try:
         process.wait_ready(also_probe=("/v2/health/live",))
         yield process
@@ -140,8 +155,8 @@ def bounded(work_dir, tiny_model) -> Iterator[ServerProcess]:
 # --- one worker per shared server ---------------------------------------------------------------
 
 # Session fixtures that start a server (or build what one serves), and the group of their users.
-SHARED = {"server": "server", "guarded": "guarded", "bounded": "bounded", "smol": "smol",
-          "default_model_cache": "smol"}
+SHARED = {"server": "server", "filled_compile_cache": "server", "guarded": "guarded",
+          "bounded": "bounded", "smol": "smol", "default_model_cache": "smol"}
 
 
 def xdist_group(item: pytest.Item) -> str | None:

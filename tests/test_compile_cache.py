@@ -13,7 +13,6 @@ import pytest
 
 from aim_runtime import pipeline
 from aim_runtime.serving.compile_cache import COMPLETE_MARKER, CompileCache, validity
-from servers import aim_server
 from testkit import MODELS, clean_environ
 
 VERSIONS = {"vllm": "0.32.0", "torch": "2.13.0", "aiter": "none"}
@@ -55,22 +54,15 @@ def cache_lines(log: str) -> list[str]:
     return re.findall(r"compile cache (hit|miss): (\S+)", log)
 
 
-@pytest.mark.slow
-def test_a_filled_cache_is_hit_and_a_changed_plan_misses(work_dir, tiny_model, tmp_path):
-    env = {"AIM_COMPILE_CACHE_DIR": str(tmp_path / "cache")}
-    filler = aim_server(work_dir, tiny_model, "--exit-after-warmup", name="cache", env=env)
-    filler.start()
-    assert filler.process.wait(timeout=600) == 0  # the pre-fill Job: warm, then exit 0
-    ((result, directory),) = cache_lines(filler.log_path.read_text())
+@pytest.mark.serving
+def test_a_filled_cache_is_hit_and_a_changed_plan_misses(filled_compile_cache, server,
+                                                         tiny_model):
+    """The pre-fill Job's run (warm, then exit 0) misses and fills; the session's server,
+    started on the same volume after it, hits."""
+    ((result, directory),) = cache_lines(filled_compile_cache.log_path.read_text())
     assert result == "miss" and (Path(directory) / COMPLETE_MARKER).is_file()
-    assert any(Path(directory, "vllm").iterdir()) or Path(directory, "vllm").is_dir()
-
-    server = aim_server(work_dir, tiny_model, name="cache", env=env).start()
-    try:
-        server.wait_ready()
-        assert cache_lines(server.log_path.read_text()) == [("hit", directory)]
-    finally:
-        server.dismiss()
+    assert Path(directory, "vllm").is_dir()
+    assert cache_lines(server.log_path.read_text()) == [("hit", directory)]
 
     # A changed plan names another directory, which the filled one does not stand in for (a
     # third start would only repeat the first one's miss; the key's parts: the unit test above).
