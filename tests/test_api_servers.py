@@ -3,8 +3,9 @@
 The count's rules are checked against vLLM's own parser; the rest on the real CPU engine with
 data parallelism 2 (two engine ranks, hence two API server processes), watched from outside: both
 processes and both ranks serve requests, /metrics aggregates them, admission and API keys hold
-for the pod, gRPC v2 answers, SIGTERM drains both; and, with two API servers over one rank, the
-death of any process fails liveness and the pod."""
+for the pod, gRPC v2 answers, and the death of an API server fails liveness and the pod; with
+two API servers over one rank, so does the engine's. (SIGTERM draining both:
+tests/test_reliability.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import asyncio
 import json
 import multiprocessing
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from servers import REPO, aim_server, free_port
-from test_reliability import STREAM, metric, read_completion_stream, wait_until
+from test_reliability import STREAM, metric, wait_until
 from testkit import clean_environ
 
 KEY = "pod-key"
@@ -327,33 +327,6 @@ def test_grpc_v2_is_served_by_the_pod(pod):
     assert outcomes["infer_keyless"]["status"] == "StatusCode.UNAUTHENTICATED"
 
 
-@serving
-def test_sigterm_drains_every_api_server_then_exits_zero(pod):
-    """Last in this module: it stops the pod."""
-    workers = api_servers(pod)
-    outcomes: list[tuple[int, str, str]] = []
-    started = threading.Barrier(3)
-
-    def stream_to_the_end() -> None:
-        with httpx.Client(timeout=120) as client, client.stream(
-                "POST", pod.url + "/openai/v1/completions", headers=AUTH,
-                json={**STREAM, "max_tokens": 200,
-                      "stream_options": {"include_usage": True}}) as stream:
-            outcomes.append(read_completion_stream(stream, started.wait))
-
-    threads = [threading.Thread(target=stream_to_the_end) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    started.wait(timeout=60)
-    pod.process.send_signal(signal.SIGTERM)  # to the supervisor only, as the kubelet does
-    for thread in threads:
-        thread.join(timeout=120)
-    assert outcomes == [(200, "length", "data: [DONE]")] * 2, pod.log_tail(120)
-    assert pod.process.wait(timeout=120) == 0
-    assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
-                   for worker in workers)
-
-
 def live_status(url: str, client: httpx.Client | None = None) -> int | None:
     try:
         return (client or httpx).get(url + "/v2/health/live", timeout=5).status_code
@@ -361,68 +334,83 @@ def live_status(url: str, client: httpx.Client | None = None) -> int | None:
         return None
 
 
+@serving
+def test_an_api_server_that_dies_fails_liveness_and_the_pod(pod):
+    """Last in this module: it ends the pod. With gRPC on (KServe's default): an API server's
+    death turns liveness 503 and ends the pod with 1, every listener and process gone, and
+    `aim-runtime validate`, under way, fails naming the check. (A survivor answers 503 until
+    the supervisor stops it, at most 5 s: with streams of its own on a busy machine it could
+    answer too late to be seen, so it dies without streams in flight.)"""
+    outcomes = watch_a_death(pod, "APIServer_1", streams=0, drain=0, key=KEY)
+    validated = outcomes["validate"]
+    lines = validated.splitlines()
+    assert "connection" in lines[0] and all(ln.startswith("SKIP") for ln in lines[1:-1])
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("victim", ["APIServer_1", "EngineCore"])
-def test_a_dead_process_fails_liveness_and_the_pod(work_dir, tiny_model, victim):
-    """With gRPC on (KServe's default): any process's death turns liveness 503 and ends the pod
-    with 1 within the drain time, every listener and process gone, and `aim-runtime validate`,
-    under way, fails naming the check. The engine's death, with streams in flight, cuts them
-    short (none hangs) and is logged as such. (A survivor answers 503 until the supervisor stops
-    it, at most 5 s: with streams of its own on a busy machine it could answer too late to be
-    seen, so an API server dies without streams in flight.)"""
+def test_an_engine_that_dies_cuts_its_streams_short_and_ends_the_pod(work_dir, tiny_model):
+    """The engine core's death, with streams in flight and gRPC on, two API servers over it:
+    liveness 503, the streams cut short (none hangs), the pod ended with 1 within the drain
+    time, and `aim-runtime validate`, under way, fails its completion check."""
     drain = 5
     process = aim_server(work_dir, tiny_model, "--api-server-count", "2", "--enable_grpc",
                          "true", "--grpc_port", str(free_port()),
                          env={"AIM_DRAIN_SECONDS": str(drain)}).start()
     try:
         process.wait_ready()
-        family = [p for p in psutil.Process(process.process.pid).children(recursive=True)
-                  if "VLLM::" in " ".join(p.cmdline())]
-        (killed,) = [p for p in family if victim in " ".join(p.cmdline())]
-        outcomes, streaming = stream_in_background(
-            process.url, streams=4 if victim == "EngineCore" else 0)
-        assert victim != "EngineCore" or streaming.wait(timeout=60)
-        # SIGSTOP: what is in flight stays in flight, whatever the machine's pace; then
-        # `aim-runtime validate` gets as far as its first check that needs the engine.
-        (engine,) = [p for p in family if "EngineCore" in " ".join(p.cmdline())]
-        engine.suspend()
-        validating = validate_until(process.url, "recipe")
-        time.sleep(0.5)
-        with httpx.Client() as client:
-            killed.kill()
-            try:
-                wait_until(lambda: live_status(process.url, client) == 503, timeout=30,
-                           interval=0.05)
-            except TimeoutError:
-                pytest.fail("liveness never answered 503:\n" + process.log_tail(60))
-        assert process.process.wait(timeout=drain + 10 + 30) == 1  # with start-up slack
-        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family)
-        try:  # each stream's thread notices the end on its own time
-            wait_until(lambda: all(outcome.get("done") for outcome in outcomes), timeout=60)
-        except TimeoutError:
-            pytest.fail("an in-flight request hung")
-        # validate's completion check was in flight: the engine died under it (a 5xx, then the
-        # other checks fail too), or the pod stopped under it (the rest are skipped)
-        validated, _ = validating.communicate(timeout=180)
-        lines = validated.splitlines()
-        assert validating.returncode == 1 and lines[-1].startswith("FAILED:"), validated
-        assert lines[0].split()[:2] == ["FAIL", "completion"], validated
-        if victim == "APIServer_1":
-            assert "connection" in lines[0] and all(ln.startswith("SKIP") for ln in lines[1:-1])
-        if victim == "EngineCore":
-            complete = STREAM["max_tokens"] + 1  # every token's event, then [DONE]
-            assert any("error" in o or len(o["lines"]) < complete for o in outcomes)
-            # the supervisor sees it first: "stopping the pod's processes: ... EngineCore died"
-            assert "EngineCore died" in process.log_path.read_text()
+        outcomes = watch_a_death(process, "EngineCore", streams=4, drain=drain)
+        complete = STREAM["max_tokens"] + 1  # every token's event, then [DONE]
+        assert any("error" in o or len(o["lines"]) < complete for o in outcomes["streams"])
+        # the supervisor sees it first: "stopping the pod's processes: ... EngineCore died"
+        assert "EngineCore died" in process.log_path.read_text()
     finally:
         process.dismiss()
 
 
-def validate_until(url: str, check: str) -> subprocess.Popen:
+def watch_a_death(process, victim: str, streams: int, drain: float,
+                  key: str | None = None) -> dict:
+    """Kill the pod's process named `victim` (the engine paused first, so that `streams`
+    completions and an `aim-runtime validate` run are in flight whatever the machine's pace),
+    then see liveness 503, the pod end with 1 and every process gone, the streams end and
+    validate fail its completion check: the streams' outcomes and validate's output."""
+    family = [p for p in psutil.Process(process.process.pid).children(recursive=True)
+              if "VLLM::" in " ".join(p.cmdline())]
+    (killed,) = [p for p in family if victim in " ".join(p.cmdline())]
+    outcomes, streaming = stream_in_background(process.url, streams, key)
+    assert not streams or streaming.wait(timeout=60)
+    engines = [p for p in family if "EngineCore" in " ".join(p.cmdline())]
+    for engine in engines:
+        engine.suspend()
+    validating = validate_until(process.url, "recipe", key)
+    time.sleep(0.5)
+    with httpx.Client() as client:
+        killed.kill()
+        try:
+            wait_until(lambda: live_status(process.url, client) == 503, timeout=30,
+                       interval=0.05)
+        except TimeoutError:
+            pytest.fail("liveness never answered 503:\n" + process.log_tail(60))
+    assert process.process.wait(timeout=drain + 10 + 30) == 1  # with start-up slack
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family)
+    try:  # each stream's thread notices the end on its own time
+        wait_until(lambda: all(outcome.get("done") for outcome in outcomes), timeout=60)
+    except TimeoutError:
+        pytest.fail("an in-flight request hung")
+    # validate's completion check was in flight: the engine died under it (a 5xx, then the
+    # other checks fail too), or the pod stopped under it (the rest are skipped)
+    validated, _ = validating.communicate(timeout=180)
+    lines = validated.splitlines()
+    assert validating.returncode == 1 and lines[-1].startswith("FAILED:"), validated
+    assert lines[0].split()[:2] == ["FAIL", "completion"], validated
+    return {"streams": outcomes, "validate": validated}
+
+
+def validate_until(url: str, check: str, key: str | None = None) -> subprocess.Popen:
     """`aim-runtime validate` under way: `check` passed, the next has begun."""
+    keyed = ["--api-key", key] if key else []
     running = subprocess.Popen([sys.executable, "-m", "aim_runtime", "validate", "--url", url,
-                                "--timeout", "60"], stdout=subprocess.PIPE, text=True, cwd=REPO,
-                               env=clean_environ())
+                                "--timeout", "60", *keyed], stdout=subprocess.PIPE, text=True,
+                               cwd=REPO, env=clean_environ())
     assert running.stdout is not None
     for line in running.stdout:
         if line.split()[:2] == ["PASS", check]:
@@ -430,7 +418,8 @@ def validate_until(url: str, check: str) -> subprocess.Popen:
     raise AssertionError(f"validate ended before its {check} check ({running.wait()})")
 
 
-def stream_in_background(url: str, streams: int) -> tuple[list[dict], threading.Event]:
+def stream_in_background(url: str, streams: int, key: str | None = None,
+                         ) -> tuple[list[dict], threading.Event]:
     """`streams` long completions, each read in a thread of its own until it ends; the event
     is set at the first event of any. Each outcome: its data lines, an error if one ended it,
     and `done` once its thread is through."""
@@ -442,6 +431,7 @@ def stream_in_background(url: str, streams: int) -> tuple[list[dict], threading.
         outcomes.append(outcome)
         try:
             with httpx.stream("POST", url + "/openai/v1/completions", json=STREAM,
+                              headers={"authorization": f"Bearer {key}"} if key else None,
                               timeout=60) as response:
                 for line in response.iter_lines():
                     if line.startswith("data:"):

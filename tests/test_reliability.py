@@ -204,18 +204,22 @@ def test_request_bodies_are_bounded(crowded):
 
 @pytest.mark.slow
 def test_sigterm_drains_then_lets_in_flight_streams_finish_and_exits_zero(work_dir, tiny_model):
-    """A rolling update's SIGTERM, as the kubelet sends it: for AIM_DRAIN_SECONDS readiness says
-    `draining` while new requests are still served (endpoints and gateways are catching up);
-    then new connections are refused and the streams in flight run to their end; exit 0. The
+    """A rolling update's SIGTERM, as the kubelet sends it, to a pod of two API servers (the
+    supervisor passes it on; each drains as a lone server does): for AIM_DRAIN_SECONDS
+    readiness says `draining` while new requests are still served (endpoints and gateways are
+    catching up); then new connections are refused and the streams in flight run to their end;
+    every process exits, the pod with 0. The
     engine is paused from before the streams until the listener has closed, but for a moment
     to serve the drain's request, so that the streams are in flight then, at any machine's
     pace. (The drain's request reaches the paused engine with the streams: sent later, vLLM's
     CPU engine can keep it waiting until they end.)"""
     process = aim_server(work_dir, tiny_model, "--graceful-shutdown-seconds", "90",
-                         env={"AIM_DRAIN_SECONDS": "6"}).start()
+                         "--api-server-count", "2", env={"AIM_DRAIN_SECONDS": "6"}).start()
     process.wait_ready()
-    engine = next(p for p in psutil.Process(process.process.pid).children(recursive=True)
-                  if "EngineCore" in " ".join(p.cmdline()))
+    family = [p for p in psutil.Process(process.process.pid).children(recursive=True)
+              if "VLLM::" in " ".join(p.cmdline())]
+    (engine,) = [p for p in family if "EngineCore" in " ".join(p.cmdline())]
+    assert len([p for p in family if "APIServer" in " ".join(p.cmdline())]) == 2
     body = {**STREAM, "max_tokens": 1000, "stream_options": {"include_usage": True}}
     outcomes: list[tuple[int, str, str]] = []
     served: list[httpx.Response] = []
@@ -257,7 +261,8 @@ def test_sigterm_drains_then_lets_in_flight_streams_finish_and_exits_zero(work_d
         thread.join(timeout=180)
     assert outcomes == [(1000, "length", "data: [DONE]")] * 3, process.log_tail()
     assert process.process.wait(timeout=60) == 0
-    assert "SIGTERM: draining for 6 s" in process.log_path.read_text()
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family)
+    assert process.log_path.read_text().count("SIGTERM: draining for 6 s") == 2  # each server
 
 
 def refused(url: str) -> bool:
