@@ -19,7 +19,9 @@ Some hold without translation: KServe's listener refreshes its certificate whene
 from __future__ import annotations
 
 import argparse
+import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from aim_runtime.errors import AimError
 
@@ -91,3 +93,36 @@ def _one_of(dest: str, ours: argparse.Namespace, vllm: argparse.Namespace,
                        "(vllm serve's) disagree", "give one of them")
     value = kserve_value or vllm_value
     return str(value) if value else None
+
+
+TLS_CLOSE_GRACE_SECONDS = 1.0
+
+
+def cut_tls_closes_short(server: Any) -> None:
+    """Make a uvicorn server's shutdown abort a TLS connection still closing a second after it
+    was closed. Closing TLS waits for the client's close_notify, up to the event loop's
+    ssl_shutdown_timeout (30 s), and uvicorn waits for every connection: one idle keep-alive
+    connection in a client's pool held a pod's exit for 30 s, an LLMInferenceService's whole
+    grace period. A connection closed mid-response is not cut: uvicorn closes only idle ones
+    and those whose response is complete."""
+    shutdown = server.shutdown
+
+    async def shutdown_cutting_tls_closes(sockets: Any = None) -> None:
+        reaper = asyncio.create_task(_abort_lingering_tls(server.server_state.connections))
+        try:
+            await shutdown(sockets)
+        finally:
+            reaper.cancel()
+
+    server.shutdown = shutdown_cutting_tls_closes
+
+
+async def _abort_lingering_tls(connections: set[Any]) -> None:
+    closing_before: set[Any] = set()
+    while True:
+        await asyncio.sleep(TLS_CLOSE_GRACE_SECONDS)
+        closing = {c for c in list(connections) if c.transport.is_closing()
+                   and c.transport.get_extra_info("sslcontext") is not None}
+        for connection in closing & closing_before:
+            connection.transport.abort()
+        closing_before = closing

@@ -60,7 +60,7 @@ from aim_runtime.serving.front_ends import FrontEnd
 from aim_runtime.serving.gate import GateSettings, GateState, RequestGate
 from aim_runtime.serving.grpc_listener import AimGRPCServer
 from aim_runtime.serving.header_limits import HeaderLimits
-from aim_runtime.serving.listener import ListenerOptions
+from aim_runtime.serving.listener import ListenerOptions, cut_tls_closes_short
 from aim_runtime.serving.model import AimModel
 from aim_runtime.serving.protocol_errors import install_error_handlers
 from aim_runtime.serving.v2_routes import add_generate_routes, add_version_routes
@@ -168,6 +168,7 @@ class AimRESTServer(RESTServer):
         self.front_end = front_end
         super().__init__(*args, **kwargs)
         self.config.host = host
+        cut_tls_closes_short(self._server)
         if listener is not None:  # h11's own bound, when uvicorn runs h11 (HeaderLimits holds both)
             self.config.h11_max_incomplete_event_size = listener.max_header_bytes
         if listener is not None:  # mutual TLS and ciphers: `vllm serve`'s flags, uvicorn's own
