@@ -162,12 +162,13 @@ serving = pytest.mark.serving
 @pytest.fixture(scope="module")
 def pod(work_dir, tiny_model):
     """Data parallelism 2 as vLLM's CPU build runs it (two engine cores), hence two API server
-    processes by default; an API key, gRPC on, and an admission limit of 2 for the pod
-    (max_num_seqs 1 on each rank, nothing queued)."""
+    processes by default; an API key, gRPC on, an admission limit of 3 for the pod
+    (max_num_seqs 1 on each rank, one queued) and 64 KiB bodies."""
     grpc_port = free_port()
     process = aim_server(work_dir, tiny_model, "--data-parallel-size", "2", "--max-num-seqs",
-                         "1", "--max-queued-requests", "0", "--enable_grpc", "true",
-                         "--grpc_port", str(grpc_port), env={"AIM_API_KEY": KEY}).start()
+                         "1", "--max-queued-requests", "1", "--max-request-bytes", "65536",
+                         "--enable_grpc", "true", "--grpc_port", str(grpc_port),
+                         env={"AIM_API_KEY": KEY}).start()
     process.grpc_port = grpc_port
     try:
         yield process.wait_ready()
@@ -206,7 +207,7 @@ def test_both_api_servers_and_both_engine_ranks_serve_and_metrics_aggregate_them
     by_engine = {e: metric(pod.url, "vllm:request_success_total", engine=e) for e in "01"}
     succeeded_before = metric(pod.url, "vllm:request_success_total")
     statuses = []
-    for _ in range(10):  # two at a time: the pod's admission limit
+    for _ in range(10):  # two at a time: one for each rank
         statuses += post_concurrently(url, 2, SHORT, AUTH)
     assert statuses == [200] * 20
     served = {s: metric(pod.url, "aim_api_server_requests_total", server=s) - before[s]
@@ -265,38 +266,54 @@ def test_one_exposition_for_the_pod_with_the_supervisor_s_phases(pod):
 
 
 @serving
-def test_admission_and_api_keys_hold_for_the_pod(pod):
-    """Two streams fill the pod's limit of 2 and stay in flight while their client does not
-    read (four choices of 1500 tokens with 20 logprobs each: megabytes, far more than the
-    socket buffers hold); four more requests are refused, by whichever process takes them."""
+def test_overload_is_refused_fast_with_retry_after_for_the_pod(pod):
+    """A request without the key is refused first. Then one stream runs on each engine rank
+    (max_num_seqs 1 on each) and one waits (queue bound 1): the next requests are refused at
+    once, by whichever process takes them, OpenAI- and KServe-shaped, while the three are still
+    being served, undisturbed. Each event carries 20 logprobs, which keeps the streams busy
+    long enough to be seen however fast the engine is."""
     url = pod.url + "/openai/v1/completions"
     assert post_concurrently(url, 6, SHORT, {}) == [401] * 6
-    holders = []
-    streaming, done = threading.Barrier(3), threading.Event()
+    results = []
 
-    def hold() -> None:
-        with httpx.Client(timeout=300) as client, client.stream(
-                "POST", url, json={**STREAM, "logprobs": 20, "n": 4}, headers=AUTH) as stream:
-            holders.append(stream.status_code)
-            lines = stream.iter_lines()  # kept: a dropped iterator closes the stream
-            next(lines)
-            streaming.wait()
-            done.wait(timeout=120)
-        # Leaving the stream unread closes it: the requests are aborted, the pod's slots freed.
+    def stream_to_the_end() -> None:
+        body = {**STREAM, "logprobs": 20, "stream_options": {"include_usage": True}}
+        with httpx.stream("POST", url, json=body, headers=AUTH, timeout=300) as stream:
+            events = [line for line in stream.iter_lines() if line.startswith("data:")]
+        usage = json.loads(events[-2].removeprefix("data: "))["usage"]
+        results.append((usage["completion_tokens"], events[-1]))
 
-    threads = [threading.Thread(target=hold) for _ in range(2)]
-    for thread in threads:
+    holders = [threading.Thread(target=stream_to_the_end) for _ in range(3)]
+    for thread in holders:
         thread.start()
-    streaming.wait(timeout=60)
-    in_flight = metric(pod.url, "aim_requests_in_flight")
-    refused = post_concurrently(url, 4, SHORT, AUTH)
-    done.set()
-    for thread in threads:
+    wait_until(lambda: metric(pod.url, "aim_requests_in_flight") == 3, timeout=30)
+    refused_by_any = post_concurrently(url, 4, SHORT, AUTH)
+    refused = httpx.post(url, json=SHORT, headers=AUTH, timeout=10)
+    v2_refused = httpx.post(pod.url + "/v2/models/tiny/generate", json={"text_input": "x"},
+                            headers=AUTH, timeout=10)
+    still_in_flight = metric(pod.url, "aim_requests_in_flight")
+    for thread in holders:
         thread.join(timeout=300)
-    assert in_flight == 2
-    assert holders == [200, 200]
-    assert refused == [503] * 4
+    assert still_in_flight == 3  # refused while the admitted ones were being served
+    assert refused_by_any == [503] * 4
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["type"] == "ServiceUnavailableError"
+    assert v2_refused.status_code == 503 and "server busy" in v2_refused.json()["error"]
+    assert results == [(STREAM["max_tokens"], "data: [DONE]")] * 3  # every token, then the end
+    assert metric(pod.url, "aim_requests_rejected_total", reason="overload") >= 6
     wait_until(lambda: metric(pod.url, "aim_requests_in_flight") == 0, timeout=60)
+    assert httpx.post(url, json=SHORT, headers=AUTH, timeout=60).status_code == 200
+
+
+@serving
+def test_request_bodies_are_bounded_for_the_pod(pod):
+    huge = {"model": "tiny", "prompt": "x" * 70_000, "max_tokens": 1}
+    response = httpx.post(pod.url + "/openai/v1/completions", json=huge, headers=AUTH)
+    assert response.status_code == 413
+    assert "larger than 65536 bytes" in response.json()["error"]["message"]
+    chunked = httpx.post(pod.url + "/v2/models/tiny/generate", headers=AUTH,
+                         content=iter([b'{"text_input": "', b"y" * 70_000, b'"}']))
+    assert chunked.status_code == 413 and "larger than" in chunked.json()["error"]
 
 
 @serving

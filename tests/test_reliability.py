@@ -1,7 +1,7 @@
 """A serving runtime's worst minutes, provoked against the real server: clients that vanish
-mid-stream, more clients than it can take, a rolling update's SIGTERM, a dead engine and start-ups
-that cannot work. (The read-only root: tests/test_runtime_contract.py runs the container on
-one.)"""
+mid-stream, a rolling update's SIGTERM, a dead engine and start-ups that cannot work. (More
+clients than it can take and bodies too large: tests/test_api_servers.py's pod; the read-only
+root: tests/test_runtime_contract.py runs the container on one.)"""
 
 from __future__ import annotations
 
@@ -117,55 +117,6 @@ def test_fifty_abrupt_disconnects_abort_their_requests(server):
 # --- overload and body size (a server with a queue of one and 64 KiB bodies) -------------------
 
 
-@pytest.fixture(scope="module")
-def crowded(work_dir, tiny_model):
-    """max_num_seqs 2 + 1 queued = 3 in flight; 64 KiB bodies. Limits that would change other
-    tests' behaviour, hence a server of its own."""
-    process = aim_server(work_dir, tiny_model, "--max-num-seqs", "2", "--max-queued-requests",
-                         "1", "--max-request-bytes", "65536").start()
-    try:
-        yield process.wait_ready()
-    finally:
-        process.dismiss()
-
-
-def test_overload_is_refused_fast_with_retry_after(crowded):
-    """Two requests run (max_num_seqs 2), one waits (queue bound 1): the next is refused at once,
-    while the three are still being served. Each event carries 20 logprobs, which keeps the
-    streams busy long enough to be seen however fast the engine is."""
-    results = []
-
-    def stream_to_the_end():
-        body = {**STREAM, "logprobs": 20, "stream_options": {"include_usage": True}}
-        with httpx.stream("POST", crowded.url + "/openai/v1/completions", json=body,
-                          timeout=300) as stream:
-            events = [line for line in stream.iter_lines() if line.startswith("data:")]
-        usage = json.loads(events[-2].removeprefix("data: "))["usage"]
-        results.append((usage["completion_tokens"], events[-1]))
-
-    holders = [threading.Thread(target=stream_to_the_end) for _ in range(3)]
-    for thread in holders:
-        thread.start()
-    wait_until(lambda: metric(crowded.url, "aim_requests_in_flight") == 3, timeout=30)
-    refused = httpx.post(crowded.url + "/openai/v1/completions",
-                         json={"model": "tiny", "prompt": "x", "max_tokens": 2}, timeout=10)
-    v2_refused = httpx.post(crowded.url + "/v2/models/tiny/generate",
-                            json={"text_input": "x"}, timeout=10)
-    still_in_flight = metric(crowded.url, "aim_requests_in_flight")
-    for thread in holders:
-        thread.join()
-    assert still_in_flight == 3  # refused while the admitted ones were being served
-    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
-    assert refused.json()["error"]["type"] == "ServiceUnavailableError"
-    assert v2_refused.status_code == 503 and "server busy" in v2_refused.json()["error"]
-    # The admitted ones were not disturbed: every token, then the end of the stream.
-    assert results == [(1500, "data: [DONE]")] * 3
-    assert metric(crowded.url, "aim_requests_rejected_total", reason="overload") >= 2
-    after = httpx.post(crowded.url + "/openai/v1/completions",
-                       json={"model": "tiny", "prompt": "x", "max_tokens": 2}, timeout=60)
-    assert after.status_code == 200
-
-
 @pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer wrong"},
                                      {"authorization": f"Basic {API_KEY}"}])
 def test_inference_routes_need_a_valid_key(guarded, headers):
@@ -187,16 +138,6 @@ def test_health_and_metrics_stay_open_and_any_listed_key_works(guarded):
     for key in (API_KEY, OLD_API_KEY):
         client = openai.OpenAI(base_url=guarded.url + "/openai/v1", api_key=key, max_retries=0)
         assert client.completions.create(model="tiny", prompt="x", max_tokens=1).choices
-
-
-def test_request_bodies_are_bounded(crowded):
-    huge = {"model": "tiny", "prompt": "x" * 70_000, "max_tokens": 1}
-    response = httpx.post(crowded.url + "/openai/v1/completions", json=huge)
-    assert response.status_code == 413
-    assert "larger than 65536 bytes" in response.json()["error"]["message"]
-    chunked = httpx.post(crowded.url + "/v2/models/tiny/generate",
-                         content=iter([b'{"text_input": "', b"y" * 70_000, b'"}']))
-    assert chunked.status_code == 413 and "larger than" in chunked.json()["error"]
 
 
 # --- graceful shutdown -------------------------------------------------------------------------
