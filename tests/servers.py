@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 REPO = Path(__file__).parent.parent
 STARTUP_TIMEOUT_SECONDS = 600
@@ -114,23 +115,34 @@ class ServerProcess:
         self.probes.append((time.monotonic() - started, path, status))
         return status
 
+    def processes(self, named: str) -> list[psutil.Process]:
+        """The server's descendants whose command line (vLLM retitles its processes:
+        `VLLM::EngineCore`, `VLLM::APIServer_1`...) contains `named`."""
+        assert self.process is not None
+        return [p for p in psutil.Process(self.process.pid).children(recursive=True)
+                if named in " ".join(p.cmdline())]
+
     def stop(self, timeout: float = 60) -> int | None:
         """SIGTERM to the server's process group, then its exit code (SIGKILL after `timeout`)."""
-        if self.process is None or self.process.poll() is not None:
+        if not self._terminate():
             return self.process.returncode if self.process else None
-        os.killpg(self.process.pid, signal.SIGTERM)
         return self._await_exit(timeout)
 
     def dismiss(self) -> None:
         """Stop without waiting for the exit, for a fixture or test done with its server: the
         SIGTERM now, the exit awaited in a thread (vLLM's engine takes seconds to stop; no test
         needs to wait for it), all of them joined by `await_dismissed` before the session ends."""
+        if self._terminate():
+            waiter = threading.Thread(target=self._await_exit, args=(60,), daemon=True)
+            waiter.start()
+            _dismissed.append(waiter)
+
+    def _terminate(self) -> bool:
+        """SIGTERM to the process group, if the server still runs."""
         if self.process is None or self.process.poll() is not None:
-            return
+            return False
         os.killpg(self.process.pid, signal.SIGTERM)
-        waiter = threading.Thread(target=self._await_exit, args=(60,), daemon=True)
-        waiter.start()
-        _dismissed.append(waiter)
+        return True
 
     def _await_exit(self, timeout: float) -> int | None:
         assert self.process is not None

@@ -176,11 +176,6 @@ def pod(work_dir, tiny_model):
         process.dismiss()
 
 
-def api_servers(pod) -> list[psutil.Process]:
-    return [p for p in psutil.Process(pod.process.pid).children(recursive=True)
-            if "APIServer" in " ".join(p.cmdline())]
-
-
 def post_concurrently(url: str, count: int, body: dict, headers: dict) -> list[int]:
     """`count` requests at once, each on its own connection."""
     statuses: list[int] = []
@@ -199,9 +194,8 @@ def post_concurrently(url: str, count: int, body: dict, headers: dict) -> list[i
 
 @serving
 def test_both_api_servers_and_both_engine_ranks_serve_and_metrics_aggregate_them(pod):
-    assert len(api_servers(pod)) == 2
-    assert len([p for p in psutil.Process(pod.process.pid).children(recursive=True)
-                if "EngineCore_DP" in " ".join(p.cmdline())]) == 2
+    assert len(pod.processes("APIServer")) == 2
+    assert len(pod.processes("EngineCore_DP")) == 2
     url = pod.url + "/openai/v1/completions"
     before = {s: metric(pod.url, "aim_api_server_requests_total", server=s) for s in "01"}
     by_engine = {e: metric(pod.url, "vllm:request_success_total", engine=e) for e in "01"}
@@ -386,22 +380,21 @@ def test_an_engine_that_dies_cuts_its_streams_short_and_ends_the_pod(work_dir, t
 
 def watch_a_death(process, victim: str, streams: int, drain: float,
                   key: str | None = None) -> dict:
-    """Kill the pod's process named `victim` (the engine paused first, so that `streams`
-    completions and an `aim-runtime validate` run are in flight whatever the machine's pace),
+    """Kill the pod's process named `victim` (the engine paused first, before `streams`
+    completions and an `aim-runtime validate` run, so that all are in flight at the kill
+    whatever the machine's pace: a fast engine finished streams begun earlier),
     then see liveness fail (503; or, with no drain time, a refused connection), the pod end with
-    1 and every process gone, the streams end and
-    validate fail its completion check: the streams' outcomes and validate's output."""
-    family = [p for p in psutil.Process(process.process.pid).children(recursive=True)
-              if "VLLM::" in " ".join(p.cmdline())]
-    (killed,) = [p for p in family if victim in " ".join(p.cmdline())]
+    1 and every process gone, the streams end and validate fail its completion check: the
+    streams' outcomes and validate's output."""
+    family = process.processes("VLLM::")
+    (killed,) = process.processes(victim)
     # Without a drain time the pod stops at once: liveness may go from 200 to a refused
     # connection, which fails a kubelet's probe alike.
     failing = {503} if drain else {503, None}
-    outcomes, streaming = stream_in_background(process.url, streams, key)
-    assert not streams or streaming.wait(timeout=60)
-    engines = [p for p in family if "EngineCore" in " ".join(p.cmdline())]
-    for engine in engines:
+    for engine in process.processes("EngineCore"):
         engine.suspend()
+    outcomes = stream_in_background(process.url, streams, key)
+    wait_until(lambda: metric(process.url, "aim_requests_in_flight") == streams, timeout=30)
     validating = validate_until(process.url, "recipe", key)
     time.sleep(0.5)
     with httpx.Client() as client:
@@ -439,13 +432,10 @@ def validate_until(url: str, check: str, key: str | None = None) -> subprocess.P
     raise AssertionError(f"validate ended before its {check} check ({running.wait()})")
 
 
-def stream_in_background(url: str, streams: int, key: str | None = None,
-                         ) -> tuple[list[dict], threading.Event]:
-    """`streams` long completions, each read in a thread of its own until it ends; the event
-    is set at the first event of any. Each outcome: its data lines, an error if one ended it,
-    and `done` once its thread is through."""
+def stream_in_background(url: str, streams: int, key: str | None = None) -> list[dict]:
+    """`streams` long completions, each read in a thread of its own until it ends. Each
+    outcome: its data lines, an error if one ended it, and `done` once its thread is through."""
     outcomes: list[dict] = []
-    streaming = threading.Event()
 
     def stream() -> None:
         outcome: dict = {"lines": []}
@@ -457,12 +447,10 @@ def stream_in_background(url: str, streams: int, key: str | None = None,
                 for line in response.iter_lines():
                     if line.startswith("data:"):
                         outcome["lines"].append(line)
-                        streaming.set()
         except httpx.HTTPError as exc:
             outcome["error"] = exc
         outcome["done"] = True
-        streaming.set()
 
     for _ in range(streams):
         threading.Thread(target=stream, daemon=True).start()
-    return outcomes, streaming
+    return outcomes

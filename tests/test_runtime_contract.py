@@ -157,6 +157,7 @@ def test_metrics_are_where_the_scrape_annotations_say(pod):
 def test_the_container_serves_from_a_read_only_root(pod):
     """readOnlyRootFilesystem: the server's root is mounted read-only, and nothing it does
     (caches, compiled kernels, sockets, the model's conversion) tried to write there."""
+    assert CONTAINER["securityContext"]["readOnlyRootFilesystem"] is True
     process, _ = pod  # unshare and sh exec the server: the same process
     root = next(line.split() for line in Path(f"/proc/{process.process.pid}/mountinfo")
                 .read_text().splitlines() if line.split()[4] == "/")

@@ -111,8 +111,7 @@ def test_a_stalled_engine_fails_liveness_and_says_so(work_dir, tiny_model, tmp_p
                              "AIM_TERMINATION_LOG": str(message)}).start()
     try:
         server.wait_ready()
-        engine_core = next(p for p in psutil.Process(server.process.pid).children(recursive=True)
-                           if "EngineCore" in " ".join(p.cmdline()) or "EngineCore" in p.name())
+        (engine_core,) = server.processes("EngineCore")
         with contextlib.ExitStack() as streams:
             stop_mid_request(server, engine_core, streams)
             started = time.monotonic()

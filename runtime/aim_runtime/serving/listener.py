@@ -99,7 +99,7 @@ TLS_CLOSE_GRACE_SECONDS = 1.0
 
 
 def cut_tls_closes_short(server: Any) -> None:
-    """Make a uvicorn server's shutdown abort a TLS connection still closing a second after it
+    """Make a TLS uvicorn server's shutdown abort a connection still closing a second after it
     was closed. Closing TLS waits for the client's close_notify, up to the event loop's
     ssl_shutdown_timeout (30 s), and uvicorn waits for every connection: one idle keep-alive
     connection in a client's pool held a pod's exit for 30 s, an LLMInferenceService's whole
@@ -121,8 +121,7 @@ async def _abort_lingering_tls(connections: set[Any]) -> None:
     closing_before: set[Any] = set()
     while True:
         await asyncio.sleep(TLS_CLOSE_GRACE_SECONDS)
-        closing = {c for c in list(connections) if c.transport.is_closing()
-                   and c.transport.get_extra_info("sslcontext") is not None}
+        closing = {c for c in list(connections) if c.transport.is_closing()}
         for connection in closing & closing_before:
             connection.transport.abort()
         closing_before = closing

@@ -168,7 +168,8 @@ class AimRESTServer(RESTServer):
         self.front_end = front_end
         super().__init__(*args, **kwargs)
         self.config.host = host
-        cut_tls_closes_short(self._server)
+        if self.config.ssl_certfile:
+            cut_tls_closes_short(self._server)
         if listener is not None:  # h11's own bound, when uvicorn runs h11 (HeaderLimits holds both)
             self.config.h11_max_incomplete_event_size = listener.max_header_bytes
         if listener is not None:  # mutual TLS and ciphers: `vllm serve`'s flags, uvicorn's own
