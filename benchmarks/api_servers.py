@@ -21,8 +21,11 @@ the front end. Reported:
 - requests each process served (ours: aim_api_server_requests_total{server}; bare vLLM has no
   per-process count, so its CPU share stands in);
 - the throughput ceiling the front end sets: N / (CPU seconds per token), each process on a core.
-Ratios are ours over bare, with min-median-max over the pairs. Results go to
-`results/api_servers.{json,md}`.
+Two workloads run on each warmed server: the long one (the flags above: 256 prompts of 64 in /
+128 out tokens at concurrency 16) and, with one API server, a short one (48 requests of 64 out
+tokens at concurrency 8), where a request's fixed path (gate, admission, headers, counters, access
+log) is spread over fewer tokens. Ratios are ours over bare, with min-median-max over the pairs.
+Results go to `results/api_servers.{json,md}`.
 """
 
 from __future__ import annotations
@@ -49,6 +52,21 @@ FRONTEND_TITLE = "APIServer"  # vLLM's process title for its API servers, and ou
 
 
 @dataclass(frozen=True)
+class Workload:
+    """One load: streamed random prompts of `input_len` tokens, `output_len` out each."""
+
+    name: str
+    concurrency: int
+    prompts: int
+    input_len: int
+    output_len: int
+
+
+SHORT = Workload("short", concurrency=8, prompts=48, input_len=64, output_len=64)
+SHORT_SMOKE = Workload("short", concurrency=4, prompts=8, input_len=64, output_len=16)
+
+
+@dataclass(frozen=True)
 class Settings:
     model: Path
     pairs: int
@@ -58,10 +76,16 @@ class Settings:
     output_len: int
     out: Path
     data_parallel: bool = False  # N engine ranks (and so N API servers), not N over one rank
+    short: Workload | None = SHORT
 
     @property
     def stem(self) -> str:
         return "api_servers_dp" if self.data_parallel else "api_servers"
+
+    def workloads(self, count: int) -> list[Workload]:
+        """The long load for every count; the short one with one API server."""
+        long = Workload("long", self.concurrency, self.prompts, self.input_len, self.output_len)
+        return [long, self.short] if count == 1 and self.short is not None else [long]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,15 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     settings.out.mkdir(parents=True, exist_ok=True)
     with workspace("aim-bench-api-", settings.model) as (work, model):
         engine_argv, env, _ = plan_engine_args(model, [])
-        runs = [measure_pair(count, pair, settings, model, engine_argv, env, work)
-                for pair in range(settings.pairs) for count in COUNTS]
+        runs = [row for pair in range(settings.pairs) for count in COUNTS
+                for row in measure_pair(count, pair, settings, model, engine_argv, env, work)]
         results = {
             "machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "settings": {"model": str(model), "pairs": settings.pairs,
                          "concurrency": settings.concurrency, "prompts": settings.prompts,
                          "input_len": settings.input_len, "output_len": settings.output_len,
                          "engine_args": engine_argv, "cores": _cores_setting(),
-                         "data_parallel": settings.data_parallel},
+                         "data_parallel": settings.data_parallel,
+                         "short": vars(settings.short) if settings.short else None},
             "runs": runs, "summary": summarize(runs)}
         (settings.out / f"{settings.stem}.json").write_text(json.dumps(results, indent=2) + "\n")
         (settings.out / f"{settings.stem}.md").write_text(render_markdown(results))
@@ -106,16 +131,20 @@ def parse(argv: list[str] | None, prog: str = "python -m benchmarks.api_servers"
     if args.smoke:
         args.pairs, args.concurrency, args.prompts, args.output_len = 1, 4, 8, 32
     return Settings(args.model, args.pairs, args.concurrency, args.prompts,
-                    args.input_len, args.output_len, args.out, args.data_parallel)
+                    args.input_len, args.output_len, args.out, args.data_parallel,
+                    short=SHORT_SMOKE if args.smoke else SHORT)
 
 
 def measure_pair(count: int, pair: int, settings: Settings, model: Path,
-                 engine_argv: list[str], env: dict[str, str], work: Path) -> dict[str, Any]:
-    """Bare vLLM and ours with `count` API servers, one after the other."""
+                 engine_argv: list[str], env: dict[str, str],
+                 work: Path) -> list[dict[str, Any]]:
+    """Bare vLLM and ours with `count` API servers, one after the other: a row per workload."""
     order = ("bare", "ours") if pair % 2 == 0 else ("ours", "bare")
-    return {"count": count, "pair": pair,
-            **{label: measure_one(label, count, settings, model, engine_argv, env, work)
-               for label in order}}
+    measured = {label: measure_one(label, count, settings, model, engine_argv, env, work)
+                for label in order}
+    return [{"count": count, "pair": pair, "workload": workload.name,
+             **{label: measured[label][workload.name] for label in order}}
+            for workload in settings.workloads(count)]
 
 
 def server_for(label: str, count: int, model: Path, engine_argv: list[str],
@@ -167,16 +196,22 @@ def warmed_server(label: str, count: int, settings: Settings, model: Path,
 
 
 def measure_one(label: str, count: int, settings: Settings, model: Path,
-                engine_argv: list[str], env: dict[str, str], work: Path) -> dict[str, Any]:
+                engine_argv: list[str], env: dict[str, str],
+                work: Path) -> dict[str, dict[str, Any]]:
+    """Each workload's figures on one warmed server, by workload name."""
+    measured = {}
     with warmed_server(label, count, settings, model, engine_argv, env, work) as (
             process, endpoint, frontends):
-        before = requests_per_process(process, count) if label == "ours" else None
-        figures = _bench(process, endpoint, model, settings.concurrency, settings.prompts,
-                         settings, f"{label}{count}", frontends)
-        if before is not None:
-            after = requests_per_process(process, count)
-            figures["requests_per_process"] = [a - b for a, b in zip(after, before, strict=True)]
-    return figures
+        for workload in settings.workloads(count):
+            before = requests_per_process(process, count) if label == "ours" else None
+            figures = _bench(process, endpoint, model, workload.concurrency, workload.prompts,
+                             workload, f"{label}{count}-{workload.name}", frontends)
+            if before is not None:
+                after = requests_per_process(process, count)
+                figures["requests_per_process"] = [a - b for a, b in
+                                                   zip(after, before, strict=True)]
+            measured[workload.name] = figures
+    return measured
 
 
 def _cores_setting() -> dict[str, list[int]] | None:
@@ -251,9 +286,10 @@ def requests_per_process(server: ServerProcess, count: int) -> list[float]:
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     summary = []
-    for count in COUNTS:
-        rows = [r for r in runs if r["count"] == count]
-        entry: dict[str, Any] = {"count": count, "pairs": len(rows)}
+    groups = dict.fromkeys((r.get("workload", "long"), r["count"]) for r in runs)
+    for workload, count in groups:
+        rows = [r for r in runs if (r.get("workload", "long"), r["count"]) == (workload, count)]
+        entry: dict[str, Any] = {"workload": workload, "count": count, "pairs": len(rows)}
         for label in ("bare", "ours"):
             cpu = [r[label]["frontend_cpu_ms_per_token"] for r in rows]
             entry[label] = {
@@ -283,7 +319,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"{results['date']} · {machine_['cpu']}, {machine_['cores']} cores, {machine_['gpu']} · "
         f"vllm {machine_['vllm']}, kserve {machine_['kserve']} · {settings['pairs']} pair(s), "
         f"concurrency {settings['concurrency']}, {settings['prompts']} prompts of "
-        f"{settings['input_len']} in / {settings['output_len']} out tokens, streamed.",
+        f"{settings['input_len']} in / {settings['output_len']} out tokens, streamed (the long "
+        f"workload){_short_text(settings.get('short'))}.",
         "",
         f"Cores: {_cores_text(settings.get('cores'))}.",
         "",
@@ -296,29 +333,39 @@ def render_markdown(results: dict[str, Any]) -> str:
         "own core. Share: each process's part of the front-end CPU (first pair). Requests: what "
         "each of ours admitted (aim_api_server_requests_total; first pair).",
         "",
-        "| API servers | server | CPU ms/token | ceiling tok/s | tok/s measured | CPU share "
-        "| requests |",
-        "|---|---|---|---|---|---|---|",
+        "| workload | API servers | server | CPU ms/token | ceiling tok/s | tok/s measured "
+        "| CPU share | requests |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for entry in results["summary"]:
         for label in ("bare", "ours"):
             side = entry[label]
             requests = side["requests_per_process"][0]
             lines.append(
-                f"| {entry['count']} | {'vllm serve' if label == 'bare' else 'aim-runtime'} "
+                f"| {entry.get('workload', 'long')} | {entry['count']} "
+                f"| {'vllm serve' if label == 'bare' else 'aim-runtime'} "
                 f"| {side['frontend_cpu_ms_per_token']['median']:.3f} "
                 f"| {side['ceiling_tokens_per_s']['median']:.0f} "
                 f"| {side['output_throughput']['median']:.0f} "
                 f"| {' / '.join(f'{s:.2f}' for s in side['cpu_share_per_process'][0])} "
                 f"| {' / '.join(f'{r:g}' for r in requests) if requests else 'n/a'} |")
-    lines += ["", "| API servers | CPU per token, ours/bare (min-median-max) "
-              "| throughput, ours/bare |", "|---|---|---|"]
+    lines += ["", "| workload | API servers | CPU per token, ours/bare (min-median-max) "
+              "| throughput, ours/bare |", "|---|---|---|---|"]
     for entry in results["summary"]:
         cpu, tput = entry["ratio"]["frontend_cpu_ms_per_token"], entry["ratio"][
             "output_throughput"]
-        lines.append(f"| {entry['count']} | {cpu['min']:.2f}-{cpu['median']:.2f}-{cpu['max']:.2f} "
+        lines.append(f"| {entry.get('workload', 'long')} | {entry['count']} "
+                     f"| {cpu['min']:.2f}-{cpu['median']:.2f}-{cpu['max']:.2f} "
                      f"| {tput['min']:.2f}-{tput['median']:.2f}-{tput['max']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _short_text(short: dict[str, Any] | None) -> str:
+    if not short:
+        return ""
+    return (f"; with one API server also the short workload, {short['prompts']} prompts of "
+            f"{short['input_len']} in / {short['output_len']} out tokens at concurrency "
+            f"{short['concurrency']}")
 
 
 def _cores_text(cores: dict[str, list[int]] | None) -> str:

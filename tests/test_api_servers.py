@@ -25,7 +25,7 @@ import pytest
 
 from servers import REPO, aim_server, free_port
 from test_reliability import STREAM, metric, wait_until
-from testkit import clean_environ
+from testkit import clean_environ, engine_less_model
 
 KEY = "pod-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -37,7 +37,8 @@ SHORT = {"model": "tiny", "prompt": "Hello", "max_tokens": 4}
 
 def count_for(argv: list[str], dp: int = 1, environ: dict[str, str] | None = None,
               monkeypatch: pytest.MonkeyPatch | None = None) -> tuple[int, str]:
-    from aim_runtime.serving.startup import api_server_count, serve_parser
+    from aim_runtime.cli.serve import serve_parser
+    from aim_runtime.serving.api_server_count import api_server_count
     from aim_runtime.serving.vllm_adapter import parse_vllm_args
 
     for name, value in (environ or {}).items():
@@ -130,18 +131,17 @@ def test_a_process_killed_while_counting_never_blocks_the_others():
 
 
 def test_readiness_waits_for_every_api_server_and_liveness_follows_the_pod():
+    from aim_runtime.serving.dataplane import AimDataPlane, NotReady
     from aim_runtime.serving.front_ends import FrontEnd, FrontEndGroup
-    from aim_runtime.serving.model import AimModel
-    from aim_runtime.serving.server import AimDataPlane, NotReady
 
     async def healthy() -> bool:
         return True
 
-    model = AimModel("tiny", [], {})
-    model.vllm_engine = SimpleNamespace(healthy=healthy, dead_reason=None)  # type: ignore
+    model = engine_less_model()
+    model.lifecycle.engine = SimpleNamespace(healthy=healthy, dead_reason=None)  # type: ignore
     group = FrontEndGroup.create(2)
     first = FrontEnd(group, 0)
-    plane = AimDataPlane(None, model, first)
+    plane = AimDataPlane(None, model.lifecycle, first)
     first.mark_ready()
     with pytest.raises(NotReady) as refused:
         asyncio.run(plane.ready())

@@ -191,7 +191,7 @@ def test_the_multi_node_preset_forms_one_ray_cluster_per_group():
 
 
 def test_pinned_parallelism_and_different_container_args_are_refused():
-    from aim_runtime.serving.startup import normalize_argv
+    from aim_runtime.cli.serve import normalize_argv
 
     service = copy.deepcopy(SERVICES["llama-3.1-8b.yaml"])
     service["spec"]["parallelism"]["tensor"] = 2

@@ -32,6 +32,7 @@ from aim_runtime.serving.paths import OPENAI_PREFIX
 from aim_runtime.serving.protocol_errors import EngineErrorResponse, install_error_handlers
 from aim_runtime.serving.server import event_loop_runner
 from aim_runtime.serving.v2_routes import add_generate_routes
+from testkit import engine_less_model
 
 PREFIX = OPENAI_PREFIX
 
@@ -129,7 +130,7 @@ def test_generate_body_errors(body, message):
 @pytest.fixture(scope="module")
 def model() -> AimModel:
     """The model object with no engine: nothing loads, readiness stays false."""
-    return AimModel("tiny", [], {})
+    return engine_less_model()
 
 
 def test_completion_request_carries_prompts_and_parameters(model):
@@ -189,9 +190,9 @@ class StandInCompletions:
 
 
 def with_engine(answer) -> tuple[AimModel, StandInCompletions]:
-    model = AimModel("tiny", [], {})
+    model = engine_less_model()
     completions = StandInCompletions(answer)
-    model.vllm_engine = SimpleNamespace(dead_reason=None, completions=completions,
+    model.lifecycle.engine = SimpleNamespace(dead_reason=None, completions=completions,
                                         max_num_seqs=4)
     return model, completions
 
@@ -329,7 +330,7 @@ def http() -> TestClient:
     plus routes that raise each handled exception under the OpenAI prefix and under /v2."""
     app = FastAPI()
     install_error_handlers(app)
-    model = AimModel("tiny", [], {})
+    model = engine_less_model()
     add_generate_routes(app, model)
 
     async def raise_kind(kind: str) -> None:
@@ -504,7 +505,7 @@ def test_event_loop_uvloop_without_uvloop_is_an_error_and_auto_falls_back(monkey
 
 
 def test_event_loop_is_kserves_flag_as_users_spell_it():
-    from aim_runtime.serving.startup import serve_parser
+    from aim_runtime.cli.serve import serve_parser
 
     args, rest = serve_parser().parse_known_args(["--event-loop", "asyncio"])
     assert args.event_loop == "asyncio" and rest == []

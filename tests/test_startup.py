@@ -4,6 +4,7 @@ families (KServe, AIM Runtime, vLLM), vLLM flags winning over the plan, and clea
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,19 +13,31 @@ from typing import Any
 import pytest
 
 from aim_runtime.errors import AimError, ModelFactsError, OverrideError, PlanError
-from servers import server_environment
+from servers import free_port, server_environment
+from testkit import engine_less_model
 
 from kfd_trees import MI300X, cards, write_tree
 
 pytest.importorskip("vllm")
 
+from aim_runtime.cli.serve import parse_command
 from aim_runtime.serving import startup
 from aim_runtime.serving import vllm_adapter as engine
 
 
+def prepare_argv(argv):
+    """Start-up as `aim-runtime serve ARGV` runs it, up to the server."""
+    return startup.prepare(parse_command(argv))
+
+
 def prepare(tiny_model, *extra):
-    return startup.prepare(["--model_dir", str(tiny_model), "--host", "127.0.0.1",
-                            "--enable_grpc", "false", *extra])
+    return prepare_argv(["--model_dir", str(tiny_model), "--host", "127.0.0.1",
+                         "--enable_grpc", "false", *extra])
+
+
+def built(tiny_model, *extra):
+    """The server start-up would serve with (its model and engine lifecycle within)."""
+    return startup.build_server(prepare(tiny_model, *extra).inputs)
 
 
 def test_plan_engine_args_then_vllm_flags_which_win(clean_env, tiny_model):
@@ -32,27 +45,28 @@ def test_plan_engine_args_then_vllm_flags_which_win(clean_env, tiny_model):
                        "--enforce-eager", "--model_name", "chatbot")
     assert prepared.plan.recipe_id == "aim-tiny-random-cpu"
     assert prepared.plan.max_model_len == 1024  # the planner saw the vLLM flag
-    vllm_args, _ = engine.parse_vllm_args(prepared.model.engine_argv)
+    vllm_args, _ = engine.parse_vllm_args(list(prepared.inputs.vllm_argv))
     assert vllm_args.max_num_seqs == 7
     assert vllm_args.max_model_len == 1024
     assert vllm_args.tool_call_parser == "hermes"  # from the curated recipe
     assert vllm_args.kv_cache_memory_bytes == prepared.plan.engine_args["kv_cache_memory_bytes"]
     assert vllm_args.served_model_name == ["chatbot"]
-    assert prepared.model.name == "chatbot"
-    assert prepared.server.host == "127.0.0.1"
+    server = startup.build_server(prepared.inputs)
+    assert server.aim_model.name == "chatbot"
+    assert server.host == "127.0.0.1"
 
 
 def test_served_model_name_aliases_are_registered(clean_env, tiny_model):
-    prepared = prepare(tiny_model, "--served-model-name", "main", "alias")
-    assert prepared.model.name == "main"
-    assert set(prepared.server.registered_models.get_models()) == {"alias"}  # "main" at start
+    server = built(tiny_model, "--served-model-name", "main", "alias")
+    assert server.aim_model.name == "main"
+    assert set(server.registered_models.get_models()) == {"alias"}  # "main" at start
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--frobnicate"], "invalid arguments: unrecognized arguments: --frobnicate"),
     (["--max-num-seqs", "many"], "invalid arguments: argument --max-num-seqs: invalid int"),
     (["--port", "8000"], "--port: use --http_port"),
-    (["--model", "/x"], "--model: use --model_dir"),
+    (["--model", "/x"], "--model: use --model-dir"),
     (["--workers", "2"], "--workers 2: one process serves one vLLM engine"),
     (["stray-positional"], "unexpected argument 'stray-positional'"),
 ])
@@ -75,7 +89,7 @@ def test_simulated_inventory_cannot_serve(clean_env, tiny_model, monkeypatch):
 
 def test_missing_model_directory(clean_env, tmp_path):
     with pytest.raises(ModelFactsError, match=r"no config\.json"):
-        startup.prepare(["--model_dir", str(tmp_path / "absent")])
+        prepare_argv(["--model_dir", str(tmp_path / "absent")])
 
 
 def installed(monkeypatch, vllm: str, kserve: str) -> None:
@@ -128,8 +142,7 @@ def test_start_up_needs_no_kserve_openai_layer(clean_env, tiny_model, monkeypatc
     for name in ("kserve.protocol.rest.openai", "kserve.protocol.rest.openai.endpoints",
                  "kserve.protocol.rest.openai.config"):
         monkeypatch.setitem(sys.modules, name, None)
-    prepared = prepare(tiny_model)
-    assert prepared.model.openai_app is None  # vLLM's application comes with the engine
+    assert built(tiny_model).aim_model.openai_app is None  # it comes with the engine
 
 
 def listener_of(tiny_model: Path, access_log_format: str | None = None) -> tuple[Any, Any, Any]:
@@ -138,13 +151,13 @@ def listener_of(tiny_model: Path, access_log_format: str | None = None) -> tuple
     from fastapi import FastAPI
 
     from aim_runtime.serving.gate import GateSettings
-    from aim_runtime.serving.model import AimModel
     from aim_runtime.serving.server import AimRESTServer
 
-    prepared = startup.prepare(["--model_dir", str(tiny_model), "--enable_grpc", "false"])
-    rest = AimRESTServer("kserve.model_server:app", prepared.server.dataplane,
-                         prepared.server.model_repository_extension, 0, host="127.0.0.1",
-                         recipe_id="r", model=AimModel("tiny", [], {}), gate=GateSettings(),
+    server = startup.build_server(prepare_argv(
+        ["--model_dir", str(tiny_model), "--enable_grpc", "false"]).inputs)
+    rest = AimRESTServer("kserve.model_server:app", server.dataplane,
+                         server.model_repository_extension, 0, host="127.0.0.1",
+                         recipe_id="r", model=engine_less_model(), gate=GateSettings(),
                          access_log_format=access_log_format)
     app = FastAPI()
     rest._add_middlewares(app)
@@ -193,6 +206,42 @@ def test_with_an_access_log_the_recipe_header_is_where_the_log_reads_it(tiny_mod
     assert rest.config.headers == []  # not twice
 
 
+@pytest.mark.parametrize("taken", ["http", "grpc"])
+def test_a_taken_port_is_a_clear_error(clean_env, tiny_model, taken):
+    http_port, grpc_port = free_port(), free_port()
+    holder = socket.socket()
+    holder.bind(("127.0.0.1" if taken == "http" else "0.0.0.0",
+                 http_port if taken == "http" else grpc_port))
+    holder.listen()
+    inputs = prepare(tiny_model, "--http_port", str(http_port), "--enable_grpc", "true",
+                     "--grpc_port", str(grpc_port)).inputs
+    with holder, pytest.raises(AimError) as error:
+        startup.bind_listeners(inputs, 1)
+    port = http_port if taken == "http" else grpc_port
+    assert f"cannot listen on {'127.0.0.1:' if taken == 'http' else 'the gRPC port '}{port}" \
+        in str(error.value)
+    sockets = startup.bind_listeners(inputs, 1)  # free again: the HTTP socket, gRPC checked
+    assert [sock.getsockname()[1] for sock in sockets] == [http_port]
+    for sock in sockets:
+        sock.close()
+
+
+@pytest.mark.slow
+def test_a_taken_port_fails_start_up_before_the_engine_loads(tmp_path, tiny_model):
+    """As a user meets it: one error line, exit 2, and no engine loaded first."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "aim_runtime", "serve", "--model_dir", str(tiny_model),
+             "--host", "127.0.0.1", "--http_port", str(port), "--enable_grpc", "false"],
+            capture_output=True, text=True, env=server_environment(tmp_path), timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"error: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "loading the vLLM engine" not in result.stderr + result.stdout
+
+
 @pytest.mark.slow
 def test_model_id_without_hub_access_is_a_clear_error(tmp_path):
     """As a user meets it: the command exits 2 with one clear line (no hub here)."""
@@ -206,8 +255,8 @@ def test_model_id_without_hub_access_is_a_clear_error(tmp_path):
 
 
 def test_model_id_naming_a_local_directory_is_served_from_it(clean_env, tiny_model):
-    prepared = startup.prepare(["--model_id", str(tiny_model), "--enable_grpc", "false"])
-    assert prepared.model.engine_argv[:2] == ["--model", str(tiny_model)]
+    prepared = prepare_argv(["--model_id", str(tiny_model), "--enable_grpc", "false"])
+    assert prepared.inputs.vllm_argv[:2] == ("--model", str(tiny_model))
 
 
 # --- the multi-node head role --------------------------------------------------------------------
@@ -232,11 +281,11 @@ def test_head_plans_across_the_nodes_kserve_describes(clean_env, tmp_path, monke
     plan = prepared.plan
     assert (plan.nodes, plan.devices_per_node, plan.devices_used) == (2, 8, 16)
     assert (plan.tensor_parallel_size, plan.pipeline_parallel_size) == (8, 2)
-    vllm_args, _ = engine.parse_vllm_args(prepared.model.engine_argv)
+    vllm_args, _ = engine.parse_vllm_args(list(prepared.inputs.vllm_argv))
     assert vllm_args.distributed_executor_backend == "ray"
     assert vllm_args.pipeline_parallel_size == plan.pipeline_parallel_size
-    cluster = prepared.model.cluster
-    assert cluster is prepared.cluster
+    cluster = startup.engine_spec(prepared.inputs).cluster
+    assert cluster is prepared.inputs.cluster
     assert (cluster.nodes, cluster.gpus_per_node, cluster.address) == (2, 8, "10.1.2.3:6379")
 
 
@@ -275,26 +324,26 @@ def test_vllm_listener_flags_configure_our_listener(clean_env, tiny_model, tmp_p
     prepared = prepare(tiny_model, "--http_port", "8000", "--ssl-certfile", str(cert),
                        "--ssl-keyfile", str(key), "--enable-ssl-refresh",
                        "--shutdown-timeout", "15", "--disable-uvicorn-access-log")
-    server = prepared.server
+    server = startup.build_server(prepared.inputs)
     assert (server.ssl_certfile, server.ssl_keyfile) == (str(cert), str(key))
     assert server.http_port == 8000 and server.grace_period == 15
-    assert prepared.model.warmup.url.startswith("https://127.0.0.1:8000")
-    vllm_args, _ = engine.parse_vllm_args(prepared.model.engine_argv)
+    assert server.lifecycle.spec.warmup.url.startswith("https://127.0.0.1:8000")
+    vllm_args, _ = engine.parse_vllm_args(list(prepared.inputs.vllm_argv))
     assert vllm_args.shutdown_timeout == 15  # the engine drains for as long
 
 
 def test_vllm_header_limit_flags_reach_our_listener(clean_env, tiny_model):
     listener = prepare(tiny_model, "--h11-max-incomplete-event-size", "65536",
-                       "--h11-max-header-count", "32").server.listener
+                       "--h11-max-header-count", "32").inputs.listener
     assert (listener.max_header_bytes, listener.max_header_count) == (65536, 32)
-    defaults = prepare(tiny_model).server.listener
+    defaults = prepare(tiny_model).inputs.listener
     assert (defaults.max_header_bytes, defaults.max_header_count) == (4 * 1024 * 1024, 256)
 
 
 def test_graceful_shutdown_seconds_wins_over_shutdown_timeout(clean_env, tiny_model):
-    prepared = prepare(tiny_model, "--shutdown-timeout", "15", "--graceful-shutdown-seconds", "40")
-    assert prepared.server.grace_period == 40
-    assert prepare(tiny_model).server.grace_period == 100  # neither: our default
+    server = built(tiny_model, "--shutdown-timeout", "15", "--graceful-shutdown-seconds", "40")
+    assert server.grace_period == 40
+    assert built(tiny_model).grace_period == 100  # neither: our default
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -322,7 +371,8 @@ def test_api_server_count_is_the_plan_s_unless_given(clean_env, tiny_model):
 def test_empty_arguments_from_preset_templates_are_dropped(clean_env, tiny_model):
     prepared = prepare(tiny_model, "", "--tensor-parallel-size=1", "  ", "--tensor_parallel_size",
                        "1", "--model_name", "m")
-    assert prepared.model.name == "m" and prepared.plan.engine_args["tensor_parallel_size"] == 1
+    assert prepared.inputs.names == ("m",)
+    assert prepared.plan.engine_args["tensor_parallel_size"] == 1
 
 
 def test_an_adapter_directory_turns_lora_on_and_must_exist(clean_env, tiny_model, monkeypatch,
@@ -335,16 +385,16 @@ def test_an_adapter_directory_turns_lora_on_and_must_exist(clean_env, tiny_model
     with pytest.raises(AimError, match="with --no-enable-lora: the adapters would not be served"):
         prepare(tiny_model, "--no-enable-lora")
     prepared = prepare(tiny_model, "--max-lora-rank", "8")
-    vllm_args, _ = engine.parse_vllm_args(prepared.model.engine_argv)
+    vllm_args, _ = engine.parse_vllm_args(list(prepared.inputs.vllm_argv))
     assert vllm_args.enable_lora and vllm_args.max_lora_rank == 8
     assert prepared.plan.memory.lora_bytes_per_device > 0  # the planner counted the slots
-    assert prepared.model.adapters.directory == tmp_path / "adapters"
+    assert startup.engine_spec(prepared.inputs).adapters.directory == tmp_path / "adapters"
 
 
 def test_kv_transfer_and_kv_events_configs_reach_the_engine(clean_env, tiny_model):
     transfer = '{"kv_connector": "NixlConnector", "kv_role": "kv_both"}'
     events = '{"enable_kv_cache_events": true, "publisher": "zmq"}'
     prepared = prepare(tiny_model, "--kv-transfer-config", transfer, "--kv-events-config", events)
-    vllm_args, _ = engine.parse_vllm_args(prepared.model.engine_argv)
+    vllm_args, _ = engine.parse_vllm_args(list(prepared.inputs.vllm_argv))
     assert vllm_args.kv_transfer_config.kv_connector == "NixlConnector"
     assert vllm_args.kv_events_config.enable_kv_cache_events is True

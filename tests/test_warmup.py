@@ -20,7 +20,7 @@ import pytest
 from aim_runtime.serving.warmup import WarmupPlan, requests_for
 from servers import aim_server, server_environment
 from test_reliability import metric
-from testkit import REPO
+from testkit import REPO, engine_less_model
 
 
 def plan(extent: str, tools: bool = False) -> WarmupPlan:
@@ -48,12 +48,11 @@ def test_full_warm_up_adds_a_planned_prefill_structured_output_and_tools_when_en
 def test_readiness_says_why_it_is_not_ready():
     from kserve.model_repository import ModelRepository
 
-    from aim_runtime.serving.model import AimModel
-    from aim_runtime.serving.server import AimDataPlane, NotReady
+    from aim_runtime.serving.dataplane import AimDataPlane, NotReady
 
-    model = AimModel("tiny", [], {})
+    model = engine_less_model()
     with pytest.raises(NotReady) as loading:
-        asyncio.run(AimDataPlane(ModelRepository(), model).ready())
+        asyncio.run(AimDataPlane(ModelRepository(), model.lifecycle).ready())
     assert loading.value.reason == "loading"
 
 

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "runtime" / "aim_runtime"
@@ -54,3 +55,12 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text))
     return path
+
+
+def engine_less_model(name: str = "tiny") -> Any:
+    """The model object over a lifecycle whose engine is never started: readiness stays false
+    until a test gives the lifecycle a stand-in engine."""
+    from aim_runtime.serving.lifecycle import EngineLifecycle, EngineSpec
+    from aim_runtime.serving.model import AimModel
+
+    return AimModel(name, EngineLifecycle(EngineSpec(argv=(), env={}), name))

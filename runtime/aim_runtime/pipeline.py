@@ -70,16 +70,22 @@ def run(request: PlanRequest, phase: Phase = untimed, catalog: Catalog | None = 
 
 
 def plan_on(inventory: Inventory, request: PlanRequest, phase: Phase = untimed,
-            catalog: Catalog | None = None) -> Planned:
-    """The stages after detection, for an inventory already at hand."""
-    with phase("inspect"):
-        facts = load_model_facts(request.model,
-                                 hf_id=request.model_id or settings.MODEL_ID.read(request.environ))
+            catalog: Catalog | None = None, facts: ModelFacts | None = None) -> Planned:
+    """The stages after detection, for an inventory (and the model's facts) already at hand."""
+    if facts is None:
+        with phase("inspect"):
+            facts = inspect_model(request.model, request.model_id, request.environ)
     with phase("plan"):
         catalog = catalog or catalog_for(request.recipe_dirs, request.environ)
         overrides = collect_overrides(request.cli_overrides, request.environ)
         plan = make_plan(inventory, facts, catalog, overrides)
     return Planned(inventory=inventory, facts=facts, catalog=catalog, plan=plan)
+
+
+def inspect_model(model: Path, model_id: str | None, environ: Mapping[str, str]) -> ModelFacts:
+    """The model's facts, from its directory (or config.json); `model_id` (else AIM_MODEL_ID)
+    names it for the curated recipes."""
+    return load_model_facts(model, hf_id=model_id or settings.MODEL_ID.read(environ))
 
 
 def detect_inventory(request: PlanRequest) -> Inventory:

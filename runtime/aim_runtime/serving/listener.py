@@ -23,6 +23,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from kserve.constants.constants import DEFAULT_HTTP_PORT, DEFAULT_HTTPS_PORT
+
 from aim_runtime.errors import AimError
 
 # `vllm serve` flags for listeners or processes this server does not have.
@@ -52,6 +54,13 @@ class ListenerOptions:
     @property
     def tls(self) -> bool:
         return self.ssl_certfile is not None
+
+    def served_port(self, http_port: int) -> int:
+        """The port the listener binds: KServe's rule, a TLS listener asked for its default
+        HTTP port listens on its default HTTPS port."""
+        if self.tls and http_port == DEFAULT_HTTP_PORT:
+            return DEFAULT_HTTPS_PORT
+        return http_port
 
 
 def listener_options(ours: argparse.Namespace, vllm: argparse.Namespace,

@@ -28,23 +28,20 @@ import asyncio
 import logging
 import signal
 import socket
-import struct
 import threading
 from collections.abc import Callable, Coroutine
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from kserve import ModelServer
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
-from kserve.errors import InferenceError, InvalidInput, ServerNotReady
-from kserve.model_repository import ModelRepository
-from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.rest.server import RESTServer
 from starlette.middleware.errors import ServerErrorMiddleware
 from uvicorn.importer import import_from_string
 
+from aim_runtime import settings
 from aim_runtime.errors import AimError
 from aim_runtime.serving import metrics
 from aim_runtime.serving.asgi import (
@@ -56,92 +53,21 @@ from aim_runtime.serving.asgi import (
     WholeBodyIsJson,
     access_logged,
 )
+from aim_runtime.serving.dataplane import AimDataPlane, AimModelRepository
 from aim_runtime.serving.front_ends import FrontEnd
 from aim_runtime.serving.gate import GateSettings, GateState, RequestGate
 from aim_runtime.serving.grpc_listener import AimGRPCServer
 from aim_runtime.serving.header_limits import HeaderLimits
+from aim_runtime.serving.lifecycle import EngineLifecycle, EngineSpec
 from aim_runtime.serving.listener import ListenerOptions, cut_tls_closes_short
 from aim_runtime.serving.model import AimModel
 from aim_runtime.serving.protocol_errors import install_error_handlers
 from aim_runtime.serving.v2_routes import add_generate_routes, add_version_routes
 
+if TYPE_CHECKING:
+    from aim_runtime.serving.startup import ServerInputs
+
 log = logging.getLogger(__name__)
-
-class NotReady(ServerNotReady):
-    """Readiness 503 with a machine-readable reason (loading, warming, starting, draining,
-    stalled, dead)."""
-
-    def __init__(self, reason: str, detail: str | None = None) -> None:
-        super().__init__(detail or reason)
-        self.reason = reason
-
-
-class AimModelRepository(ModelRepository):
-    """KServe's registry, where each LoRA adapter loaded now is the model under its own name
-    (v2 infer, ready and metadata at /v2/models/<adapter>/...)."""
-
-    def __init__(self, model: AimModel) -> None:
-        super().__init__()
-        self.aim_model = model
-
-    def get_model(self, name: str) -> Any:
-        found = super().get_model(name)
-        if found is None and name in self.aim_model.adapter_names():
-            return self.aim_model
-        return found
-
-
-class AimDataPlane(DataPlane):
-    """Liveness and readiness that follow the engine, and with several API server processes
-    the pod's: ready once every process is, dead once any process died."""
-
-    def __init__(self, model_registry: Any, model: AimModel,
-                 front_end: FrontEnd | None = None) -> None:
-        super().__init__(model_registry=model_registry)
-        self.aim_model = model
-        self.front_end = front_end
-
-    def decode_inference_request(self, body: Any, headers: Any, model_name: str) -> Any:
-        """KServe's decoding of a v2 request, binary framing (`Inference-Header-Content-Length`)
-        included. What the framing or its JSON part gets wrong is the client's: a 400 naming
-        it, where KServe's decoder let KeyError, AttributeError, struct.error or
-        UnicodeDecodeError through, and InferenceError for BYTES that are not UTF-8, as 500s."""
-        try:
-            return super().decode_inference_request(body, headers, model_name)
-        except InvalidInput:
-            raise
-        except InferenceError as exc:  # KServe's word for BYTES that are not UTF-8
-            raise InvalidInput(str(exc)) from exc
-        except KeyError as exc:
-            raise InvalidInput(f"v2 request: an input lacks the field {exc}") from exc
-        except (AttributeError, TypeError, ValueError, IndexError, struct.error) as exc:
-            raise InvalidInput(f"v2 request does not decode: {exc}") from exc
-
-    def state(self) -> str:
-        """Readiness in one word, for aim_state: ready, or the reason the probe answers 503."""
-        if self.front_end is not None and self.front_end.group_failed:
-            return "dead"
-        reason = self.aim_model.not_ready_reason()
-        if reason != "unhealthy":  # healthy() is what says unhealthy; here: all is in place
-            return reason
-        peers = self.front_end
-        if peers is not None and peers.ready_count() < peers.count:
-            return "starting"
-        return "ready"
-
-    async def live(self) -> dict[str, str]:
-        failed = self.front_end is not None and self.front_end.group_failed
-        return {"status": "dead" if self.aim_model.engine_dead or failed else "alive"}
-
-    async def ready(self) -> bool:
-        if not await self.aim_model.healthy():
-            raise NotReady(self.aim_model.not_ready_reason())
-        peers = self.front_end
-        if peers is not None and peers.ready_count() < peers.count:
-            raise NotReady("starting", f"{peers.ready_count()} of {peers.count} API server "
-                                       "processes ready")
-        return True
-
 
 class AimRESTServer(RESTServer):
     """KServe's REST server, bound to `host`, with our routes, gate, headers and error
@@ -159,7 +85,7 @@ class AimRESTServer(RESTServer):
         self.aim_model = model
         self.gate_settings = gate
         self.gate_state = GateState(
-            engine_capacity=model.engine_capacity,
+            engine_capacity=model.lifecycle.capacity,
             shared_in_flight=front_end.group.in_flight if front_end else None,
             server_index=front_end.index if front_end else 0)
         self.openai_root_routes = openai_root_routes
@@ -188,10 +114,9 @@ class AimRESTServer(RESTServer):
         exit_now = self._server.handle_exit
 
         def handle_exit(sig: int, frame: Any) -> None:
-            if sig != signal.SIGTERM or self.aim_model.draining:
+            if sig != signal.SIGTERM or not self.aim_model.lifecycle.drain():
                 exit_now(sig, frame)
                 return
-            self.aim_model.draining = True
             log.info("SIGTERM: draining for %g s (readiness 503, still serving), then shutting "
                      "down", seconds)
             timer = threading.Timer(seconds, exit_now, (sig, None))
@@ -210,8 +135,8 @@ class AimRESTServer(RESTServer):
         (`listener_app`), which uvicorn serves."""
         super().create_application()
         self.config.app = self.listener_app(import_from_string(FASTAPI_APP_IMPORT_STRING))
-        if self.sock is not None:  # one of several API servers: warm this one, in process
-            self.aim_model.warmup_app = self.config.app
+        if self.front_end is not None:  # one of several API servers: warm this one, in process
+            self.aim_model.lifecycle.warm_up_through(self.config.app)
 
     def listener_app(self, kserve_app: FastAPI) -> Any:
         """What uvicorn serves: vLLM's routes straight to vLLM's application through the gate
@@ -292,39 +217,59 @@ class AimRESTServer(RESTServer):
 
 
 class AimModelServer(ModelServer):
-    """ModelServer with our data plane and REST server. One model, one uvicorn worker.
+    """ModelServer with our data plane and REST server. One model, one uvicorn worker, built
+    from start-up's `ServerInputs` and the engine's `EngineSpec`.
 
     `exit_code` becomes 1 when the engine dies: the server then shuts down so that Kubernetes
     restarts the pod (liveness has already turned 503).
 
-    With `front_end` it is one of the pod's API server processes (serving/front_ends.py): it
-    accepts on the supervisor's socket `sock`, counts admissions pod-wide, and is ready only
-    once all of them are."""
+    With `sock` it accepts on that listening socket (bound by start-up, so that a taken port
+    fails before the engine loads). With `front_end` it is one of the pod's API server
+    processes (serving/front_ends.py): it counts admissions pod-wide, and is ready only once all
+    of them are."""
 
-    def __init__(self, model: AimModel, recipe_id: str, host: str,
-                 gate: GateSettings | None = None, openai_root_routes: bool = False,
-                 exit_after_warmup: bool = False, drain_seconds: float = 0.0,
-                 listener: ListenerOptions | None = None, front_end: FrontEnd | None = None,
-                 sock: socket.socket | None = None, **kwargs: Any) -> None:
-        super().__init__(registered_models=AimModelRepository(model), **kwargs)
-        self.drain_seconds = drain_seconds
+    def __init__(self, inputs: ServerInputs, engine: EngineSpec,
+                 front_end: FrontEnd | None = None, sock: socket.socket | None = None) -> None:
+        args, listener = inputs.args, inputs.listener
+        self.lifecycle = EngineLifecycle(engine, inputs.names[0], on_death=self._engine_died,
+                                         on_ready=self._ready_callback(args, front_end))
+        model = AimModel(inputs.names[0], self.lifecycle)
+        super().__init__(
+            registered_models=AimModelRepository(model), http_port=inputs.http_port,
+            grpc_port=args.grpc_port, workers=1, max_threads=args.max_threads,
+            max_asyncio_workers=args.max_asyncio_workers, enable_grpc=args.enable_grpc,
+            enable_docs_url=args.enable_docs_url,
+            enable_latency_logging=args.enable_latency_logging,
+            access_log_format=args.access_log_format, event_loop=args.event_loop,
+            timeout_keep_alive=args.timeout_keep_alive,
+            grace_period=listener.graceful_shutdown_seconds,
+            ssl_certfile=listener.ssl_certfile, ssl_keyfile=listener.ssl_keyfile)
+        self.drain_seconds = settings.DRAIN_SECONDS.read()
         self.listener = listener
-        self.openai_root_routes = openai_root_routes
+        self.openai_root_routes = args.openai_root_routes
         self.front_end = front_end
         self.sock = sock
-        if exit_after_warmup:  # fill the caches, then stop (a pre-fill Job)
-            model.on_warmed = self._warmed
-        elif front_end is not None:
-            model.on_warmed = front_end.mark_ready
-        self.dataplane = AimDataPlane(self.registered_models, model, front_end)
+        self.dataplane = AimDataPlane(self.registered_models, self.lifecycle, front_end)
         metrics.track_state(self.dataplane.state, lambda: len(model.adapter_names()))
         self.aim_model = model
-        self.recipe_id = recipe_id
-        self.host = host
-        self.gate = gate or GateSettings()
+        self.recipe_id = inputs.plan.recipe_id
+        self.host = args.host
+        self.gate = GateSettings(api_keys=inputs.api_keys,
+                                 max_request_bytes=args.max_request_bytes,
+                                 max_queued=args.max_queued_requests)
         self.exit_code = 0
         self._background: set[asyncio.Task[None]] = set()  # held until done
-        model.on_engine_death = self._engine_died
+        for alias in inputs.names[1:]:
+            self.register_model(model, alias)
+
+    def _ready_callback(self, args: Any, front_end: FrontEnd | None) -> Callable[[], None]:
+        """What happens once warmed up: a pre-fill Job stops; one of several API servers tells
+        its peers."""
+        if args.exit_after_warmup:
+            return self._warmed
+        if front_end is not None:
+            return front_end.mark_ready
+        return lambda: None
 
     def _warmed(self) -> None:
         log.info("warmed up: stopping (--exit-after-warmup)")

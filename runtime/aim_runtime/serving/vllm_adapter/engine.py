@@ -234,7 +234,7 @@ async def start_engine(argv: list[str], env: dict[str, str],
         # vLLM's engine-error handler reads `vllm serve`'s uvicorn server here and sets its
         # should_exit once the engine has errored; without it the handler itself failed (a 500
         # for a client's bad string). Nothing reads this one: the runtime's engine watch
-        # (serving/model.py) sees the same death and stops every listener with exit code 1.
+        # (serving/lifecycle.py) sees the same death and stops every listener with exit code 1.
         app.state.server = argparse.Namespace(should_exit=False)
     except BaseException:
         llm.shutdown()

@@ -1,0 +1,143 @@
+"""`aim-runtime serve`'s command line.
+
+Arguments come in three families, parsed in this order: KServe's model-server flags (its own
+parser is the parent of ours: `--http_port`, `--model_name`, `--workers`...), AIM Runtime's
+(`--model-dir`, `--host`, planner overrides), and whatever is left goes to vLLM's own `vllm serve`
+parser (at start-up, serving/startup.py). A flag none of the three knows is an error. vLLM flags
+win over the plan; the ones the planner understands (parallel sizes, context, KV dtype, memory
+utilisation, trust_remote_code) are given to the planner too, so the plan and its memory check
+agree with what will run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+
+from aim_runtime import pipeline, settings
+from aim_runtime.errors import AimError
+from aim_runtime.serving.startup import ServeCommand, kserve_parser
+from aim_runtime.settings import ROLES
+
+# vLLM flags the runtime owns under another name.
+RESERVED_VLLM_FLAGS = {"--port": "--http_port", "--host": "--host", "--model": "--model-dir"}
+
+# Parallelism a caller may pin (an LLMInferenceService's spec.parallelism) while the user's own
+# arguments also set it: given twice with two values is a conflict, not "the last one wins".
+PINNABLE_FLAGS = ("--tensor-parallel-size", "--pipeline-parallel-size", "--data-parallel-size",
+                  "--data-parallel-size-local")
+PINNABLE_ALIASES = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size",
+                    "-dp": "--data-parallel-size", "-dpl": "--data-parallel-size-local"}
+
+# KServe's LLMInferenceService convention: extra `vllm serve` flags in the main container's env
+# (its presets expand it into the command line, after their own flags).
+KSERVE_VLLM_ADDITIONAL_ARGS: settings.Variable[tuple[str, ...]] = settings.Variable(
+    "VLLM_ADDITIONAL_ARGS", settings.shell_words, (),
+    "extra `vllm serve` flags (KServe's LLMInferenceService presets)", "shell words")
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aim-runtime serve", parents=[kserve_parser()], allow_abbrev=False,
+        description="Serve a model with vLLM behind KServe (OpenAI under /openai/v1, KServe v2). "
+                    "Every `vllm serve` flag is accepted too and wins over the plan.",
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--model-dir", "--model_dir", dest="model_dir",
+                       help="local model directory (KServe fills /mnt/models); default: the "
+                            "embedded default model (AIM_DEFAULT_MODEL), made on first use")
+    model.add_argument("--model-id", "--model_id", dest="model_id",
+                       help="Hugging Face id: used to match curated recipes (and AIM_MODEL_ID)")
+    parser.add_argument("--host", default=settings.HOST.read(),
+                        help="bind address of the HTTP server (default 0.0.0.0; AIM_HOST)")
+    parser.add_argument(
+        "--openai-root-routes", action=argparse.BooleanOptionalAction,
+        default=settings.OPENAI_ROOT_ROUTES.read(),
+        help="also serve vLLM's OpenAI routes where `vllm serve` serves them (/v1/..., "
+             "/tokenize, /health...), not only under /openai; GET /v1/models is then OpenAI's "
+             "(AIM_OPENAI_ROOT_ROUTES)")
+    operations = parser.add_argument_group("operations")
+    operations.add_argument(
+        "--warmup", choices=settings.WARMUP_EXTENTS, default=settings.WARMUP.read(),
+        help="requests the server sends itself after the engine loads and before it reports "
+             "ready, so the first user request is as fast as the next (default full; "
+             "AIM_WARMUP)")
+    operations.add_argument(
+        "--exit-after-warmup", action="store_true",
+        help="stop once warmed up (exit 0): fills AIM_COMPILE_CACHE_DIR's caches for this "
+             "model and GPU, as a Job before an InferenceService scales")
+    operations.add_argument(
+        "--graceful-shutdown-seconds", type=int,
+        default=settings.GRACEFUL_SHUTDOWN_SECONDS.read(),
+        help="on SIGTERM, how long in-flight requests may run on (default 100; keep it below "
+             "the pod's terminationGracePeriodSeconds, 120 in our manifests)")
+    operations.add_argument(
+        "--max-queued-requests", type=int,
+        default=settings.MAX_QUEUED_REQUESTS.read(),
+        help="inference requests admitted beyond what the engine runs at once (max_num_seqs); "
+             "more get 503 + Retry-After (default: max_num_seqs)")
+    operations.add_argument(
+        "--max-request-bytes", type=int,
+        default=settings.MAX_REQUEST_BYTES.read(),
+        help="largest request body accepted; larger gets 413 (default 32 MiB)")
+    cluster = parser.add_argument_group("multi-node (KServe workerSpec)")
+    cluster.add_argument(
+        "--role", choices=ROLES, default=settings.ROLE.read(),
+        help="head: start a Ray head, wait for the worker nodes (`aim-runtime worker`), then "
+             "serve with pipeline stages across them (default single; AIM_ROLE)")
+    cluster.add_argument(
+        "--nodes", type=int,
+        help="head: nodes in all, this one included (default: PIPELINE_PARALLEL_SIZE, which "
+             "KServe sets from workerSpec.pipelineParallelSize)")
+    pipeline.add_detection_args(parser, simulate=False)
+    pipeline.add_planner_args(parser, vllm_names=False)
+    return parser
+
+
+def parse_command(argv: Sequence[str]) -> ServeCommand:
+    """The command line, checked: our flags and KServe's parsed, the rest left for vLLM's
+    parser, and which of our options the user set (on the line or through AIM_*)."""
+    tokens = normalize_argv(argv)
+    args, rest = serve_parser().parse_known_args(tokens)
+    _reject_reserved(rest)
+    if args.workers != 1:
+        raise AimError(f"--workers {args.workers}: one process serves one vLLM engine",
+                       "scale with replicas (or data parallelism) instead")
+    return ServeCommand(args=args, vllm_argv=tuple(rest), explicit=_explicit_ours(tokens))
+
+
+def normalize_argv(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> list[str]:
+    """The command line with VLLM_ADDITIONAL_ARGS appended, empty arguments dropped (KServe's
+    preset templates render a conditional flag that is off to an empty string), and a pinnable
+    flag given twice with different values refused."""
+    extra = KSERVE_VLLM_ADDITIONAL_ARGS.read(environ)
+    tokens = [token for token in [*argv, *extra] if token.strip()]
+    seen: dict[str, str] = {}
+    for index, token in enumerate(tokens):
+        flag, _, value = token.partition("=")
+        flag = flag.replace("_", "-") if flag.startswith("--") else PINNABLE_ALIASES.get(flag, flag)
+        if flag not in PINNABLE_FLAGS:
+            continue
+        if not value and index + 1 < len(tokens):
+            value = tokens[index + 1]
+        if flag in seen and seen[flag] != value:
+            raise AimError(f"{flag} is given twice: {seen[flag]}, then {value}",
+                           "an LLMInferenceService's spec.parallelism and the container's "
+                           "arguments must agree; keep one of them")
+        seen[flag] = value
+    return tokens
+
+
+def _explicit_ours(argv: list[str]) -> frozenset[str]:
+    """Our options the user set (on the command line or through their AIM_* variable)."""
+    given = {token.split("=", 1)[0] for token in argv}
+    if "--graceful-shutdown-seconds" in given or settings.GRACEFUL_SHUTDOWN_SECONDS.is_set():
+        return frozenset({"graceful_shutdown_seconds"})
+    return frozenset()
+
+
+def _reject_reserved(rest: list[str]) -> None:
+    for token in rest:
+        flag = token.split("=", 1)[0].replace("_", "-")
+        if flag in RESERVED_VLLM_FLAGS:
+            raise AimError(f"{token}: use {RESERVED_VLLM_FLAGS[flag]} with aim-runtime serve")
