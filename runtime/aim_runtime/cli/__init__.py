@@ -32,9 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return serve_main(parse_command(args_list[1:]))
         if command == "worker":
-            from aim_runtime.serving.cluster import worker_main
+            from aim_runtime.cli import worker
 
-            return worker_main(args_list[1:])
+            return worker.main(args_list[1:])
         from aim_runtime.cli.commands import build_parser
 
         args = build_parser().parse_args(args_list)

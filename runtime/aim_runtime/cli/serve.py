@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 
 from aim_runtime import pipeline, settings
 from aim_runtime.errors import AimError
-from aim_runtime.serving.startup import ServeCommand, kserve_parser
+from aim_runtime.serving.inputs import ServeCommand
+from aim_runtime.serving.startup import kserve_parser
 from aim_runtime.settings import ROLES
 
 # vLLM flags the runtime owns under another name.

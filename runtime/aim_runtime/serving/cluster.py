@@ -38,6 +38,8 @@ from aim_runtime.errors import AimError
 log = logging.getLogger(__name__)
 
 DEFAULT_RAY_PORT = 6379
+# Where a worker pod answers its probes: KServe's HTTP port, which the workerSpec's probes ask.
+WORKER_HEALTH_PORT = 8080
 RAY_NODE_STARTED = "Ray runtime started"  # printed by `ray start` once the node has joined
 POLL_SECONDS = 2.0
 
@@ -288,23 +290,12 @@ def _run_ray(args: list[str], what: str) -> None:
         raise AimError(f"{what}: " + " | ".join(tail), "see the pod's log for Ray's output")
 
 
-def worker_main(argv: list[str]) -> int:
-    """`aim-runtime worker`: join the head named by the arguments or KServe's environment
-    (AimErrors are printed by the CLI)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="aim-runtime worker",
-                                     description="Join a multi-node AIM Runtime head as a Ray "
-                                                 "worker node and stay up.")
-    parser.add_argument("--head-address", help="host:port of the head's Ray GCS (default: "
-                        "RAY_HEAD_ADDRESS or <ISVC_NAME>-head.<POD_NAMESPACE>...:6379)")
-    parser.add_argument("--join-timeout", type=float,
-                        default=settings.RAY_JOIN_TIMEOUT.read())
-    parser.add_argument("--health-port", type=int, default=8080)
-    args = parser.parse_args(argv)
-    address = args.head_address or head_address_from_env(os.environ)
+def worker_main(head_address: str | None, join_timeout: float, health_port: int) -> int:
+    """`aim-runtime worker` (cli/worker.py): join the head at `head_address`, else the one
+    KServe's environment names, and stay up."""
+    address = head_address or head_address_from_env(os.environ)
     gpus = worker_gpus(os.environ)
     health = WorkerHealth()
-    health.serve(args.health_port)
+    health.serve(health_port)
     log.info("worker: %d GPU(s), head at %s", gpus, address)
-    return run_worker(address, args.join_timeout, health, gpus, os.environ.get("POD_IP"))
+    return run_worker(address, join_timeout, health, gpus, os.environ.get("POD_IP"))

@@ -31,7 +31,7 @@ import socket
 import threading
 from collections.abc import Callable, Coroutine
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -58,14 +58,12 @@ from aim_runtime.serving.front_ends import FrontEnd
 from aim_runtime.serving.gate import GateSettings, GateState, RequestGate
 from aim_runtime.serving.grpc_listener import AimGRPCServer
 from aim_runtime.serving.header_limits import HeaderLimits
+from aim_runtime.serving.inputs import ServerInputs
 from aim_runtime.serving.lifecycle import EngineLifecycle, EngineSpec
 from aim_runtime.serving.listener import ListenerOptions, cut_tls_closes_short
 from aim_runtime.serving.model import AimModel
 from aim_runtime.serving.protocol_errors import install_error_handlers
 from aim_runtime.serving.v2_routes import add_generate_routes, add_version_routes
-
-if TYPE_CHECKING:
-    from aim_runtime.serving.startup import ServerInputs
 
 log = logging.getLogger(__name__)
 

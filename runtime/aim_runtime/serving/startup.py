@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aim_runtime import pipeline, settings
-from aim_runtime.checkpoint.facts import ModelFacts
 from aim_runtime.errors import AimError
 from aim_runtime.planner.catalog import engine_args_to_argv
 from aim_runtime.planner.explain import summarize_plan
@@ -25,8 +24,9 @@ from aim_runtime.planner.overrides import FIELDS
 from aim_runtime.planner.plan import Plan, ray_carry_over_env
 from aim_runtime.serving import metrics
 from aim_runtime.serving.api_server_count import api_server_count
-from aim_runtime.serving.cluster import ClusterSpec, nodes_from_env, spec_from_env
-from aim_runtime.serving.listener import ListenerOptions, listener_options
+from aim_runtime.serving.cluster import nodes_from_env, spec_from_env
+from aim_runtime.serving.inputs import ServeCommand, ServerInputs
+from aim_runtime.serving.listener import listener_options
 from aim_runtime.serving.model_location import model_location
 from aim_runtime.serving.phases import CURRENT_PHASE, phase
 
@@ -43,31 +43,6 @@ def kserve_parser() -> argparse.ArgumentParser:
     from kserve.model_server import parser
 
     return parser
-
-
-@dataclass(frozen=True)
-class ServeCommand:
-    """`aim-runtime serve`'s command line as cli/serve.py parsed it."""
-
-    args: argparse.Namespace  # KServe's flags and ours
-    vllm_argv: tuple[str, ...]  # the rest: `vllm serve`'s, for vLLM's own parser
-    explicit: frozenset[str] = frozenset()  # our options the user set (line or AIM_*)
-
-
-@dataclass(frozen=True)
-class ServerInputs:
-    """What a server is built from, as start-up produced it, never written afterwards
-    (picklable: each of several API server processes builds its own server from it)."""
-
-    args: argparse.Namespace  # the parsed flags, KServe's and ours
-    plan: Plan
-    names: tuple[str, ...]
-    vllm_argv: tuple[str, ...]
-    api_keys: tuple[str, ...]
-    listener: ListenerOptions
-    facts: ModelFacts
-    http_port: int  # where the HTTP listener is (KServe moves a TLS listener from 8080 to 8443)
-    cluster: ClusterSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -239,15 +214,15 @@ def prepare(command: ServeCommand) -> Prepared:
     model_dir, model_source = model_location(args.model_dir, args.model_id)
     with phase("inspect"):
         facts = pipeline.inspect_model(model_dir, args.model_id, os.environ)
-    with phase("import"):
-        from aim_runtime.serving.vllm_adapter import (
-            build_versions,
-            check_versions,
-            engine_argv,
-            parse_vllm_args,
-        )
+    from aim_runtime.serving.vllm_adapter import (  # vLLM itself is imported by the parse
+        build_versions,
+        check_versions,
+        engine_argv,
+        parse_vllm_args,
+    )
 
-        versions = check_versions()
+    versions = check_versions()  # from the packages' metadata: before the import
+    with phase("import"):
         vllm_args, explicit = parse_vllm_args(rest)
     metrics.record_build(build_versions())
     log.info("vllm %s, kserve %s", versions["vllm"], versions["kserve"])
