@@ -1,7 +1,7 @@
 """The front end's CPU with one and two API server processes: ours against bare `vllm serve`.
 
     python -m benchmarks.api_servers [--pairs 3] [--concurrency 16] [--prompts 256]
-                                     [--data-parallel] [--smoke]
+                                     [--api-servers 1 2] [--data-parallel] [--smoke]
 
 For each count N (1 and 2), bare `vllm serve --api-server-count N` and `aim-runtime serve
 --api-server-count N` serve the same model with the same engine args (the plan's), one after the
@@ -25,7 +25,7 @@ Two workloads run on each warmed server: the long one (the flags above: 256 prom
 128 out tokens at concurrency 16) and, with one API server, a short one (48 requests of 64 out
 tokens at concurrency 8), where a request's fixed path (gate, admission, headers, counters, access
 log) is spread over fewer tokens. Ratios are ours over bare, with min-median-max over the pairs.
-Results go to `results/api_servers.{json,md}`.
+Results go to `results/api_servers.{json,md}` (`api_servers_1.*` with `--api-servers 1`).
 """
 
 from __future__ import annotations
@@ -77,10 +77,13 @@ class Settings:
     out: Path
     data_parallel: bool = False  # N engine ranks (and so N API servers), not N over one rank
     short: Workload | None = SHORT
+    counts: tuple[int, ...] = COUNTS
 
     @property
     def stem(self) -> str:
-        return "api_servers_dp" if self.data_parallel else "api_servers"
+        """api_servers, _dp with --data-parallel, _<counts> with counts other than 1 and 2."""
+        counts = "" if self.counts == COUNTS else "_" + "_".join(map(str, self.counts))
+        return f"api_servers{'_dp' if self.data_parallel else ''}{counts}"
 
     def workloads(self, count: int) -> list[Workload]:
         """The long load for every count; the short one with one API server."""
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     settings.out.mkdir(parents=True, exist_ok=True)
     with workspace("aim-bench-api-", settings.model) as (work, model):
         engine_argv, env, _ = plan_engine_args(model, [])
-        runs = [row for pair in range(settings.pairs) for count in COUNTS
+        runs = [row for pair in range(settings.pairs) for count in settings.counts
                 for row in measure_pair(count, pair, settings, model, engine_argv, env, work)]
         results = {
             "machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -125,6 +128,8 @@ def parse(argv: list[str] | None, prog: str = "python -m benchmarks.api_servers"
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--data-parallel", action="store_true",
                         help="N engine ranks with N API servers, not N API servers over one")
+    parser.add_argument("--api-servers", type=int, nargs="+", default=list(COUNTS),
+                        help="API server counts to measure (default: 1 2)")
     parser.add_argument("--smoke", action="store_true",
                         help="one pair, few prompts: keeps the harness working")
     args = parser.parse_args(argv)
@@ -132,7 +137,7 @@ def parse(argv: list[str] | None, prog: str = "python -m benchmarks.api_servers"
         args.pairs, args.concurrency, args.prompts, args.output_len = 1, 4, 8, 32
     return Settings(args.model, args.pairs, args.concurrency, args.prompts,
                     args.input_len, args.output_len, args.out, args.data_parallel,
-                    short=SHORT_SMOKE if args.smoke else SHORT)
+                    short=SHORT_SMOKE if args.smoke else SHORT, counts=tuple(args.api_servers))
 
 
 def measure_pair(count: int, pair: int, settings: Settings, model: Path,

@@ -90,3 +90,53 @@ def test_no_module_imports_kserves_openai_layer():
             if any(n.startswith("kserve.protocol.rest.openai") for n in names):
                 offenders.append(str(path))
     assert offenders == []
+
+
+# --- each option declared once ------------------------------------------------------------------
+
+
+def test_a_registry_default_reaches_the_help_the_planner_and_the_docs(monkeypatch):
+    """The registry entry is the one place an option's default is written: change it there and
+    every command's help, the planner's fallback and the generated table follow."""
+    from dataclasses import replace
+
+    from aim_runtime.checkpoint.facts import load_model_facts
+    from aim_runtime.cli.commands import build_parser
+    from aim_runtime.hardware import detect
+    from aim_runtime.planner.overrides import collect_overrides
+    from aim_runtime.planner.setting import PlanSetting
+    from testkit import MODELS
+
+    for name, value in (("MIN_CONCURRENCY", 6), ("MAX_REQUEST_BYTES", 2 * settings.MIB)):
+        changed = replace(getattr(settings, name), default=value)
+        monkeypatch.setattr(settings, name, changed)
+        monkeypatch.setitem(settings.REGISTRY, changed.name, changed)
+
+    plan_help = " ".join(build_parser()._subparsers._group_actions[0].choices["plan"]
+                         .format_help().split())
+    assert "(default: 6; AIM_MIN_CONCURRENCY)" in plan_help
+    pytest.importorskip("kserve")
+    from aim_runtime.cli.serve import serve_parser
+
+    serve_help = " ".join(serve_parser().format_help().split())
+    assert "(default: 6; AIM_MIN_CONCURRENCY)" in serve_help
+    assert "(default: 2 MiB; AIM_MAX_REQUEST_BYTES)" in serve_help
+    assert serve_parser().parse_args([]).max_request_bytes == 2 * settings.MIB
+
+    setting = PlanSetting.create(detect(simulate="MI300X:1", environ={}),
+                                 load_model_facts(MODELS / "llama-3.1-8b-instruct"),
+                                 collect_overrides({}, {}))
+    assert setting.min_concurrency == 6
+
+    table = settings.markdown_table()
+    assert "| `AIM_MIN_CONCURRENCY` | `--min-concurrency` | positive integer | `6` |" in table
+    assert "| `AIM_MAX_REQUEST_BYTES` | `--max-request-bytes` | bytes | `2 MiB` |" in table
+
+
+def test_a_flag_checks_its_value_with_the_variable_s_parser(capsys):
+    pytest.importorskip("kserve")
+    from aim_runtime.cli.serve import serve_parser
+
+    with pytest.raises(SystemExit):
+        serve_parser().parse_args(["--max-request-bytes", "0"])
+    assert "argument --max-request-bytes: expected a positive integer" in capsys.readouterr().err

@@ -21,9 +21,15 @@ from aim_runtime import settings
 from aim_runtime.checkpoint.facts import ModelFacts, load_model_facts
 from aim_runtime.hardware import Inventory, detect
 from aim_runtime.planner.catalog import Catalog, load_catalog, packaged_recipe_dir
-from aim_runtime.planner.overrides import FIELDS, collect_overrides
+from aim_runtime.planner.overrides import (
+    BATCH_SHAPE,
+    FIELDS,
+    PLANNER_ONLY,
+    collect_overrides,
+    override_flag,
+    override_variable,
+)
 from aim_runtime.planner.plan import Plan, make_plan
-from aim_runtime.settings import KV_CACHE_DTYPES, OBJECTIVES, PRECISIONS
 
 Phase = Callable[[str], AbstractContextManager[None]]
 
@@ -121,22 +127,17 @@ def add_detection_args(parser: argparse.ArgumentParser, simulate: bool = True) -
 
 
 def add_planner_args(parser: argparse.ArgumentParser, vllm_names: bool = True) -> None:
-    """Planner overrides. With `vllm_names` False, the flags vLLM also defines are left to
-    vLLM's own parser (serve) and only the planner's own flags are added here."""
+    """Planner overrides, from their AIM_* variables' flags. With `vllm_names` False, the flags
+    vLLM also defines are left to vLLM's own parser (serve) and only the planner's own flags
+    are added here."""
     group = parser.add_argument_group("planner overrides (win over AIM_* variables and recipes)")
-    group.add_argument("--objective", choices=OBJECTIVES, help="default: latency")
-    group.add_argument("--recipe", dest="recipe_id", help="pin a recipe by id")
-    group.add_argument("--precision", choices=PRECISIONS, help="weight precision")
-    group.add_argument("--min-concurrency", type=int,
-                       help="full-length sequences the KV cache must hold (default 4)")
-    if vllm_names:
-        group.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES)
-        for name in ("--max-model-len", "--tensor-parallel-size", "--pipeline-parallel-size",
-                     "--data-parallel-size", "--max-num-batched-tokens", "--max-num-seqs",
-                     "--block-size"):
-            group.add_argument(name, type=int)
-        group.add_argument("--gpu-memory-utilization", type=float)
-        group.add_argument("--trust-remote-code", action="store_const", const=True, default=None)
+    for name in FIELDS:
+        variable = override_variable(name)
+        if variable is not None and (vllm_names or name in PLANNER_ONLY):
+            variable.add_argument(group, from_env=False)
+        elif vllm_names and name in BATCH_SHAPE:
+            group.add_argument(override_flag(name), type=settings.positive_int,
+                               help="as `vllm serve` takes it")
     add_recipes_dir_arg(parser)
 
 

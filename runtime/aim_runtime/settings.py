@@ -12,6 +12,7 @@ usable-memory fractions, GPUs per node) lives here too, so that each fact is def
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import shlex
@@ -38,6 +39,7 @@ DEFAULT_OBJECTIVE: Objective = "latency"
 
 CPU_PRODUCT = "CPU"  # the "product" of an inventory without GPUs, and of CPU recipes
 GIB = 1024**3
+MIB = 1024**2
 GPUS_PER_NODE = 8  # an Instinct platform (OAM baseboard) holds 8 GPUs
 # vLLM's default share of VRAM up to 0.33 (0.34 on ROCm defaults to 1.0 with its extensible KV
 # cache); every GPU plan passes its own, so the estimate holds on every release of the window.
@@ -162,7 +164,9 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Variable(Generic[T]):
-    """One `AIM_*` variable. Unset or blank means `default`."""
+    """One `AIM_*` variable, and the command-line flag that sets the same option (`flag`), if
+    any. Unset or blank means `default`. For a planner override, `default` is what applies when
+    neither the flag nor the variable is given (None: the planner decides per model)."""
 
     name: str
     parse: Callable[[str], T]
@@ -170,6 +174,48 @@ class Variable(Generic[T]):
     doc: str
     kind: str  # what a value looks like, for the README table
     secret: bool = False
+    flag: str | None = None
+
+    def default_text(self) -> str:
+        """The default as the help and the docs show it ("" when there is none)."""
+        default: Any = self.default
+        if default is None or default == ():
+            return ""
+        if isinstance(default, bool):
+            return str(default).lower()
+        if self.kind == "bytes" and default % MIB == 0:
+            return f"{default // MIB} MiB"
+        return str(default)
+
+    def help(self) -> str:
+        """The flag's help: the doc, the default, and the variable that sets it too."""
+        default = self.default_text()
+        return f"{self.doc} (default: {default}; {self.name})" if default else \
+            f"{self.doc} ({self.name})"
+
+    def add_argument(self, parser: Any, *aliases: str, from_env: bool = True,
+                     **options: Any) -> None:
+        """Add `flag` (and its `aliases`) to an argparse parser or group. `from_env`: the
+        flag's default is the variable's value (else None: the caller merges flag, variable and
+        default itself, as the planner's overrides do). Values are checked by the variable's
+        own parser."""
+        if self.flag is None:
+            raise ValueError(f"{self.name} has no command-line flag")
+        default = self.read() if from_env else None
+        if self.parse is boolean:
+            options.setdefault("action", argparse.BooleanOptionalAction)
+        else:
+            options.setdefault("type", self._argparse_type)
+            options.setdefault("metavar", self.kind.replace(" ", "_").upper()
+                               if "|" not in self.kind else "{" + self.kind.replace("|", ",") + "}")
+        parser.add_argument(self.flag, *aliases, dest=self.name.removeprefix("AIM_").lower(),
+                            default=default, help=self.help(), **options)
+
+    def _argparse_type(self, text: str) -> T:
+        try:
+            return self.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     def read(self, environ: Mapping[str, str] | None = None) -> T:
         """The parsed value from `environ` (default: the process environment)."""
@@ -209,7 +255,7 @@ def _register(variable: Variable[T]) -> Variable[T]:
 # Model and recipes
 MODEL_ID: Variable[str | None] = _register(Variable(
     "AIM_MODEL_ID", plain_text, None, "Hugging Face id of the model, for recipe matching",
-    "org/name"))
+    "org/name", flag="--model-id"))
 RECIPES_DIR: Variable[tuple[Path, ...]] = _register(Variable(
     "AIM_RECIPES_DIR", path_list, (), "recipe directories instead of the curated ones",
     "DIR[:DIR...]"))
@@ -238,54 +284,62 @@ GPU_COUNT: Variable[int | None] = _register(Variable(
 
 # Planner overrides (CLI flags win over them; see planner/overrides.py)
 RECIPE_ID: Variable[str | None] = _register(Variable(
-    "AIM_RECIPE_ID", recipe_id, None, "pin a curated recipe by id", "recipe id"))
-OBJECTIVE: Variable[str | None] = _register(Variable(
-    "AIM_OBJECTIVE", choice(*OBJECTIVES), None, "latency (default) or throughput",
-    "|".join(OBJECTIVES)))
+    "AIM_RECIPE_ID", recipe_id, None, "pin a curated recipe by id", "recipe id",
+    flag="--recipe"))
+OBJECTIVE: Variable[str] = _register(Variable(
+    "AIM_OBJECTIVE", choice(*OBJECTIVES), DEFAULT_OBJECTIVE,
+    "what the plan favours: latency or throughput", "|".join(OBJECTIVES), flag="--objective"))
 PRECISION: Variable[str | None] = _register(Variable(
-    "AIM_PRECISION", choice(*PRECISIONS), None, "weight precision", "|".join(PRECISIONS)))
+    "AIM_PRECISION", choice(*PRECISIONS), None, "weight precision", "|".join(PRECISIONS),
+    flag="--precision"))
 KV_CACHE_DTYPE: Variable[str | None] = _register(Variable(
     "AIM_KV_CACHE_DTYPE", choice(*KV_CACHE_DTYPES), None, "KV cache dtype",
-    "|".join(KV_CACHE_DTYPES)))
+    "|".join(KV_CACHE_DTYPES), flag="--kv-cache-dtype"))
 MAX_MODEL_LEN: Variable[int | None] = _register(Variable(
-    "AIM_MAX_MODEL_LEN", positive_int, None, "context length", "positive integer"))
+    "AIM_MAX_MODEL_LEN", positive_int, None, "context length", "positive integer",
+    flag="--max-model-len"))
 TENSOR_PARALLEL_SIZE: Variable[int | None] = _register(Variable(
     "AIM_TENSOR_PARALLEL_SIZE", positive_int, None, "tensor parallel size",
-    "positive integer"))
+    "positive integer", flag="--tensor-parallel-size"))
 PIPELINE_PARALLEL_SIZE: Variable[int | None] = _register(Variable(
     "AIM_PIPELINE_PARALLEL_SIZE", positive_int, None, "pipeline parallel size",
-    "positive integer"))
+    "positive integer", flag="--pipeline-parallel-size"))
 DATA_PARALLEL_SIZE: Variable[int | None] = _register(Variable(
     "AIM_DATA_PARALLEL_SIZE", positive_int, None, "data-parallel replicas in the pod",
-    "positive integer"))
-GPU_MEMORY_UTILIZATION: Variable[float | None] = _register(Variable(
-    "AIM_GPU_MEMORY_UTILIZATION", fraction, None,
-    f"share of each GPU's memory vLLM may use (default {DEFAULT_GPU_MEMORY_UTILIZATION})",
-    "fraction (0, 0.99]"))
-MIN_CONCURRENCY: Variable[int | None] = _register(Variable(
-    "AIM_MIN_CONCURRENCY", positive_int, None,
-    "full-length sequences the KV cache must hold (default 4)", "positive integer"))
+    "positive integer", flag="--data-parallel-size"))
+GPU_MEMORY_UTILIZATION: Variable[float] = _register(Variable(
+    "AIM_GPU_MEMORY_UTILIZATION", fraction, DEFAULT_GPU_MEMORY_UTILIZATION,
+    "share of each GPU's memory vLLM may use", "fraction (0, 0.99]",
+    flag="--gpu-memory-utilization"))
+MIN_CONCURRENCY: Variable[int] = _register(Variable(
+    "AIM_MIN_CONCURRENCY", positive_int, 4,
+    "full-length sequences the KV cache must hold", "positive integer",
+    flag="--min-concurrency"))
 TRUST_REMOTE_CODE: Variable[bool | None] = _register(Variable(
     "AIM_TRUST_REMOTE_CODE", boolean, None,
-    "allow the model's own code (the recipe must allow it too)", "true|false"))
+    "allow the model's own code (the recipe must allow it too)", "true|false",
+    flag="--trust-remote-code"))
 
 # Serving
 HOST: Variable[str] = _register(Variable(
-    "AIM_HOST", plain_text, "0.0.0.0", "bind address of the HTTP server", "address"))
+    "AIM_HOST", plain_text, "0.0.0.0", "bind address of the HTTP server", "address",
+    flag="--host"))
 GRACEFUL_SHUTDOWN_SECONDS: Variable[int] = _register(Variable(
     "AIM_GRACEFUL_SHUTDOWN_SECONDS", non_negative_int, 100,
-    "on SIGTERM, how long in-flight requests may run on", "seconds"))
+    "on SIGTERM, how long in-flight requests may run on (keep it below the pod's "
+    "terminationGracePeriodSeconds)", "seconds", flag="--graceful-shutdown-seconds"))
 DRAIN_SECONDS: Variable[float] = _register(Variable(
     "AIM_DRAIN_SECONDS", non_negative_float, 0.0,
     "on SIGTERM, how long to keep accepting requests with readiness 503 `draining` before the "
     "graceful shutdown (time for load balancers to stop sending; 0: none)", "seconds"))
 MAX_QUEUED_REQUESTS: Variable[int | None] = _register(Variable(
     "AIM_MAX_QUEUED_REQUESTS", non_negative_int, None,
-    "requests admitted beyond max_num_seqs before 503 (default: max_num_seqs)",
-    "whole number"))
+    "inference requests admitted beyond what the engine runs at once (max_num_seqs, also the "
+    "default); more get 503 + Retry-After", "whole number", flag="--max-queued-requests"))
 MAX_REQUEST_BYTES: Variable[int] = _register(Variable(
-    "AIM_MAX_REQUEST_BYTES", positive_int, 32 * 1024 * 1024,
-    "largest request body accepted, in bytes (larger: 413)", "bytes"))
+    "AIM_MAX_REQUEST_BYTES", positive_int, 32 * MIB,
+    "largest request body accepted, in bytes (larger: 413)", "bytes",
+    flag="--max-request-bytes"))
 MAX_N: Variable[int] = _register(Variable(
     "AIM_MAX_N", positive_int, 128, "most completions one request may ask for (n)",
     "positive integer"))
@@ -294,8 +348,9 @@ API_KEY: Variable[tuple[str, ...]] = _register(Variable(
     "key[,key...]", secret=True))
 OPENAI_ROOT_ROUTES: Variable[bool] = _register(Variable(
     "AIM_OPENAI_ROOT_ROUTES", boolean, False,
-    "also serve the OpenAI routes where `vllm serve` does (/v1/...), not only under /openai",
-    "true|false"))
+    "also serve vLLM's OpenAI routes where `vllm serve` serves them (/v1/..., /tokenize, "
+    "/health...), not only under /openai; GET /v1/models is then OpenAI's", "true|false",
+    flag="--openai-root-routes"))
 LOG_LEVEL: Variable[str | None] = _register(Variable(
     "AIM_LOG_LEVEL", log_level, None,
     "log level (default INFO for serve and worker, WARNING for the other commands)",
@@ -307,8 +362,9 @@ SKIP_VERSION_CHECK: Variable[bool] = _register(Variable(
 WARMUP_EXTENTS = ("off", "basic", "full")
 WARMUP: Variable[str] = _register(Variable(
     "AIM_WARMUP", choice(*WARMUP_EXTENTS), "full",
-    "requests the server sends itself before it reports ready (off, basic, full)",
-    "|".join(WARMUP_EXTENTS)))
+    "requests the server sends itself after the engine loads and before it reports ready, so "
+    "the first user request is as fast as the next", "|".join(WARMUP_EXTENTS),
+    flag="--warmup"))
 STALL_SECONDS: Variable[float] = _register(Variable(
     "AIM_STALL_SECONDS", positive_float, 600.0,
     "requests running and no token produced for this long: liveness fails (a stalled engine)",
@@ -331,15 +387,18 @@ TERMINATION_LOG: Variable[Path] = _register(Variable(
 
 # Multi-node
 ROLE: Variable[str] = _register(Variable(
-    "AIM_ROLE", choice(*ROLES), "single", "single, or head of a multi-node deployment",
-    "|".join(ROLES)))
+    "AIM_ROLE", choice(*ROLES), "single",
+    "single, or head of a multi-node deployment: start a Ray head, wait for the worker nodes "
+    "(`aim-runtime worker`), then serve with pipeline stages across them", "|".join(ROLES),
+    flag="--role"))
 NODES: Variable[int | None] = _register(Variable(
     "AIM_NODES", positive_int, None,
     "nodes of a multi-node deployment (KServe sets PIPELINE_PARALLEL_SIZE instead)",
     "positive integer"))
 RAY_JOIN_TIMEOUT: Variable[float] = _register(Variable(
     "AIM_RAY_JOIN_TIMEOUT", positive_float, 600.0,
-    "seconds the head waits for its workers, and a worker for its head", "seconds"))
+    "seconds the head waits for its workers, and a worker for its head", "seconds",
+    flag="--join-timeout"))
 RAY_NUM_GPUS: Variable[int | None] = _register(Variable(
     "AIM_RAY_NUM_GPUS", non_negative_int, None,
     "GPUs this node declares to Ray (default: what detection counts)", "whole number"))
@@ -347,13 +406,13 @@ RAY_NUM_GPUS: Variable[int | None] = _register(Variable(
 
 def markdown_table() -> str:
     """The README's table of variables, generated from the registry."""
-    lines = ["| variable | value | default | what it does |", "|---|---|---|---|"]
+    lines = ["| variable | flag | value | default | what it does |", "|---|---|---|---|---|"]
     for variable in REGISTRY.values():
-        default = variable.default
-        text = str(default).lower() if isinstance(default, bool) else str(default)
-        shown = "" if default in (None, ()) else f"`{text}`"
+        default = variable.default_text()
+        shown = f"`{default}`" if default else ""
+        flag = f"`{variable.flag}`" if variable.flag else ""
         kind = variable.kind.replace("|", "\\|")  # a bare | would split the cell
-        lines.append(f"| `{variable.name}` | {kind} | {shown} | {variable.doc} |")
+        lines.append(f"| `{variable.name}` | {flag} | {kind} | {shown} | {variable.doc} |")
     return "\n".join(lines)
 
 

@@ -18,7 +18,6 @@ from aim_runtime import pipeline, settings
 from aim_runtime.errors import AimError
 from aim_runtime.serving.inputs import ServeCommand
 from aim_runtime.serving.startup import kserve_parser
-from aim_runtime.settings import ROLES
 
 # vLLM flags the runtime owns under another name.
 RESERVED_VLLM_FLAGS = {"--port": "--http_port", "--host": "--host", "--model": "--model-dir"}
@@ -47,49 +46,24 @@ def serve_parser() -> argparse.ArgumentParser:
     model.add_argument("--model-dir", "--model_dir", dest="model_dir",
                        help="local model directory (KServe fills /mnt/models); default: the "
                             "embedded default model (AIM_DEFAULT_MODEL), made on first use")
-    model.add_argument("--model-id", "--model_id", dest="model_id",
-                       help="Hugging Face id: used to match curated recipes (and AIM_MODEL_ID)")
-    parser.add_argument("--host", default=settings.HOST.read(),
-                        help="bind address of the HTTP server (default 0.0.0.0; AIM_HOST)")
-    parser.add_argument(
-        "--openai-root-routes", action=argparse.BooleanOptionalAction,
-        default=settings.OPENAI_ROOT_ROUTES.read(),
-        help="also serve vLLM's OpenAI routes where `vllm serve` serves them (/v1/..., "
-             "/tokenize, /health...), not only under /openai; GET /v1/models is then OpenAI's "
-             "(AIM_OPENAI_ROOT_ROUTES)")
+    settings.MODEL_ID.add_argument(model, "--model_id")
+    settings.HOST.add_argument(parser)
+    settings.OPENAI_ROOT_ROUTES.add_argument(parser)
     operations = parser.add_argument_group("operations")
-    operations.add_argument(
-        "--warmup", choices=settings.WARMUP_EXTENTS, default=settings.WARMUP.read(),
-        help="requests the server sends itself after the engine loads and before it reports "
-             "ready, so the first user request is as fast as the next (default full; "
-             "AIM_WARMUP)")
+    settings.WARMUP.add_argument(operations)
     operations.add_argument(
         "--exit-after-warmup", action="store_true",
         help="stop once warmed up (exit 0): fills AIM_COMPILE_CACHE_DIR's caches for this "
              "model and GPU, as a Job before an InferenceService scales")
-    operations.add_argument(
-        "--graceful-shutdown-seconds", type=int,
-        default=settings.GRACEFUL_SHUTDOWN_SECONDS.read(),
-        help="on SIGTERM, how long in-flight requests may run on (default 100; keep it below "
-             "the pod's terminationGracePeriodSeconds, 120 in our manifests)")
-    operations.add_argument(
-        "--max-queued-requests", type=int,
-        default=settings.MAX_QUEUED_REQUESTS.read(),
-        help="inference requests admitted beyond what the engine runs at once (max_num_seqs); "
-             "more get 503 + Retry-After (default: max_num_seqs)")
-    operations.add_argument(
-        "--max-request-bytes", type=int,
-        default=settings.MAX_REQUEST_BYTES.read(),
-        help="largest request body accepted; larger gets 413 (default 32 MiB)")
+    settings.GRACEFUL_SHUTDOWN_SECONDS.add_argument(operations)
+    settings.MAX_QUEUED_REQUESTS.add_argument(operations)
+    settings.MAX_REQUEST_BYTES.add_argument(operations)
     cluster = parser.add_argument_group("multi-node (KServe workerSpec)")
+    settings.ROLE.add_argument(cluster)
     cluster.add_argument(
-        "--role", choices=ROLES, default=settings.ROLE.read(),
-        help="head: start a Ray head, wait for the worker nodes (`aim-runtime worker`), then "
-             "serve with pipeline stages across them (default single; AIM_ROLE)")
-    cluster.add_argument(
-        "--nodes", type=int,
+        "--nodes", type=settings.positive_int,
         help="head: nodes in all, this one included (default: PIPELINE_PARALLEL_SIZE, which "
-             "KServe sets from workerSpec.pipelineParallelSize)")
+             "KServe sets from workerSpec.pipelineParallelSize, else AIM_NODES)")
     pipeline.add_detection_args(parser, simulate=False)
     pipeline.add_planner_args(parser, vllm_names=False)
     return parser

@@ -16,8 +16,7 @@ def worker_parser() -> argparse.ArgumentParser:
                                                  "worker node and stay up.")
     parser.add_argument("--head-address", help="host:port of the head's Ray GCS (default: "
                         "RAY_HEAD_ADDRESS or <ISVC_NAME>-head.<POD_NAMESPACE>...:6379)")
-    parser.add_argument("--join-timeout", type=float, default=settings.RAY_JOIN_TIMEOUT.read(),
-                        help="seconds to wait for the head (default: AIM_RAY_JOIN_TIMEOUT)")
+    settings.RAY_JOIN_TIMEOUT.add_argument(parser)
     parser.add_argument("--health-port", type=int, default=WORKER_HEALTH_PORT,
                         help=f"where liveness and readiness are answered (default "
                              f"{WORKER_HEALTH_PORT}, KServe's HTTP port)")
@@ -26,4 +25,4 @@ def worker_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     args = worker_parser().parse_args(list(argv))
-    return worker_main(args.head_address, args.join_timeout, args.health_port)
+    return worker_main(args.head_address, args.ray_join_timeout, args.health_port)

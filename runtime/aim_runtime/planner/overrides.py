@@ -18,28 +18,26 @@ from aim_runtime import settings
 from aim_runtime.errors import OverrideError
 from aim_runtime.settings import KvCacheDtype, Objective, Precision, Variable
 
-# Field -> (its AIM_* variable, its CLI flag). Fields without a variable are vLLM flags only.
-SOURCES: dict[str, tuple[Variable[Any] | None, str]] = {
-    "recipe_id": (settings.RECIPE_ID, "--recipe"),
-    "objective": (settings.OBJECTIVE, "--objective"),
-    "precision": (settings.PRECISION, "--precision"),
-    "kv_cache_dtype": (settings.KV_CACHE_DTYPE, "--kv-cache-dtype"),
-    "max_model_len": (settings.MAX_MODEL_LEN, "--max-model-len"),
-    "tensor_parallel_size": (settings.TENSOR_PARALLEL_SIZE, "--tensor-parallel-size"),
-    "pipeline_parallel_size": (settings.PIPELINE_PARALLEL_SIZE, "--pipeline-parallel-size"),
-    "data_parallel_size": (settings.DATA_PARALLEL_SIZE, "--data-parallel-size"),
-    "gpu_memory_utilization": (settings.GPU_MEMORY_UTILIZATION, "--gpu-memory-utilization"),
-    "min_concurrency": (settings.MIN_CONCURRENCY, "--min-concurrency"),
-    "trust_remote_code": (settings.TRUST_REMOTE_CODE, "--trust-remote-code"),
-    "max_num_batched_tokens": (None, "--max-num-batched-tokens"),
-    "max_num_seqs": (None, "--max-num-seqs"),
-    "block_size": (None, "--block-size"),
-    "enable_lora": (None, "--enable-lora"),
-    "max_loras": (None, "--max-loras"),
-    "max_lora_rank": (None, "--max-lora-rank"),
-}
-_CLI_ONLY_PARSERS = {name: settings.positive_int for name, (var, _) in SOURCES.items()
-                     if var is None} | {"enable_lora": settings.boolean}
+# Overrides the planner alone knows (the rest are `vllm serve` flags too, parsed by vLLM's parser
+# when serving), and the engine's batch shape, which has no AIM_* variable.
+PLANNER_ONLY = ("recipe_id", "objective", "precision", "min_concurrency")
+BATCH_SHAPE = ("max_num_batched_tokens", "max_num_seqs", "block_size")
+_CLI_ONLY_PARSERS = {**dict.fromkeys(BATCH_SHAPE, settings.positive_int),
+                     "max_loras": settings.positive_int, "max_lora_rank": settings.positive_int,
+                     "enable_lora": settings.boolean}
+
+
+def override_variable(name: str) -> Variable[Any] | None:
+    """The AIM_* variable of an override (AIM_<NAME>), None for a `vllm serve` flag only."""
+    return settings.REGISTRY.get(f"AIM_{name.upper()}")
+
+
+def override_flag(name: str) -> str:
+    """The override's command-line flag: its variable's, else `vllm serve`'s."""
+    variable = override_variable(name)
+    if variable is not None and variable.flag is not None:
+        return variable.flag
+    return "--" + name.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -80,10 +78,11 @@ def collect_overrides(cli: Mapping[str, Any] | None = None,
     environ = environ if environ is not None else {}
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
-    for name, (variable, flag) in SOURCES.items():
+    for name in FIELDS:
+        variable = override_variable(name)
         if cli.get(name) is not None:
             raw = str(cli[name])
-            origins[name] = f"{flag} {raw}"
+            origins[name] = f"{override_flag(name)} {raw}"
             values[name] = _parse_cli(name, variable, raw, origins[name])
         elif variable is not None and variable.is_set(environ):
             values[name] = variable.read(environ)

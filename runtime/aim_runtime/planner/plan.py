@@ -2,9 +2,10 @@
 
 The planner walks the candidates of `candidates.py` in order (curated recipes that match the model
 and GPU, then the derived ladder) and takes the first that fits in memory with room for useful
-concurrency: KV capacity for `min_concurrency` (default 4) sequences of the full context, or for one
-when the context was pinned by the user or the recipe. Every candidate tried is recorded in
-`reasons`, taken or refused, with the numbers; when nothing fits, `NoFitError` lists what would.
+concurrency: KV capacity for `min_concurrency` (AIM_MIN_CONCURRENCY, default in settings.py)
+sequences of the full context, or for one when the context was pinned by the user or the recipe.
+Every candidate tried is recorded in `reasons`, taken or refused, with the numbers; when nothing
+fits, `NoFitError` lists what would.
 """
 
 from __future__ import annotations
@@ -54,8 +55,6 @@ from aim_runtime.planner.roofline import Roofline, compute_roofline
 from aim_runtime.planner.setting import PlanSetting
 from aim_runtime.planner.suggestions import no_fit_message
 from aim_runtime.settings import CPU_PRODUCT, GIB
-
-DEFAULT_MIN_CONCURRENCY = 4
 
 
 class ModelSummary(BaseModel):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aim_runtime import settings
 from aim_runtime.checkpoint.facts import ModelFacts
 from aim_runtime.hardware import Inventory
 from aim_runtime.hardware.products import isa_supports_fp8
@@ -13,14 +14,8 @@ from aim_runtime.planner.candidates import weight_precision_refusal
 from aim_runtime.planner.catalog import Recipe
 from aim_runtime.planner.memory import BatchShape, LoraShape, vllm_batch_defaults
 from aim_runtime.planner.overrides import Overrides
-from aim_runtime.settings import (
-    CPU_USABLE_FRACTION,
-    DEFAULT_GPU_MEMORY_UTILIZATION,
-    DEFAULT_OBJECTIVE,
-    Objective,
-)
+from aim_runtime.settings import CPU_USABLE_FRACTION, DEFAULT_OBJECTIVE, Objective
 
-DEFAULT_MIN_CONCURRENCY = 4
 VLLM_MAX_LORAS = 1  # vLLM's LoRAConfig defaults
 VLLM_MAX_LORA_RANK = 16
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's MaxLoRARanks
@@ -55,7 +50,7 @@ class PlanSetting:
         return cls(
             inventory=inventory, facts=facts, overrides=overrides,
             objective=overrides.objective or DEFAULT_OBJECTIVE,
-            min_concurrency=overrides.min_concurrency or DEFAULT_MIN_CONCURRENCY,
+            min_concurrency=overrides.min_concurrency or settings.MIN_CONCURRENCY.default,
             devices=inventory.device_count if on_gpu else cpu_ranks,
             on_gpu=on_gpu, product=inventory.product, isa=inventory.isa,
             device_memory_bytes=(inventory.vram_bytes_per_device if on_gpu
@@ -78,7 +73,7 @@ class PlanSetting:
             return CPU_USABLE_FRACTION
         return (self.overrides.gpu_memory_utilization
                 or (recipe.gpu_memory_utilization if recipe else None)
-                or DEFAULT_GPU_MEMORY_UTILIZATION)
+                or settings.GPU_MEMORY_UTILIZATION.default)
 
     def batch(self, recipe: Recipe | None = None) -> BatchShape:
         """The engine's step: user flags, then the recipe's engine args, then vLLM's defaults."""
