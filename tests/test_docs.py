@@ -55,6 +55,15 @@ def test_readme_variable_table_is_generated_from_the_registry():
         f"of `{REGENERATE}` between the markers")
 
 
+def test_readme_deployment_variable_table_is_generated_from_the_registry():
+    block = re.search(r"<!-- deployment-variables:start -->\n(.*?)\n"
+                      r"<!-- deployment-variables:end -->", README, flags=re.S)
+    assert block, "README.md lacks the <!-- deployment-variables:start/end --> markers"
+    assert block.group(1) == settings.deployment_table(), (
+        "README.md's table of the deployment's variables differs from settings.DEPLOYMENT; "
+        "paste settings.deployment_table() between the markers")
+
+
 def test_readme_names_every_variable_once():
     block = README.split("<!-- aim-variables:start -->", 1)[1]
     block = block.split("<!-- aim-variables:end -->", 1)[0]

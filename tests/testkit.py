@@ -21,15 +21,12 @@ MODELS = REPO / "tests" / "fixtures" / "models"  # real public config.json files
 API_KEY = "test-key-0123456789"
 OLD_API_KEY = "old-key"
 
-# Read by the runtime besides AIM_*: what KServe injects into multi-node pods, Ray's address, and
-# the device visibility that detection applies.
-DEPLOYMENT_VARIABLES = ("PIPELINE_PARALLEL_SIZE", "TENSOR_PARALLEL_SIZE", "POD_IP", "HEAD_SVC",
-                        "ISVC_NAME", "RAY_HEAD_ADDRESS", "RAY_PORT", "HIP_VISIBLE_DEVICES",
-                        "CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
-
-
 def is_runtime_setting(name: str) -> bool:
-    return name.startswith("AIM_") or name in DEPLOYMENT_VARIABLES
+    """An AIM_* variable, or one of the deployment's the runtime reads (settings.DEPLOYMENT:
+    KServe's, a LeaderWorkerSet's, Ray's, vLLM's, the device visibility)."""
+    from aim_runtime import settings
+
+    return name.startswith("AIM_") or name in settings.DEPLOYMENT
 
 
 def clean_environ(extra: Mapping[str, str] | None = None,

@@ -16,7 +16,7 @@ import argparse
 import logging
 import os
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar, get_args
@@ -404,15 +404,100 @@ RAY_NUM_GPUS: Variable[int | None] = _register(Variable(
     "GPUs this node declares to Ray (default: what detection counts)", "whole number"))
 
 
+# --- variables of the deployment, of Ray and of vLLM ----------------------------------------------
+# Set by Kubernetes, KServe, a LeaderWorkerSet, Ray, Prometheus's client or vLLM, not by the user
+# as the AIM_* variables are: documented apart (`deployment_table`), read through the same
+# `Variable`, so a bad value is an error naming it too.
+
+DEPLOYMENT: dict[str, Variable[Any]] = {}
+
+
+def _deployment(variable: Variable[T]) -> Variable[T]:
+    if variable.name in DEPLOYMENT or variable.name in REGISTRY:
+        raise ValueError(f"{variable.name} registered twice")
+    DEPLOYMENT[variable.name] = variable
+    return variable
+
+
+KSERVE_PIPELINE_PARALLEL_SIZE: Variable[int | None] = _deployment(Variable(
+    "PIPELINE_PARALLEL_SIZE", positive_int, None,
+    "KServe: nodes of a multi-node deployment (workerSpec.pipelineParallelSize)",
+    "positive integer"))
+KSERVE_TENSOR_PARALLEL_SIZE: Variable[int | None] = _deployment(Variable(
+    "TENSOR_PARALLEL_SIZE", positive_int, None,
+    "KServe: GPUs per node of a multi-node deployment (workerSpec.tensorParallelSize)",
+    "positive integer"))
+KSERVE_ISVC_NAME: Variable[str | None] = _deployment(Variable(
+    "ISVC_NAME", plain_text, None, "KServe: the InferenceService's name (its head Service is "
+    "<name>-head)", "name"))
+KSERVE_HEAD_SVC: Variable[str | None] = _deployment(Variable(
+    "HEAD_SVC", plain_text, None, "KServe 0.15+: the multi-node head's Service", "name"))
+POD_IP: Variable[str | None] = _deployment(Variable(
+    "POD_IP", plain_text, None, "Kubernetes (downward API): the pod's address, Ray's node IP",
+    "address"))
+POD_NAMESPACE: Variable[str | None] = _deployment(Variable(
+    "POD_NAMESPACE", plain_text, None, "Kubernetes (downward API): the pod's namespace",
+    "name"))
+LWS_GROUP_SIZE: Variable[int | None] = _deployment(Variable(
+    "LWS_GROUP_SIZE", positive_int, None,
+    "LeaderWorkerSet: pods of a group (an LLMInferenceService's nodes)", "positive integer"))
+LWS_LEADER_ADDRESS: Variable[str | None] = _deployment(Variable(
+    "LWS_LEADER_ADDRESS", plain_text, None,
+    "LeaderWorkerSet: the group leader's address (the Ray head of an LLMInferenceService)",
+    "address"))
+RAY_HEAD_ADDRESS: Variable[str | None] = _deployment(Variable(
+    "RAY_HEAD_ADDRESS", plain_text, None,
+    "the Ray head a worker joins (host:port), instead of the one KServe's variables name",
+    "host:port"))
+RAY_PORT: Variable[int] = _deployment(Variable(
+    "RAY_PORT", positive_int, 6379, "the Ray head's GCS port", "port"))
+PROMETHEUS_MULTIPROC_DIR: Variable[Path | None] = _deployment(Variable(
+    "PROMETHEUS_MULTIPROC_DIR", path, None,
+    "prometheus-client's multiprocess directory (set by the runtime for several API servers)",
+    "directory"))
+VLLM_ADDITIONAL_ARGS: Variable[tuple[str, ...]] = _deployment(Variable(
+    "VLLM_ADDITIONAL_ARGS", shell_words, (),
+    "KServe's LLMInferenceService presets: extra `vllm serve` flags, appended to the command "
+    "line", "shell words"))
+VLLM_ALLOW_RUNTIME_LORA_UPDATING: Variable[bool] = _deployment(Variable(
+    "VLLM_ALLOW_RUNTIME_LORA_UPDATING", boolean, False,
+    "vLLM: serve its adapter load/unload API (set by the runtime with AIM_LORA_DIR)",
+    "true|false"))
+VLLM_RAY_EXTRA_ENV_VARS_TO_COPY: Variable[tuple[str, ...]] = _deployment(Variable(
+    "VLLM_RAY_EXTRA_ENV_VARS_TO_COPY", comma_list, (),
+    "vLLM: variables copied to its Ray workers on the other nodes (the runtime adds the "
+    "plan's)", "NAME[,NAME...]"))
+VLLM_MAX_N_SEQUENCES: Variable[int | None] = _deployment(Variable(
+    "VLLM_MAX_N_SEQUENCES", positive_int, None,
+    "vLLM: most completions one request may ask for (the runtime sets AIM_MAX_N's value unless "
+    "this is set)", "positive integer"))
+for _visibility in ("ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"):
+    _deployment(Variable(
+        _visibility, plain_text, None,
+        "the devices this process may use (device plugin, or the user), applied by detection "
+        "(an empty value: none)", "indices or UUIDs"))
+
+
+def deployment_table() -> str:
+    """The docs' table of the deployment's variables, generated from `DEPLOYMENT`."""
+    return _table(DEPLOYMENT.values(), flags=False)
+
+
 def markdown_table() -> str:
     """The README's table of variables, generated from the registry."""
-    lines = ["| variable | flag | value | default | what it does |", "|---|---|---|---|---|"]
-    for variable in REGISTRY.values():
+    return _table(REGISTRY.values(), flags=True)
+
+
+def _table(variables: Iterable[Variable[Any]], flags: bool) -> str:
+    flag_column = ("| flag ", "|---") if flags else ("", "")
+    lines = [f"| variable {flag_column[0]}| value | default | what it does |",
+             f"|---{flag_column[1]}|---|---|---|"]
+    for variable in variables:
         default = variable.default_text()
-        shown = f"`{default}`" if default else ""
-        flag = f"`{variable.flag}`" if variable.flag else ""
+        flag = (f"`{variable.flag}` | " if variable.flag else " | ") if flags else ""
         kind = variable.kind.replace("|", "\\|")  # a bare | would split the cell
-        lines.append(f"| `{variable.name}` | {flag} | {kind} | {shown} | {variable.doc} |")
+        lines.append(f"| `{variable.name}` | {flag}{kind} | "
+                     f"{f'`{default}`' if default else ''} | {variable.doc} |")
     return "\n".join(lines)
 
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aim_runtime.checkpoint.facts import ModelFacts
+from aim_runtime.checkpoint.parameters import SAFETENSORS_HEADER_LIMIT_BYTES
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 TENSOR = re.compile(r"layers\.(\d+)\.[\w.]*?(\w+)\.lora_([AB])\.weight$")
-MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     try:
         with path.open("rb") as stream:
             (length,) = struct.unpack("<Q", stream.read(8))
-            if length > MAX_HEADER_BYTES:
+            if length > SAFETENSORS_HEADER_LIMIT_BYTES:
                 raise ValueError("header too large")
             header = json.loads(stream.read(length))
     except (OSError, ValueError, struct.error) as exc:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from aim_runtime.checkpoint.shapes import Dimensions
 from aim_runtime.errors import ModelFactsError
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+SAFETENSORS_HEADER_LIMIT_BYTES = 100 * 1024 * 1024  # a larger header is not a real file's
 # Tensors that describe quantization rather than hold parameters.
 QUANT_AUX_SUFFIXES = ("_scale", "_scale_inv", ".scales", ".qzeros", ".g_idx", "_zero_point",
                       ".zeros", "input_scale", "weight_scale")
@@ -90,7 +90,7 @@ def read_safetensors_header(file: Path) -> dict[str, Any]:
             if len(prefix) != 8:
                 raise ModelFactsError(f"{file}: too short to be a safetensors file")
             (header_len,) = struct.unpack("<Q", prefix)
-            if header_len > MAX_HEADER_BYTES:
+            if header_len > SAFETENSORS_HEADER_LIMIT_BYTES:
                 raise ModelFactsError(f"{file}: header length {header_len} is implausible")
             header = json.loads(handle.read(header_len))
     except OSError as exc:

@@ -29,13 +29,6 @@ PINNABLE_FLAGS = ("--tensor-parallel-size", "--pipeline-parallel-size", "--data-
 PINNABLE_ALIASES = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size",
                     "-dp": "--data-parallel-size", "-dpl": "--data-parallel-size-local"}
 
-# KServe's LLMInferenceService convention: extra `vllm serve` flags in the main container's env
-# (its presets expand it into the command line, after their own flags).
-KSERVE_VLLM_ADDITIONAL_ARGS: settings.Variable[tuple[str, ...]] = settings.Variable(
-    "VLLM_ADDITIONAL_ARGS", settings.shell_words, (),
-    "extra `vllm serve` flags (KServe's LLMInferenceService presets)", "shell words")
-
-
 def serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aim-runtime serve", parents=[kserve_parser()], allow_abbrev=False,
@@ -85,7 +78,7 @@ def normalize_argv(argv: Sequence[str], environ: Mapping[str, str] | None = None
     """The command line with VLLM_ADDITIONAL_ARGS appended, empty arguments dropped (KServe's
     preset templates render a conditional flag that is off to an empty string), and a pinnable
     flag given twice with different values refused."""
-    extra = KSERVE_VLLM_ADDITIONAL_ARGS.read(environ)
+    extra = settings.VLLM_ADDITIONAL_ARGS.read(environ)
     tokens = [token for token in [*argv, *extra] if token.strip()]
     seen: dict[str, str] = {}
     for index, token in enumerate(tokens):

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from aim_runtime.deploy.render import (
+    TERMINATION_GRACE_SECONDS,
     RenderRequest,
     gpu_affinity,
     plan_for_gpu,
@@ -39,9 +40,6 @@ PD_PRESET = "aim-runtime-llm-pd"
 # sample passes it the same way: VLLM_ADDITIONAL_ARGS in both pods' main containers).
 KV_TRANSFER_ARGS = '--kv-transfer-config \'{"kv_connector":"NixlConnector","kv_role":"kv_both"}\''
 MAIN_CONTAINER = "main"
-# KServe's presets give pods 60 s; ours drain for the shutdown timeout the controller derives
-# from it, so longer generations get a longer grace period.
-TERMINATION_GRACE_SECONDS = 120
 
 
 def render_llm(request: RenderRequest, catalog: Catalog,
@@ -96,6 +94,8 @@ def _pod(plan: Plan, request: RenderRequest, devices: int, env: bool) -> dict[st
         container["env"] = [{"name": k, "value": v} for k, v in planner_pins(plan, request).items()]
     container["resources"] = pod_resources(devices)
     pod: dict[str, Any] = {
+        # KServe's presets give pods 60 s; ours drain for the shutdown timeout the controller
+        # derives from it, so longer generations get a longer grace period.
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "affinity": gpu_affinity(plan.product),
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"},

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from aim_runtime import pipeline
+from aim_runtime import pipeline, settings
 from aim_runtime.errors import AimError, NoFitError
 from aim_runtime.hardware.products import lookup_product
 from aim_runtime.planner.catalog import Catalog
@@ -39,9 +39,9 @@ MODEL_FORMAT = "aim"
 GPU_RESOURCE = "amd.com/gpu"
 DEVICE_ID_LABEL = "amd.com/gpu.device-id"
 AUTO_COUNTS = (1, 2, 4, 8)
-# The runtime drains in-flight requests for 100 s on SIGTERM (--graceful-shutdown-seconds);
-# the pod gets 20 s more to stop the engine before the kubelet kills it.
-TERMINATION_GRACE_SECONDS = 120
+# The runtime drains in-flight requests on SIGTERM (--graceful-shutdown-seconds); the pod gets
+# 20 s more to stop the engine before the kubelet kills it.
+TERMINATION_GRACE_SECONDS = settings.GRACEFUL_SHUTDOWN_SECONDS.default + 20
 DEFAULT_SUPPLEMENTAL_GROUPS = (44,)  # "video" on Debian/Ubuntu hosts; add the nodes' render GID
 MODES = ("standard", "knative")
 COMPILE_CACHE_MOUNT = "/compile-cache"

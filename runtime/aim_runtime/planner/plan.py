@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from aim_runtime import settings
 from aim_runtime.checkpoint.facts import ModelFacts
 from aim_runtime.errors import NoFitError, OverrideError, PlanError
 from aim_runtime.hardware import Inventory
@@ -237,7 +238,7 @@ def ray_carry_over_env(env: dict[str, str]) -> dict[str, str]:
     others (HIP_*, TORCH_*...) are named in VLLM_RAY_EXTRA_ENV_VARS_TO_COPY so every node runs
     with the same settings."""
     names = sorted(name for name in env if not name.startswith(RAY_COPIED_PREFIXES))
-    return {"VLLM_RAY_EXTRA_ENV_VARS_TO_COPY": ",".join(names)} if names else {}
+    return {settings.VLLM_RAY_EXTRA_ENV_VARS_TO_COPY.name: ",".join(names)} if names else {}
 
 
 # --- candidates --------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from aim_runtime import settings
 from aim_runtime.errors import AimError
@@ -27,7 +26,7 @@ def api_server_count(plan: Plan, vllm_args: argparse.Namespace, explicit: set[st
         "--exit-after-warmup fills caches and stops": args.exit_after_warmup,
         "vLLM's runtime adapter API (AIM_LORA_DIR) needs one API server":
             settings.LORA_DIR.read() is not None
-            or os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "").lower() in ("1", "true"),
+            or settings.VLLM_ALLOW_RUNTIME_LORA_UPDATING.read(),
         "data-parallel ranks balanced outside the pod":
             bool(vllm_args.data_parallel_external_lb or vllm_args.data_parallel_hybrid_lb
                  or vllm_args.data_parallel_rank is not None),

@@ -34,10 +34,10 @@ from pathlib import Path
 
 from aim_runtime import settings
 from aim_runtime.errors import AimError
+from aim_runtime.serving import process_env
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RAY_PORT = 6379
 # Where a worker pod answers its probes: KServe's HTTP port, which the workerSpec's probes ask.
 WORKER_HEALTH_PORT = 8080
 RAY_NODE_STARTED = "Ray runtime started"  # printed by `ray start` once the node has joined
@@ -50,7 +50,7 @@ class ClusterSpec:
 
     nodes: int
     gpus_per_node: int
-    port: int = DEFAULT_RAY_PORT
+    port: int = settings.RAY_PORT.default
     join_timeout_seconds: float = settings.RAY_JOIN_TIMEOUT.default
     node_ip: str | None = None
     ray_gpus: int | None = None  # GPUs the head declares to Ray (None: gpus_per_node)
@@ -66,37 +66,28 @@ class ClusterStatus:
     gpus: float
 
 
-# What KServe injects into multi-node pods (not ours to document in the AIM_* registry).
-KSERVE_PIPELINE_PARALLEL_SIZE = settings.Variable(
-    "PIPELINE_PARALLEL_SIZE", settings.positive_int, None,
-    "nodes of the deployment (KServe sets it from workerSpec.pipelineParallelSize)",
-    "positive integer")
-
-
-LWS_GROUP_SIZE = settings.Variable(
-    "LWS_GROUP_SIZE", settings.positive_int, None,
-    "pods of a LeaderWorkerSet group (LLMInferenceService multi-node)", "positive integer")
 
 
 def nodes_from_env(environ: Mapping[str, str]) -> int:
     """Nodes of the deployment: KServe's PIPELINE_PARALLEL_SIZE (workerSpec), else the
     LeaderWorkerSet's LWS_GROUP_SIZE (LLMInferenceService), else AIM_NODES."""
-    return (KSERVE_PIPELINE_PARALLEL_SIZE.read(environ) or LWS_GROUP_SIZE.read(environ)
+    return (settings.KSERVE_PIPELINE_PARALLEL_SIZE.read(environ)
+            or settings.LWS_GROUP_SIZE.read(environ)
             or settings.NODES.read(environ) or 1)
 
 
 def spec_from_env(environ: Mapping[str, str], nodes: int, gpus_per_node: int) -> ClusterSpec:
     """The cluster a multi-node head forms, with what KServe injects into the pod."""
-    declared = (environ.get("TENSOR_PARALLEL_SIZE") or "").strip()
-    if declared and declared != str(gpus_per_node):
+    declared = settings.KSERVE_TENSOR_PARALLEL_SIZE.read(environ)
+    if declared is not None and declared != gpus_per_node:
         raise AimError(f"TENSOR_PARALLEL_SIZE={declared} (GPUs per node, from workerSpec) but "
                        f"this node has {gpus_per_node} GPU(s)",
                        "set workerSpec.tensorParallelSize to the amd.com/gpu each pod requests")
     return ClusterSpec(
         nodes=nodes, gpus_per_node=gpus_per_node,
-        port=int(environ.get("RAY_PORT", DEFAULT_RAY_PORT)),
+        port=settings.RAY_PORT.read(environ),
         join_timeout_seconds=settings.RAY_JOIN_TIMEOUT.read(environ),
-        node_ip=environ.get("POD_IP") or None,
+        node_ip=settings.POD_IP.read(environ),
         ray_gpus=settings.RAY_NUM_GPUS.read(environ),
     )
 
@@ -105,7 +96,7 @@ def form_cluster(spec: ClusterSpec) -> ClusterStatus:
     """Head role: start the Ray head, wait for every node, and point vLLM's Ray executor at it."""
     start_head(spec)
     status = wait_for_cluster(spec)
-    os.environ["RAY_ADDRESS"] = spec.address
+    process_env.export({"RAY_ADDRESS": spec.address}, "vLLM's Ray executor")
     return status
 
 
@@ -113,14 +104,16 @@ def head_address_from_env(environ: Mapping[str, str]) -> str:
     """The head's Ray address as a worker reaches it: RAY_HEAD_ADDRESS, else the leader of a
     LeaderWorkerSet (LWS_LEADER_ADDRESS, LLMInferenceService), else the head Service KServe
     names in HEAD_SVC (0.15+: `<isvc>-head-<generation>`), else `<ISVC_NAME>-head`."""
-    if environ.get("RAY_HEAD_ADDRESS"):
-        return environ["RAY_HEAD_ADDRESS"]
-    port = environ.get("RAY_PORT", str(DEFAULT_RAY_PORT))
-    if environ.get("LWS_LEADER_ADDRESS"):  # a LeaderWorkerSet (LLMInferenceService workers)
-        return f"{environ['LWS_LEADER_ADDRESS']}:{port}"
-    namespace = environ.get("POD_NAMESPACE")
-    service = environ.get("HEAD_SVC") or (
-        f"{environ['ISVC_NAME']}-head" if environ.get("ISVC_NAME") else None)
+    given = settings.RAY_HEAD_ADDRESS.read(environ)
+    if given:
+        return given
+    port = settings.RAY_PORT.read(environ)
+    leader = settings.LWS_LEADER_ADDRESS.read(environ)
+    if leader:  # a LeaderWorkerSet (LLMInferenceService workers)
+        return f"{leader}:{port}"
+    namespace = settings.POD_NAMESPACE.read(environ)
+    isvc = settings.KSERVE_ISVC_NAME.read(environ)
+    service = settings.KSERVE_HEAD_SVC.read(environ) or (f"{isvc}-head" if isvc else None)
     if not (service and namespace):
         raise AimError("no head address: set RAY_HEAD_ADDRESS (host:port), or HEAD_SVC and "
                        "POD_NAMESPACE (KServe sets them in multi-node deployments)")
@@ -298,4 +291,4 @@ def worker_main(head_address: str | None, join_timeout: float, health_port: int)
     health = WorkerHealth()
     health.serve(health_port)
     log.info("worker: %d GPU(s), head at %s", gpus, address)
-    return run_worker(address, join_timeout, health, gpus, os.environ.get("POD_IP"))
+    return run_worker(address, join_timeout, health, gpus, settings.POD_IP.read())

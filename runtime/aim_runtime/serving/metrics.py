@@ -18,7 +18,6 @@ cannot carry, read from the process answering: the info metrics and the computed
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -37,6 +36,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 
+from aim_runtime import settings
 from aim_runtime.planner.plan import Plan
 from aim_runtime.planner.roofline import Roofline
 from aim_runtime.serving.paths import PROTOCOLS
@@ -320,7 +320,8 @@ def track_efficiency(roofline: Roofline, kv_capacity_tokens: int,
 
 def multiprocess_dir() -> str | None:
     """PROMETHEUS_MULTIPROC_DIR: set when the pod runs several API server processes."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+    directory = settings.PROMETHEUS_MULTIPROC_DIR.read()
+    return str(directory) if directory else None
 
 
 def series_registry() -> CollectorRegistry:

@@ -247,8 +247,6 @@ def prepare(command: ServeCommand) -> Prepared:
     for note in plan.notes:
         log.info("plan: note: %s", note)
 
-    # One request may ask for n completions; vLLM allows 16384, enough to monopolise a replica.
-    os.environ.setdefault("VLLM_MAX_N_SEQUENCES", str(settings.MAX_N.read()))
     listener = listener_options(args, vllm_args, explicit, set(command.explicit))
     http_port = listener.served_port(args.http_port)
     names = list(vllm_args.served_model_name or [args.model_name])
@@ -296,20 +294,19 @@ def _with_adapter_directory(rest: list[str]) -> list[str]:
     return rest if "--enable-lora" in given else [*rest, "--enable-lora"]
 
 
-RAY_COPY = "VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"
-
-
 def engine_env(plan: Plan, cache_env: dict[str, str], lora: bool) -> dict[str, str]:
     """The engine's environment: the plan's, the compile caches' (AIM_COMPILE_CACHE_DIR), vLLM's
     adapter API switch with an adapter directory (served behind the gate and the adapter guard,
     serving/lora.py); on a multi-node head, every variable also named for vLLM to copy to its Ray
     workers on the other nodes (which mount the same cache volume at the same path)."""
-    env = {**plan.env, **cache_env,
-           **({"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"} if lora else {})}
+    copy = settings.VLLM_RAY_EXTRA_ENV_VARS_TO_COPY
+    # One request may ask for n completions; vLLM allows 16384, enough to monopolise a replica.
+    max_n = settings.VLLM_MAX_N_SEQUENCES.read() or settings.MAX_N.read()
+    env = {**plan.env, **cache_env, settings.VLLM_MAX_N_SEQUENCES.name: str(max_n),
+           **({settings.VLLM_ALLOW_RUNTIME_LORA_UPDATING.name: "True"} if lora else {})}
     if plan.nodes > 1:
-        ours = ray_carry_over_env(env).get(RAY_COPY, "")
-        names = {*ours.split(","), *os.environ.get(RAY_COPY, "").split(",")} - {""}
-        env[RAY_COPY] = ",".join(sorted(names))  # the operator's own names kept
+        ours = copy.parse(ray_carry_over_env(env).get(copy.name, ""))
+        env[copy.name] = ",".join(sorted({*ours, *copy.read()}))  # the operator's names kept
     return env
 
 

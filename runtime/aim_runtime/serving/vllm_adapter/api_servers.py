@@ -4,12 +4,12 @@ them (serving/front_ends.py supervises them)."""
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aim_runtime.errors import AimError
+from aim_runtime.serving import process_env
 from aim_runtime.serving.vllm_adapter.arguments import parse_or_raise, vllm_serve_parser
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def launch_api_servers(argv: list[str], env: dict[str, str], target: Callable[..
     own launcher instead binds them here and hands the bound sockets down; with our server
     starting around it, that lost the engine's connection now and then (the engine never saw
     the first request), so it is not used."""
-    os.environ.update(env)
+    process_env.export(env, "the engine cores and API servers")
     import multiprocessing
 
     from vllm.engine.arg_utils import AsyncEngineArgs

@@ -7,12 +7,12 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aim_runtime.serving import process_env
 from aim_runtime.serving.vllm_adapter.arguments import parse_or_raise, vllm_serve_parser
 from aim_runtime.serving.vllm_adapter.versions import BUILD_APP, INIT_APP_STATE, entry
 
@@ -200,7 +200,7 @@ async def start_engine(argv: list[str], env: dict[str, str],
     weights load), then vLLM's OpenAI application with its state, as `vllm serve` does. With
     `client`, the AsyncLLM is one API server's client of engine cores already launched
     (`launch_api_servers`)."""
-    os.environ.update(env)
+    process_env.export(env, "the vLLM engine")
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.usage.usage_lib import UsageContext
     from vllm.v1.engine.async_llm import AsyncLLM
