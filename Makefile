@@ -9,7 +9,7 @@ LOCK := locks/cpu.txt
 # vLLM's CPU build exists for 0.32 only of the supported window (0.32-0.34): the one venv runs it,
 # and tests/test_vllm_release.py reads every release of the window from its wheel.
 
-.PHONY: install serve test test-fast test-avx2 coverage check-vllm lint bench lock
+.PHONY: install serve test test-fast test-avx2 coverage check-vllm lint docs bench lock
 
 # A venv holds exactly its lock (locks/lock.py): made anew when the lock changes, the lock
 # installed without resolving anything (--no-deps), then the project itself with the locked
@@ -76,6 +76,11 @@ test-avx2: install
 # first step of moving the window. `make check-vllm VERSION=0.35.0`
 check-vllm: install
 	$(BIN)/python tests/vllm_release.py $(VERSION)
+
+# The documentation site: the reference pages regenerated from the code, then built strictly.
+docs: install
+	PYTHONPATH=runtime $(BIN)/python -m aim_runtime.cli.reference
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: install
 	$(BIN)/python -m benchmarks.run $(ARGS)

@@ -1,8 +1,8 @@
 """The benchmark harnesses keep working. One real smoke run (one pair, one concurrency, few
 prompts) of `make bench`'s command against both real servers writes its JSON, table and plot;
 every harness's report is rendered in-process from its recorded results and must equal the
-committed report. No timing is asserted here; performance is judged from full runs (README,
-"Performance")."""
+committed report. No timing is asserted here; performance is judged from full runs
+(docs/performance.md)."""
 
 from __future__ import annotations
 

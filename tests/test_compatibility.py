@@ -1,6 +1,7 @@
 """The same requests to the bare vLLM OpenAI server and to ours, on the same model with the same
 engine arguments (the plan's): status codes and response shapes (field names and JSON types) must
-agree, with no exception (README.md, "Compatibility with vllm serve": differences found, none)."""
+agree, with no exception (docs/serving.md, "Compatibility with vllm serve": differences found,
+none)."""
 
 from __future__ import annotations
 

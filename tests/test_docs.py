@@ -1,11 +1,14 @@
-"""The documentation states what the code is: the README's table of `AIM_*` variables is the
-registry's own rendering, the README's code map names what exists and every package, and
-docs/gpu-products.md carries the product table the code uses."""
+"""The documentation states what the code is: the reference pages (variables, command line,
+metrics) are the code's own rendering, the code map names what exists and every package,
+docs/gpu-products.md carries the product table the code uses, the site builds strictly (no broken
+link or anchor, every page in its navigation), and the README is short and links every page."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,10 +18,11 @@ from aim_runtime.hardware.products import PRODUCTS, isa_supports_fp8, mxfp4_path
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "runtime" / "aim_runtime"
+DOCS = REPO / "docs"
 README = (REPO / "README.md").read_text()
-GPU_PRODUCTS_DOC = (REPO / "docs" / "gpu-products.md").read_text()
-REGENERATE = ('PYTHONPATH=runtime .venv/bin/python -c "from aim_runtime import settings; '
-              'print(settings.markdown_table())"')
+ENVIRONMENT_DOC = (DOCS / "environment.md").read_text()
+GPU_PRODUCTS_DOC = (DOCS / "gpu-products.md").read_text()
+REGENERATE = "PYTHONPATH=runtime .venv/bin/python -m aim_runtime.cli.reference"
 
 
 def section(text: str, heading: str) -> str:
@@ -43,35 +47,48 @@ def tables(text: str) -> list[list[list[str]]]:
     return found
 
 
-# --- the table of variables -----------------------------------------------------------------------
+# --- the reference pages, generated ---------------------------------------------------------------
 
 
-def test_readme_variable_table_is_generated_from_the_registry():
-    block = re.search(r"<!-- aim-variables:start -->\n(.*?)\n<!-- aim-variables:end -->", README,
-                      flags=re.S)
-    assert block, "README.md lacks the <!-- aim-variables:start/end --> markers"
-    assert block.group(1) == settings.markdown_table(), (
-        "README.md's table of AIM_* variables differs from settings.REGISTRY; paste the output "
-        f"of `{REGENERATE}` between the markers")
+def test_the_reference_pages_are_what_the_code_generates():
+    """Variables (both registries), every command's help, the metrics."""
+    from aim_runtime.cli import reference
+
+    assert reference.stale_pages(DOCS) == [], f"regenerate them: `{REGENERATE}`"
 
 
-def test_readme_deployment_variable_table_is_generated_from_the_registry():
-    block = re.search(r"<!-- deployment-variables:start -->\n(.*?)\n"
-                      r"<!-- deployment-variables:end -->", README, flags=re.S)
-    assert block, "README.md lacks the <!-- deployment-variables:start/end --> markers"
-    assert block.group(1) == settings.deployment_table(), (
-        "README.md's table of the deployment's variables differs from settings.DEPLOYMENT; "
-        "paste settings.deployment_table() between the markers")
-
-
-def test_readme_names_every_variable_once():
-    block = README.split("<!-- aim-variables:start -->", 1)[1]
+def test_the_variables_page_names_every_variable_once():
+    block = ENVIRONMENT_DOC.split("<!-- aim-variables:start -->", 1)[1]
     block = block.split("<!-- aim-variables:end -->", 1)[0]
     named = re.findall(r"^\| `(AIM_\w+)` \|", block, flags=re.M)
     assert sorted(named) == sorted(settings.REGISTRY)
-    outside = README.replace(block, "")
-    assert not re.search(r"^\|.*`AIM_\w+`", outside, flags=re.M), (
-        "a second table of AIM_* variables: describe each variable in settings.py instead")
+    for doc in [REPO / "README.md", *sorted(DOCS.glob("*.md"))]:
+        outside = doc.read_text().replace(block, "")
+        assert not re.search(r"^\|.*`AIM_\w+`", outside, flags=re.M), (
+            f"{doc.name}: a second table of AIM_* variables: describe each variable in "
+            "settings.py instead")
+
+
+# --- the site and the README ----------------------------------------------------------------------
+
+
+def test_the_site_builds_strictly(tmp_path):
+    """MkDocs in strict mode: a broken link or anchor, or a page missing from the navigation,
+    fails (mkdocs.yml's validation settings)."""
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
+                             str(tmp_path / "site")], cwd=REPO, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "site" / "cli" / "index.html").exists()
+
+
+def test_the_readme_is_short_and_links_every_page():
+    assert len(README.splitlines()) <= 220
+    linked = set(re.findall(r"\]\(docs/([\w.-]+\.md)(?:#[\w-]+)?\)", README))
+    pages = {page.name for page in DOCS.glob("*.md")}
+    assert pages - linked == set(), f"link these pages from the README: {pages - linked}"
+    assert linked - pages == set(), f"the README links pages that do not exist: {linked - pages}"
+    assert "](CONTRIBUTING.md)" in README
 
 
 # --- the code map -----------------------------------------------------------------------------
@@ -82,7 +99,7 @@ def code_map_entries() -> list[tuple[str, list[str]]]:
 
     An item starts with the path it describes, relative to the repository; bare file names later
     in the item (`model.py`, `gpu-products.md`) are files inside that folder."""
-    body = section(README, "## Code map")
+    body = (DOCS / "code-map.md").read_text()
     items = re.split(r"^- ", body, flags=re.M)[1:]
     entries = []
     for item in items:
@@ -104,7 +121,7 @@ def test_every_path_in_the_code_map_exists():
             continue
         folder = target if target.is_dir() else target.parent
         missing += [f"{path} ... {name}" for name in names if not (folder / name).exists()]
-    assert not missing, f"the README's code map names what does not exist: {missing}"
+    assert not missing, f"docs/code-map.md names what does not exist: {missing}"
 
 
 def test_code_map_names_every_package_and_top_level_module():
@@ -115,7 +132,7 @@ def test_code_map_names_every_package_and_top_level_module():
                      if module.name != "__init__.py")
     assert packages, "no packages found under runtime/aim_runtime"
     unnamed = [path for path in packages + modules if path not in named]
-    assert not unnamed, f"add these to the README's code map: {unnamed}"
+    assert not unnamed, f"add these to docs/code-map.md: {unnamed}"
 
 
 def test_code_map_names_every_top_level_folder():
@@ -128,7 +145,7 @@ def test_code_map_names_every_top_level_folder():
                if "/" in path and not path.startswith(".")}
     named = {path.rstrip("/").split("/", 1)[0] for path, _ in code_map_entries()}
     unnamed = sorted(folders - named)
-    assert not unnamed, f"add these folders to the README's code map: {unnamed}"
+    assert not unnamed, f"add these folders to docs/code-map.md: {unnamed}"
 
 
 # --- docs/gpu-products.md ------------------------------------------------------------------------

@@ -5,7 +5,7 @@ truthful worker probes, a worker that never arrives, a head that never answers, 
 head address comes from in KServe.
 
 vLLM refuses its Ray executor on the CPU platform, so the distributed engine itself runs only on
-GPU nodes (README: "Several nodes")."""
+GPU nodes (docs/multi-node.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The planner: a matrix over real model configs x GPUs x device counts, checked against the memory
-math as the README's planner section states it (written out again here, independently of
+math as docs/planning.md states it (written out again here, independently of
 memory.py), plus fallbacks, pinned overrides and errors."""
 
 from __future__ import annotations

@@ -1,12 +1,11 @@
 """The ROCm rule table (planner/rocm.py): what every derived plan gets per GPU family and model
 kind, written out here independently of the table; curated recipes under the same rules; every
-name a rule or recipe sets checked against the installed vLLM; the block budget; the README's
-copy of the table."""
+name a rule or recipe sets checked against the installed vLLM; the block budget (docs/planning.md's
+copy of the table is checked with the other generated pages, tests/test_docs.py)."""
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from aim_runtime.planner.catalog import Catalog, load_catalog, load_recipe_file
 from aim_runtime.planner.explain import explain_plan
 from aim_runtime.planner.overrides import collect_overrides
 from aim_runtime.planner.plan import Plan, make_plan
-from testkit import MODELS, REPO, write
+from testkit import MODELS, write
 
 EMPTY = Catalog(recipes=(), directories=())
 FAMILIES = {"MI250": "gfx90a", "MI300X": "gfx942", "MI325X": "gfx942", "MI355X": "gfx950"}
@@ -424,17 +423,3 @@ def test_host_reads_numa_balancing(tmp_path):
     write(tmp_path / "proc" / "sys" / "kernel" / "numa_balancing", "0\n")
     assert read_host(tmp_path / "sys", tmp_path / "proc").numa_balancing is False
     assert read_host(tmp_path / "sys", tmp_path / "nope").numa_balancing is None
-
-
-# --- the README's table is the table's own rendering ----------------------------------------------
-
-
-def test_readme_rule_table_is_generated_from_the_rules():
-    readme = (REPO / "README.md").read_text()
-    block = re.search(r"<!-- rocm-rules:start -->\n(.*?)\n<!-- rocm-rules:end -->", readme,
-                      flags=re.S)
-    assert block, "README.md lacks the <!-- rocm-rules:start/end --> markers"
-    assert block.group(1) == rocm.markdown_table(), (
-        "README's ROCm rule table differs from planner/rocm.py RULES; paste the output of "
-        "`PYTHONPATH=runtime .venv/bin/python -c \"from aim_runtime.planner import rocm; "
-        "print(rocm.markdown_table())\"` between the markers")

@@ -28,7 +28,7 @@ def derived(model: str, simulate: str) -> Plan:
 
 def planned_point(plan: Plan, weights_read: float, kv_per_token: int,
                   bandwidth: float) -> tuple[int, float]:
-    """(concurrency, aggregate tokens/s) at the planned point, by the formula in the README."""
+    """(concurrency, aggregate tokens/s) at the planned point, by docs/planning.md's formula."""
     concurrency = min(plan.engine_args["max_num_seqs"],
                       plan.memory.kv_capacity_tokens // plan.max_model_len)
     step = weights_read + concurrency * plan.max_model_len * kv_per_token

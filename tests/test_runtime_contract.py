@@ -2,8 +2,8 @@
 with KServe's template variables filled (the InferenceService's name) and /mnt/models pointing
 at a local model, on CPU, and (where this machine allows: root and `unshare`) on a read-only root
 with only its volumes writable, as its securityContext asks. Its declared probes must answer as
-Kubernetes expects, on its declared port, and the README's example request must work against
-it."""
+Kubernetes expects, on its declared port, and the documented example request
+(docs/kubernetes.md) must work against it."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.serving
 RUNTIME = yaml.safe_load((REPO / "serving_runtimes" / "aim-runtime.yaml").read_text())
 CONTAINER = RUNTIME["spec"]["containers"][0]
 ISVC = yaml.safe_load((REPO / "manifests" / "inferenceservice.yaml").read_text())
-README = (REPO / "README.md").read_text()
+KUBERNETES_DOC = (REPO / "docs" / "kubernetes.md").read_text()
 DECLARED_PORT = CONTAINER["ports"][0]["containerPort"]
 
 
@@ -136,7 +136,7 @@ def test_readiness_and_liveness_answer_on_the_declared_paths(pod):
 
 def test_the_readme_kubernetes_request_works(pod):
     process, _ = pod
-    block = README.split("<!-- k8s-curl -->\n```sh\n", 1)[1].split("```", 1)[0]
+    block = KUBERNETES_DOC.split("<!-- k8s-curl -->\n```sh\n", 1)[1].split("```", 1)[0]
     curl_line = next(line for line in block.replace("\\\n", " ").splitlines()
                      if line.startswith("curl"))
     command = [part.replace("$SERVICE_URL", process.url) for part in shlex.split(curl_line)]

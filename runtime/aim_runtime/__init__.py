@@ -4,7 +4,7 @@ Layers as folders, each importing only the ones below it (import-linter checks i
 
     cli/          the `aim-runtime` command
     serving/      the only layer that imports vLLM, KServe, FastAPI or Starlette; inside it,
-                  only `serving/vllm_adapter/` imports vLLM (the layers: README "Code map")
+                  only `serving/vllm_adapter/` imports vLLM (the layers: docs/code-map.md)
     deploy/       Kubernetes objects rendered from a plan
     pipeline.py   flags + environment -> Inventory -> ModelFacts -> Recipes -> Plan, the one way
     planner/      overrides, catalog, candidates, memory, ROCm rules, roofline, plan, explain

@@ -1,9 +1,10 @@
 """Every `AIM_*` environment variable, once, and the vocabulary the layers share.
 
 Like vLLM's `envs.py`: one registry where each variable has its name, type, default, a one-line
-doc and a parser. Code reads a variable only through `VARIABLE.read(environ)`, so a bad value is
+doc, a parser and, where it has one, the command-line flag that sets the same option (the parsers
+add the flag from the entry, so its help and default are written once). Code reads a variable only through `VARIABLE.read(environ)`, so a bad value is
 always an `error:` naming the variable and the value, with the variable's doc as the hint, never a
-traceback. The README's table of variables is generated from `REGISTRY` (`markdown_table`), and a
+traceback. The docs' table of variables (docs/environment.md) is generated from `REGISTRY`, and a
 test keeps the two equal.
 
 The shared vocabulary (precisions, KV-cache dtypes, objectives, the CPU product name, GiB, the
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -172,7 +174,7 @@ class Variable(Generic[T]):
     parse: Callable[[str], T]
     default: T
     doc: str
-    kind: str  # what a value looks like, for the README table
+    kind: str  # what a value looks like, for the docs' table
     secret: bool = False
     flag: str | None = None
 
@@ -206,10 +208,15 @@ class Variable(Generic[T]):
             options.setdefault("action", argparse.BooleanOptionalAction)
         else:
             options.setdefault("type", self._argparse_type)
-            options.setdefault("metavar", self.kind.replace(" ", "_").upper()
-                               if "|" not in self.kind else "{" + self.kind.replace("|", ",") + "}")
+            options.setdefault("metavar", self._metavar())
         parser.add_argument(self.flag, *aliases, dest=self.name.removeprefix("AIM_").lower(),
                             default=default, help=self.help(), **options)
+
+    def _metavar(self) -> str:
+        """`{a,b}` for a choice, else the kind's first words: POSITIVE_INTEGER, SECONDS."""
+        if "|" in self.kind:
+            return "{" + self.kind.replace("|", ",") + "}"
+        return "_".join(re.findall(r"[\w/]+", self.kind.split("(")[0])).upper()
 
     def _argparse_type(self, text: str) -> T:
         try:
@@ -484,7 +491,7 @@ def deployment_table() -> str:
 
 
 def markdown_table() -> str:
-    """The README's table of variables, generated from the registry."""
+    """The docs' table of variables, generated from the registry."""
     return _table(REGISTRY.values(), flags=True)
 
 

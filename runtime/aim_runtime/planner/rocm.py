@@ -158,7 +158,7 @@ class Rule:
     compute: Literal["block_budget", "numa"] | None = None
 
     def condition(self) -> str:
-        """The condition, as the README table shows it."""
+        """The condition, as the docs' table shows it (docs/planning.md)."""
         parts = [" or ".join(self.isas)]
         if self.kinds:
             parts.append(" and ".join(KIND_NAMES[k] for k in self.kinds))
@@ -190,7 +190,7 @@ class Rule:
         return "; ".join(parts)
 
     def settings(self) -> str:
-        """What it sets, as the README table shows it."""
+        """What it sets, as the docs' table shows it."""
         parts = [f"`{k}={v}`" for k, v in self.env.items()]
         parts += [f"`--{k.replace('_', '-')} {v}`" for k, v in self.engine_args.items()]
         if self.compute == "block_budget":
@@ -499,7 +499,7 @@ def block_budget(facts: ModelFacts, memory: MemoryEstimate, layout: Layout,
 
 
 def markdown_table() -> str:
-    """The README's table of rules, generated from RULES."""
+    """The docs' table of rules (docs/planning.md), generated from RULES."""
     lines = ["| rule | applies when | sets | why | source |", "|---|---|---|---|---|"]
     for rule in RULES:
         cells = (f"`{rule.id}`", rule.condition(), rule.settings(), rule.why, rule.source)

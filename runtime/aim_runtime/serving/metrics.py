@@ -33,6 +33,7 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 
@@ -194,6 +195,13 @@ class DecodeEfficiency(Collector):
     RUNNING = "vllm:num_requests_running"
     KV_USAGE = "vllm:kv_cache_usage_perc"
     MIN_INTERVAL_S = 1.0  # closer scrapes reuse the previous rate
+    SERIES = {
+        "aim_decode_tokens_per_second":
+            "Tokens vLLM generated per second between the last two scrapes",
+        "aim_decode_ceiling_tokens_per_second":
+            "Decode roofline at the engine's current load (all replicas)",
+        "aim_decode_efficiency": "Achieved decode tokens/s over the roofline at that load",
+    }
 
     def __init__(self, roofline: Roofline, kv_capacity_tokens: int,
                  registry: CollectorRegistry | None = None,
@@ -241,20 +249,14 @@ class DecodeEfficiency(Collector):
             self._last = (now, generated)
         if self._rate is None:
             return []
-        families: list[Metric] = [GaugeMetricFamily(
-            "aim_decode_tokens_per_second",
-            "Tokens vLLM generated per second between the last two scrapes",
-            value=self._rate)]
-        ceiling = self.ceiling(sum(values[self.RUNNING]), values[self.KV_USAGE])
+        rate, ceiling = self._rate, self.ceiling(sum(values[self.RUNNING]),
+                                                 values[self.KV_USAGE])
+        shown = {"aim_decode_tokens_per_second": rate}
         if ceiling:
-            families += [
-                GaugeMetricFamily("aim_decode_ceiling_tokens_per_second",
-                                  "Decode roofline at the engine's current load (all replicas)",
-                                  value=ceiling),
-                GaugeMetricFamily("aim_decode_efficiency",
-                                  "Achieved decode tokens/s over the roofline at that load",
-                                  value=self._rate / ceiling)]
-        return families
+            shown |= {"aim_decode_ceiling_tokens_per_second": ceiling,
+                      "aim_decode_efficiency": rate / ceiling}
+        return [GaugeMetricFamily(name, self.SERIES[name], value=value)
+                for name, value in shown.items()]
 
     def ceiling(self, running: float, kv_usage: list[float]) -> float | None:
         """The decode roofline of all replicas with `running` sequences in the KV use given."""
@@ -277,19 +279,24 @@ class ServingState(Collector):
     """At each scrape, from the server: aim_state{state} (1 for the state now, 0 for every
     other) and aim_lora_adapters_loaded."""
 
+    SERIES = {
+        "aim_state": "1 for the serving state now (ready, or why readiness is 503), 0 for the "
+                     "others",
+        "aim_lora_adapters_loaded": "LoRA adapters served now",
+    }
+
     def __init__(self, state: Callable[[], str], adapters: Callable[[], int]) -> None:
         self.state = state
         self.adapters = adapters
 
     def collect(self) -> Iterable[Metric]:
-        family = GaugeMetricFamily("aim_state", "1 for the serving state now (ready, or why "
-                                   "readiness is 503), 0 for the others", labels=["state"])
+        family = GaugeMetricFamily("aim_state", self.SERIES["aim_state"], labels=["state"])
         now = self.state()
         for state in STATES:
             family.add_metric([state], 1.0 if state == now else 0.0)
         yield family
-        yield GaugeMetricFamily("aim_lora_adapters_loaded", "LoRA adapters served now",
-                                value=self.adapters())
+        yield GaugeMetricFamily("aim_lora_adapters_loaded",
+                                self.SERIES["aim_lora_adapters_loaded"], value=self.adapters())
 
 
 _STATE: list[ServingState] = []
@@ -398,3 +405,25 @@ def phases_recorded() -> dict[str, float]:
     """The start-up phases this process has timed so far, by name."""
     return {sample.labels["phase"]: sample.value
             for family in STARTUP_PHASE_SECONDS.collect() for sample in family.samples}
+
+
+# --- the reference page --------------------------------------------------------------------------
+
+_EXPOSED_SUFFIX = {"counter": "_total", "info": "_info"}
+
+
+def reference_table() -> str:
+    """The docs' table of the runtime's own series (docs/metrics.md), from their definitions:
+    every metric this module defines, and the series its collectors make at each scrape."""
+    rows = []
+    for metric in [v for v in globals().values() if isinstance(v, MetricWrapperBase)]:
+        (family,) = metric.describe()
+        labels = ", ".join(f"`{label}`" for label in metric._labelnames)
+        rows.append((family.name + _EXPOSED_SUFFIX.get(family.type, ""), family.type, labels,
+                     family.documentation))
+    rows += [(name, "gauge", "`state`" if name == "aim_state" else "", doc)
+             for name, doc in {**ServingState.SERIES, **DecodeEfficiency.SERIES}.items()]
+    lines = ["| series | type | labels | what it says |", "|---|---|---|---|"]
+    lines += [f"| `{name}` | {kind} | {labels} | {doc} |" for name, kind, labels, doc in
+              sorted(rows)]
+    return "\n".join(lines)

@@ -206,7 +206,7 @@ class AimRESTServer(RESTServer):
         `listener_app`). KServe's own TimingMiddleware is left out on purpose: per request it
         re-matches the route table to name a metric, measures CPU time and writes two
         `kserve.trace` log lines, which cost ~6% of the front end's CPU under streaming load
-        (py-spy, see the README's Performance section). Request latencies are in vLLM's
+        (py-spy, see docs/performance.md). Request latencies are in vLLM's
         Prometheus histograms (`vllm:e2e_request_latency_seconds`,
         `vllm:time_to_first_token_seconds`)."""
         app.add_middleware(WholeBodyIsJson)

@@ -49,8 +49,8 @@ def freeze_startup_heap() -> int:
     """What `vllm serve` does once its server is up (vLLM's freeze_gc_heap, in its lifespan,
     which a mounted app never runs): collect, then move every object alive now into the
     collector's permanent generation, so that collections while serving no longer walk the
-    start-up heap (torch, transformers, the application); the README's "Several API server
-    processes" says what that saves. Returns the objects frozen."""
+    start-up heap (torch, transformers, the application); docs/serving.md ("Several API server
+    processes") says what that saves. Returns the objects frozen."""
     import gc
 
     from vllm.utils.gc_utils import freeze_gc_heap

@@ -15,7 +15,7 @@ from aim_runtime.errors import AimError
 log = logging.getLogger(__name__)
 
 # The newest vLLM release and the two minors before it: [lowest, first unsupported) major.minor.
-# Moving the window: README "Keeping pace with vLLM".
+# Moving the window: CONTRIBUTING.md, "Keeping pace with vLLM".
 SUPPORTED_VLLM = ((0, 32), (0, 35))
 SUPPORTED_KSERVE = ((0, 21), (0, 22))
 
