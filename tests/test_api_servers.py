@@ -1,4 +1,4 @@
-"""Several API server processes over one set of engine cores (serving/front_ends.py).
+"""Several API server processes over one set of engine cores (serving/api_server_group.py).
 
 The count's rules are checked against vLLM's own parser; the rest on the real CPU engine with
 data parallelism 2 (two engine ranks, hence two API server processes), watched from outside: both
@@ -83,10 +83,10 @@ def _admit_twice(counter) -> None:
 
 
 def test_admission_is_counted_for_the_pod_across_processes():
-    from aim_runtime.serving.front_ends import FrontEndGroup
+    from aim_runtime.serving.api_server_group import ApiServerGroup
     from aim_runtime.serving.gate import GateState
 
-    group = FrontEndGroup.create(2)
+    group = ApiServerGroup.create(2)
     other = multiprocessing.get_context("spawn").Process(target=_admit_twice,
                                                          args=(group.in_flight,))
     other.start()
@@ -111,10 +111,10 @@ def test_a_process_killed_while_counting_never_blocks_the_others():
     """A shared lock held by a process the kernel killed is never released: the survivors'
     next request (and liveness behind it, on the same event loop) would hang. The count is
     written by one process a slot, so the killed process's slot alone is left behind."""
-    from aim_runtime.serving.front_ends import FrontEndGroup
+    from aim_runtime.serving.api_server_group import ApiServerGroup
     from aim_runtime.serving.gate import GateState
 
-    group = FrontEndGroup.create(2)
+    group = ApiServerGroup.create(2)
     other = multiprocessing.get_context("spawn").Process(target=_count_forever,
                                                          args=(group.in_flight,))
     other.start()
@@ -131,22 +131,22 @@ def test_a_process_killed_while_counting_never_blocks_the_others():
 
 
 def test_readiness_waits_for_every_api_server_and_liveness_follows_the_pod():
+    from aim_runtime.serving.api_server_group import ApiServerGroup, GroupMember
     from aim_runtime.serving.dataplane import AimDataPlane, NotReady
-    from aim_runtime.serving.front_ends import FrontEnd, FrontEndGroup
 
     async def healthy() -> bool:
         return True
 
     model = engine_less_model()
     model.lifecycle.engine = SimpleNamespace(healthy=healthy, dead_reason=None)  # type: ignore
-    group = FrontEndGroup.create(2)
-    first = FrontEnd(group, 0)
+    group = ApiServerGroup.create(2)
+    first = GroupMember(group, 0)
     plane = AimDataPlane(None, model.lifecycle, first)
     first.mark_ready()
     with pytest.raises(NotReady) as refused:
         asyncio.run(plane.ready())
     assert refused.value.reason == "starting" and "1 of 2" in str(refused.value)
-    FrontEnd(group, 1).mark_ready()
+    GroupMember(group, 1).mark_ready()
     assert asyncio.run(plane.ready()) is True
     assert asyncio.run(plane.live()) == {"status": "alive"}
     group.failed.value = 1
@@ -212,7 +212,7 @@ def test_both_api_servers_and_both_engine_ranks_serve_and_metrics_aggregate_them
     ranks = {e: metric(pod.url, "vllm:request_success_total", engine=e) - by_engine[e]
              for e in "01"}
     assert ranks["0"] > 0 and ranks["1"] > 0, ranks
-    assert "plan: front end: 2 API server processes (one per data-parallel rank" in \
+    assert "plan: API servers: 2 processes (one per data-parallel rank" in \
         pod.log_path.read_text()
     assert "answered 503" not in pod.log_path.read_text()  # the warm-ups shared the limit
 

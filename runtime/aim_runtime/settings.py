@@ -2,10 +2,10 @@
 
 Like vLLM's `envs.py`: one registry where each variable has its name, type, default, a one-line
 doc, a parser and, where it has one, the command-line flag that sets the same option (the parsers
-add the flag from the entry, so its help and default are written once). Code reads a variable only through `VARIABLE.read(environ)`, so a bad value is
-always an `error:` naming the variable and the value, with the variable's doc as the hint, never a
-traceback. The docs' table of variables (docs/environment.md) is generated from `REGISTRY`, and a
-test keeps the two equal.
+add the flag from the entry, so its help and default are written once). Code reads a variable only
+through `VARIABLE.read(environ)`, so a bad value is always an `error:` naming the variable and the
+value, with the variable's doc as the hint, never a traceback. The docs' table of variables
+(docs/environment.md) is generated from `REGISTRY`, and a test keeps the two equal.
 
 The shared vocabulary (precisions, KV-cache dtypes, objectives, the CPU product name, GiB, the
 usable-memory fractions, GPUs per node) lives here too, so that each fact is defined once.
@@ -53,6 +53,27 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 def serving_precision(checkpoint: Precision, on_gpu: bool) -> Precision:
     """The precision a checkpoint runs at without quantizing it: fp32 runs as bf16 on GPUs."""
     return "bf16" if checkpoint == "fp32" and on_gpu else checkpoint
+
+
+# --- command-line flags: one spelling -------------------------------------------------------------
+
+
+def flag_for(name: str) -> str:
+    """The flag of an argument name: `max_num_seqs` -> `--max-num-seqs`."""
+    return "--" + name.replace("_", "-")
+
+
+def name_of_flag(flag: str) -> str:
+    """The argument name of a flag, however spelt: `--max-num-seqs`, `max_num_seqs` ->
+    `max_num_seqs`."""
+    return flag.strip().lstrip("-").replace("-", "_")
+
+
+def flag_of_token(token: str) -> str:
+    """The flag a command-line token gives, in its one spelling: `--max_num_seqs=8` ->
+    `--max-num-seqs`; short options and values unchanged."""
+    flag = token.split("=", 1)[0]
+    return flag_for(name_of_flag(flag)) if flag.startswith("--") else flag
 
 
 # --- parsers: text -> value, or ValueError saying what was expected -----------------------------

@@ -82,8 +82,9 @@ def normalize_argv(argv: Sequence[str], environ: Mapping[str, str] | None = None
     tokens = [token for token in [*argv, *extra] if token.strip()]
     seen: dict[str, str] = {}
     for index, token in enumerate(tokens):
-        flag, _, value = token.partition("=")
-        flag = flag.replace("_", "-") if flag.startswith("--") else PINNABLE_ALIASES.get(flag, flag)
+        flag = settings.flag_of_token(token)
+        flag = PINNABLE_ALIASES.get(flag, flag)
+        value = token.partition("=")[2]
         if flag not in PINNABLE_FLAGS:
             continue
         if not value and index + 1 < len(tokens):
@@ -98,7 +99,7 @@ def normalize_argv(argv: Sequence[str], environ: Mapping[str, str] | None = None
 
 def _explicit_ours(argv: list[str]) -> frozenset[str]:
     """Our options the user set (on the command line or through their AIM_* variable)."""
-    given = {token.split("=", 1)[0] for token in argv}
+    given = {settings.flag_of_token(token) for token in argv}
     if "--graceful-shutdown-seconds" in given or settings.GRACEFUL_SHUTDOWN_SECONDS.is_set():
         return frozenset({"graceful_shutdown_seconds"})
     return frozenset()
@@ -106,6 +107,6 @@ def _explicit_ours(argv: list[str]) -> frozenset[str]:
 
 def _reject_reserved(rest: list[str]) -> None:
     for token in rest:
-        flag = token.split("=", 1)[0].replace("_", "-")
+        flag = settings.flag_of_token(token)
         if flag in RESERVED_VLLM_FLAGS:
             raise AimError(f"{token}: use {RESERVED_VLLM_FLAGS[flag]} with aim-runtime serve")

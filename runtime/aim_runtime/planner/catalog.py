@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from aim_runtime import settings
 from aim_runtime.errors import RecipeError
 from aim_runtime.hardware.products import PRODUCTS
 from aim_runtime.planner.rocm import RULE_IDS
@@ -193,7 +194,7 @@ def load_recipe_file(file: Path) -> list[Recipe]:
 
 def normalize_arg_name(name: str) -> str:
     """vLLM flag spellings (`--max-num-seqs`, `max-num-seqs`) to EngineArgs names."""
-    return name.strip().lstrip("-").replace("-", "_")
+    return settings.name_of_flag(name)
 
 
 def _resolve(file: Path, parsed: RecipeFile, variant: RecipeVariant) -> Recipe:
@@ -276,11 +277,11 @@ def engine_args_to_argv(engine_args: dict[str, ArgValue]) -> list[str]:
     flag, lists -> repeated values, dicts -> JSON."""
     argv: list[str] = []
     for name, value in engine_args.items():
-        flag = "--" + name.replace("_", "-")
+        flag = settings.flag_for(name)
         if value is True or value is None:
             argv.append(flag)
         elif value is False:
-            argv.append("--no-" + name.replace("_", "-"))
+            argv.append(settings.flag_for("no_" + name))
         elif isinstance(value, list):
             argv.extend([flag, *(str(v) for v in value)])
         elif isinstance(value, dict):

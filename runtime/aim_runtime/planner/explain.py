@@ -81,8 +81,8 @@ def explain_plan(plan: Plan) -> str:
         f"environment: {env}",
     ]
     if plan.rocm_rules:
-        parts.append("ROCm rules applied (docs/planning.md, \"ROCm rules\"; a recipe's own settings "
-                     "win):")
+        parts.append("ROCm rules applied (docs/planning.md, \"ROCm rules\"; a recipe's own "
+                     "settings win):")
         parts.extend(format_rule(rule) for rule in plan.rocm_rules)
     if plan.roofline is not None:
         parts.extend(describe_roofline(plan.roofline))

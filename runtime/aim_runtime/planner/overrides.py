@@ -37,7 +37,7 @@ def override_flag(name: str) -> str:
     variable = override_variable(name)
     if variable is not None and variable.flag is not None:
         return variable.flag
-    return "--" + name.replace("_", "-")
+    return settings.flag_for(name)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from aim_runtime import settings
 from aim_runtime.checkpoint.facts import ModelFacts
 from aim_runtime.planner.memory import Layout, MemoryEstimate, compute_dtype_bytes
 
@@ -440,7 +441,7 @@ def _applied(rule: Rule, env: dict[str, str], args: dict[str, Any],
 
 
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return settings.flag_for(name)
 
 
 def _block_budget(given: RuleInput) -> tuple[dict[str, Any], str | None]:

@@ -1,4 +1,4 @@
-"""How many API server processes serve the pod (serving/front_ends.py runs them)."""
+"""How many API server processes serve the pod (serving/api_server_group.py runs them)."""
 
 from __future__ import annotations
 

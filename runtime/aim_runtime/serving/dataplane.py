@@ -11,7 +11,7 @@ from kserve.errors import InferenceError, InvalidInput, ServerNotReady
 from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
 
-from aim_runtime.serving.front_ends import FrontEnd
+from aim_runtime.serving.api_server_group import GroupMember
 from aim_runtime.serving.lifecycle import EngineLifecycle
 from aim_runtime.serving.model import AimModel
 
@@ -45,10 +45,10 @@ class AimDataPlane(DataPlane):
     the pod's: ready once every process is, dead once any process died."""
 
     def __init__(self, model_registry: Any, lifecycle: EngineLifecycle,
-                 front_end: FrontEnd | None = None) -> None:
+                 member: GroupMember | None = None) -> None:
         super().__init__(model_registry=model_registry)
         self.lifecycle = lifecycle
-        self.front_end = front_end
+        self.member = member
 
     def decode_inference_request(self, body: Any, headers: Any, model_name: str) -> Any:
         """KServe's decoding of a v2 request, binary framing (`Inference-Header-Content-Length`)
@@ -68,24 +68,24 @@ class AimDataPlane(DataPlane):
 
     def state(self) -> str:
         """Readiness in one word, for aim_state: ready, or the reason the probe answers 503."""
-        if self.front_end is not None and self.front_end.group_failed:
+        if self.member is not None and self.member.group_failed:
             return "dead"
         reason = self.lifecycle.not_ready_reason()
         if reason != "unhealthy":  # healthy() is what says unhealthy; here: all is in place
             return reason
-        peers = self.front_end
+        peers = self.member
         if peers is not None and peers.ready_count() < peers.count:
             return "starting"
         return "ready"
 
     async def live(self) -> dict[str, str]:
-        failed = self.front_end is not None and self.front_end.group_failed
+        failed = self.member is not None and self.member.group_failed
         return {"status": "dead" if self.lifecycle.dead or failed else "alive"}
 
     async def ready(self) -> bool:
         if not await self.lifecycle.healthy():
             raise NotReady(self.lifecycle.not_ready_reason())
-        peers = self.front_end
+        peers = self.member
         if peers is not None and peers.ready_count() < peers.count:
             raise NotReady("starting", f"{peers.ready_count()} of {peers.count} API server "
                                        "processes ready")

@@ -38,7 +38,7 @@ PHASE_LINES = {
 
 
 # Where timed phases go: this process's metrics, or (several API server processes) the shared
-# memory they read them from (serving/front_ends.py).
+# memory they read them from (serving/api_server_group.py).
 _sink: list[Callable[[str, float], None]] = [metrics.record_phase]
 
 

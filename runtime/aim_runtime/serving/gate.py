@@ -47,7 +47,7 @@ class GateState:
     """Inference requests in flight, and where the engine's capacity comes from (the model).
 
     With several API server processes the count is the pod's: `shared_in_flight`, a
-    multiprocessing RawArray("q") with one slot per process (serving/front_ends.py). Each
+    multiprocessing RawArray("q") with one slot per process (serving/api_server_group.py). Each
     process writes only its own slot and reads the sum, so no lock is shared: a process killed
     while holding one would have hung every other process's next request, liveness included."""
 

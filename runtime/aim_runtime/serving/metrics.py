@@ -9,7 +9,7 @@ at each scrape, the decode rate vLLM achieved since the previous scrape (from it
 `vllm:generation_tokens_total`) and that rate over the ceiling at the engine's current load
 (`vllm:num_requests_running` sequences holding `vllm:kv_cache_usage_perc` of the KV cache).
 
-With several API server processes (serving/front_ends.py) the series live in Prometheus
+With several API server processes (serving/api_server_group.py) the series live in Prometheus
 multiprocess mode: each gauge says how the processes' values combine (the same plan in every
 process: the most recent; start-up phases: the slowest; engine alive: the lowest), counters add
 up, and a scrape (`scrape_registry`) merges every process's files with what multiprocess mode

@@ -44,6 +44,7 @@ from uvicorn.importer import import_from_string
 from aim_runtime import settings
 from aim_runtime.errors import AimError
 from aim_runtime.serving import metrics
+from aim_runtime.serving.api_server_group import GroupMember
 from aim_runtime.serving.asgi import (
     RECIPE_HEADER,
     CountedRequests,
@@ -54,7 +55,6 @@ from aim_runtime.serving.asgi import (
     access_logged,
 )
 from aim_runtime.serving.dataplane import AimDataPlane, AimModelRepository
-from aim_runtime.serving.front_ends import FrontEnd
 from aim_runtime.serving.gate import GateSettings, GateState, RequestGate
 from aim_runtime.serving.grpc_listener import AimGRPCServer
 from aim_runtime.serving.header_limits import HeaderLimits
@@ -76,7 +76,7 @@ class AimRESTServer(RESTServer):
     def __init__(self, *args: Any, host: str, recipe_id: str, model: AimModel,
                  gate: GateSettings, openai_root_routes: bool = False,
                  drain_seconds: float = 0.0, listener: ListenerOptions | None = None,
-                 sock: socket.socket | None = None, front_end: FrontEnd | None = None,
+                 sock: socket.socket | None = None, member: GroupMember | None = None,
                  **kwargs: Any) -> None:
         # Set before KServe's constructor builds the application with the methods below.
         self.recipe_id = recipe_id
@@ -84,12 +84,12 @@ class AimRESTServer(RESTServer):
         self.gate_settings = gate
         self.gate_state = GateState(
             engine_capacity=model.lifecycle.capacity,
-            shared_in_flight=front_end.group.in_flight if front_end else None,
-            server_index=front_end.index if front_end else 0)
+            shared_in_flight=member.group.in_flight if member else None,
+            server_index=member.index if member else 0)
         self.openai_root_routes = openai_root_routes
         self.listener = listener
         self.sock = sock  # this API server's own socket on the pod's port, bound by the supervisor
-        self.front_end = front_end
+        self.member = member
         super().__init__(*args, **kwargs)
         self.config.host = host
         if self.config.ssl_certfile:
@@ -133,7 +133,7 @@ class AimRESTServer(RESTServer):
         (`listener_app`), which uvicorn serves."""
         super().create_application()
         self.config.app = self.listener_app(import_from_string(FASTAPI_APP_IMPORT_STRING))
-        if self.front_end is not None:  # one of several API servers: warm this one, in process
+        if self.member is not None:  # one of several API servers: warm this one, in process
             self.aim_model.lifecycle.warm_up_through(self.config.app)
 
     def listener_app(self, kserve_app: FastAPI) -> Any:
@@ -161,8 +161,8 @@ class AimRESTServer(RESTServer):
     async def metrics(self, request: Request) -> Response:
         """Prometheus exposition of every series: this process's, or the pod's when several
         API server processes serve it (serving/metrics.py, multiprocess mode)."""
-        if self.front_end is not None:
-            self.front_end.publish_engine_phases()
+        if self.member is not None:
+            self.member.publish_engine_phases()
         encoder, content_type = metrics.encoder_for(request.headers.get("accept"))
         return Response(content=encoder(metrics.scrape_registry()),
                         headers={"content-type": content_type})
@@ -222,15 +222,15 @@ class AimModelServer(ModelServer):
     restarts the pod (liveness has already turned 503).
 
     With `sock` it accepts on that listening socket (bound by start-up, so that a taken port
-    fails before the engine loads). With `front_end` it is one of the pod's API server
-    processes (serving/front_ends.py): it counts admissions pod-wide, and is ready only once all
-    of them are."""
+    fails before the engine loads). With `member` it is one of the pod's API server processes
+    (serving/api_server_group.py): it counts admissions pod-wide, and is ready only once all of
+    them are."""
 
     def __init__(self, inputs: ServerInputs, engine: EngineSpec,
-                 front_end: FrontEnd | None = None, sock: socket.socket | None = None) -> None:
+                 member: GroupMember | None = None, sock: socket.socket | None = None) -> None:
         args, listener = inputs.args, inputs.listener
         self.lifecycle = EngineLifecycle(engine, inputs.names[0], on_death=self._engine_died,
-                                         on_ready=self._ready_callback(args, front_end))
+                                         on_ready=self._ready_callback(args, member))
         model = AimModel(inputs.names[0], self.lifecycle)
         super().__init__(
             registered_models=AimModelRepository(model), http_port=inputs.http_port,
@@ -245,9 +245,9 @@ class AimModelServer(ModelServer):
         self.drain_seconds = settings.DRAIN_SECONDS.read()
         self.listener = listener
         self.openai_root_routes = args.openai_root_routes
-        self.front_end = front_end
+        self.member = member
         self.sock = sock
-        self.dataplane = AimDataPlane(self.registered_models, self.lifecycle, front_end)
+        self.dataplane = AimDataPlane(self.registered_models, self.lifecycle, member)
         metrics.track_state(self.dataplane.state, lambda: len(model.adapter_names()))
         self.aim_model = model
         self.recipe_id = inputs.plan.recipe_id
@@ -260,13 +260,13 @@ class AimModelServer(ModelServer):
         for alias in inputs.names[1:]:
             self.register_model(model, alias)
 
-    def _ready_callback(self, args: Any, front_end: FrontEnd | None) -> Callable[[], None]:
+    def _ready_callback(self, args: Any, member: GroupMember | None) -> Callable[[], None]:
         """What happens once warmed up: a pre-fill Job stops; one of several API servers tells
         its peers."""
         if args.exit_after_warmup:
             return self._warmed
-        if front_end is not None:
-            return front_end.mark_ready
+        if member is not None:
+            return member.mark_ready
         return lambda: None
 
     def _warmed(self) -> None:
@@ -297,7 +297,7 @@ class AimModelServer(ModelServer):
             ssl_keyfile=self.ssl_keyfile, host=self.host, recipe_id=self.recipe_id,
             model=self.aim_model, gate=self.gate, openai_root_routes=self.openai_root_routes,
             drain_seconds=self.drain_seconds, listener=self.listener, sock=self.sock,
-            front_end=self.front_end,
+            member=self.member,
         )
         self.servers.append(self._rest_server.start())
         if self.enable_grpc:

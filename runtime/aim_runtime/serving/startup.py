@@ -31,7 +31,7 @@ from aim_runtime.serving.model_location import model_location
 from aim_runtime.serving.phases import CURRENT_PHASE, phase
 
 if TYPE_CHECKING:  # imported when serving starts: they import KServe and vLLM
-    from aim_runtime.serving.front_ends import FrontEnd, FrontEndGroup
+    from aim_runtime.serving.api_server_group import ApiServerGroup, GroupMember
     from aim_runtime.serving.lifecycle import EngineSpec
     from aim_runtime.serving.server import AimModelServer
     from aim_runtime.serving.vllm_adapter import EngineClient
@@ -51,7 +51,7 @@ class ApiServerSpec:
     group's shared memory, and the start-up phases timed before the processes existed."""
 
     inputs: ServerInputs
-    group: FrontEndGroup
+    group: ApiServerGroup
     phases: dict[str, float]
 
 
@@ -86,7 +86,7 @@ def bind_listeners(inputs: ServerInputs, count: int) -> list[socket.socket]:
     """The HTTP port's listening sockets, one per API server, and the gRPC port checked free,
     before any engine loads: a taken port is one clear error, not a failure after the engine
     has loaded."""
-    from aim_runtime.serving.front_ends import listening_sockets
+    from aim_runtime.serving.api_server_group import listening_sockets
 
     host = inputs.args.host
     try:
@@ -143,13 +143,13 @@ def _run(server: AimModelServer) -> int:
 
 def _serve_with_api_servers(prepared: Prepared, sockets: list[socket.socket]) -> int:
     """Become the supervisor of `prepared.api_servers` API server processes over shared
-    engine cores (serving/front_ends.py), each accepting on one of `sockets`."""
+    engine cores (serving/api_server_group.py), each accepting on one of `sockets`."""
     from aim_runtime.serving import engine_log
-    from aim_runtime.serving.front_ends import FrontEndGroup, supervise
+    from aim_runtime.serving.api_server_group import ApiServerGroup, supervise
     from aim_runtime.serving.vllm_adapter import launch_api_servers, setup_multiprocess_metrics
 
     inputs, count = prepared.inputs, prepared.api_servers
-    group = FrontEndGroup.create(count)
+    group = ApiServerGroup.create(count)
     setup_multiprocess_metrics()  # before the processes start: they inherit the directory
     engine_log.send_phases_to(group.record_engine_phase)
     spec = ApiServerSpec(inputs=inputs, group=group, phases=metrics.phases_recorded())
@@ -174,7 +174,7 @@ def serve_api_server(listen_address: str, sock: socket.socket, spec: ApiServerSp
     """One API server process (spawned by `launch_api_servers`): a whole server whose AsyncLLM
     is a client of the shared engine cores, accepting on the socket the supervisor bound for
     it."""
-    from aim_runtime.serving.front_ends import FrontEnd
+    from aim_runtime.serving.api_server_group import GroupMember
     from aim_runtime.serving.vllm_adapter import EngineClient, build_versions, title_api_server
 
     settings.configure_logging("INFO", timestamps=True)
@@ -187,7 +187,7 @@ def serve_api_server(listen_address: str, sock: socket.socket, spec: ApiServerSp
     log.info("API server %d of %d (pid %d) on %s", client.index + 1, client.count,
              os.getpid(), listen_address)
     server = build_server(spec.inputs, client=client,
-                          front_end=FrontEnd(spec.group, client.index), sock=sock)
+                          member=GroupMember(spec.group, client.index), sock=sock)
     code = _run(server)
     if code:
         raise SystemExit(code)
@@ -259,7 +259,7 @@ def prepare(command: ServeCommand) -> Prepared:
                           listener=listener, facts=planned.facts, http_port=http_port,
                           cluster=cluster)
     count, why = api_server_count(plan, vllm_args, explicit, args)
-    log.info("plan: front end: %d API server process%s (%s)", count,
+    log.info("plan: API servers: %d process%s (%s)", count,
              "es" if count > 1 else "", why)
     return Prepared(plan=plan, inputs=inputs, api_servers=count)
 
@@ -287,7 +287,7 @@ def _with_adapter_directory(rest: list[str]) -> list[str]:
     if not directory.is_dir():
         raise AimError(f"AIM_LORA_DIR={directory}: not a directory",
                        "create it (it may be empty: adapters added later are loaded)")
-    given = {token.split("=", 1)[0].replace("_", "-") for token in rest}
+    given = {settings.flag_of_token(token) for token in rest}
     if "--no-enable-lora" in given:
         raise AimError(f"AIM_LORA_DIR={directory} with --no-enable-lora: the adapters would not "
                        "be served", "drop one of them")
@@ -340,10 +340,10 @@ def engine_spec(inputs: ServerInputs, client: EngineClient | None = None) -> Eng
 
 
 def build_server(inputs: ServerInputs, client: EngineClient | None = None,
-                 front_end: FrontEnd | None = None,
+                 member: GroupMember | None = None,
                  sock: socket.socket | None = None) -> AimModelServer:
     """The server (its model and engine lifecycle within), accepting on `sock` when given;
-    with `client` and `front_end`, one of several API server processes."""
+    with `client` and `member`, one of several API server processes."""
     from aim_runtime.serving.server import AimModelServer
 
-    return AimModelServer(inputs, engine_spec(inputs, client), front_end=front_end, sock=sock)
+    return AimModelServer(inputs, engine_spec(inputs, client), member=member, sock=sock)

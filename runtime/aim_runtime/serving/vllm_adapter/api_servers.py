@@ -1,5 +1,5 @@
 """Several API server processes over one set of engine cores, launched as `vllm serve` launches
-them (serving/front_ends.py supervises them)."""
+them (serving/api_server_group.py supervises them)."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from aim_runtime import settings
 from aim_runtime.errors import AimError
 from aim_runtime.planner.catalog import Recipe, engine_args_to_argv
 from aim_runtime.planner.plan import Plan
@@ -65,9 +66,7 @@ def _explicit_destinations(parser: Any, argv: list[str]) -> set[str]:
                for flag in action.option_strings}
     explicit = set()
     for token in argv:
-        flag = token.split("=", 1)[0]
-        if flag.startswith("--"):
-            flag = "--" + flag[2:].replace("_", "-")
+        flag = settings.flag_of_token(token)
         if flag in by_flag:
             explicit.add(by_flag[flag])
         elif flag.startswith("--no-") and "--" + flag[5:] in by_flag:

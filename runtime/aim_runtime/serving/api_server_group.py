@@ -1,7 +1,7 @@
 """Several API server processes in one pod, sharing one set of vLLM engine cores, as `vllm serve
 --api-server-count N` runs them.
 
-Why: one front-end process (HTTP, JSON, tokenizing, detokenizing, streaming) costs a fixed amount
+Why: one API server process (HTTP, JSON, tokenizing, detokenizing, streaming) costs a fixed amount
 of CPU per streamed token, so one process saturates one core at a few thousand tokens per second;
 a small model with data parallelism over 8 GPUs produces several times that. vLLM therefore starts
 one API server per data-parallel rank by default, and so does `aim-runtime serve` (the count is
@@ -17,11 +17,11 @@ sockets; with one socket shared by all processes, whichever process's event loop
 the connection, and under load one process served about three times the other's share
 (benchmarks/api_servers.py).
 
-What holds for the pod as a whole, through the shared memory of `FrontEndGroup` (made before the
+What holds for the pod as a whole, through the shared memory of `ApiServerGroup` (made before the
 processes start):
 - admission: one count of inference requests in flight, against the engines' capacity;
 - readiness: a process answers ready only once every process has loaded and warmed up (each
-  warms its own front end, in process, so no warm-up request lands on a peer);
+  warms itself, in process, so no warm-up request lands on a peer);
 - liveness: when any process dies (an API server, an engine core, the coordinator), the survivors
   answer live 503 while the supervisor stops them and exits 1, so Kubernetes restarts the pod;
 - SIGTERM: passed to every API server, each drains as a single server does (AIM_DRAIN_SECONDS,
@@ -56,7 +56,7 @@ LISTEN_BACKLOG = 2048  # uvicorn's default
 
 
 @dataclass(frozen=True)
-class FrontEndGroup:
+class ApiServerGroup:
     """Shared memory of the pod's API server processes (picklable while they are spawned)."""
 
     count: int
@@ -66,7 +66,7 @@ class FrontEndGroup:
     engine_phases: Any  # RawArray("d"): seconds per ENGINE_PHASES entry, 0 until timed
 
     @classmethod
-    def create(cls, count: int) -> FrontEndGroup:
+    def create(cls, count: int) -> ApiServerGroup:
         context = multiprocessing.get_context("spawn")
         return cls(count=count, ready=context.RawArray("b", count),
                    failed=context.RawValue("b", 0), in_flight=context.RawArray("q", count),
@@ -79,10 +79,10 @@ class FrontEndGroup:
 
 
 @dataclass(frozen=True)
-class FrontEnd:
+class GroupMember:
     """One API server process's view of its group."""
 
-    group: FrontEndGroup
+    group: ApiServerGroup
     index: int
 
     def mark_ready(self) -> None:
@@ -126,7 +126,7 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     return sockets
 
 
-def supervise(start: Callable[[], ApiServers], group: FrontEndGroup,
+def supervise(start: Callable[[], ApiServers], group: ApiServerGroup,
               shutdown_seconds: float) -> int:
     """Run the API servers `start` launches until they end: 0 after SIGTERM or SIGINT (passed
     to each, `shutdown_seconds` to drain), 1 when any process died (the survivors are stopped,
