@@ -9,28 +9,54 @@ only translates protocols; it asks the lifecycle for the live engine.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from aim_runtime.serving import metrics
 from aim_runtime.serving.cluster import ClusterSpec, form_cluster, stop_ray
 from aim_runtime.serving.compile_cache import CompileCache
 from aim_runtime.serving.lora import AdapterGuard, Adapters
-from aim_runtime.serving.vllm_adapter import (
-    Engine,
-    EngineClient,
-    freeze_startup_heap,
-    start_engine,
-)
+from aim_runtime.serving.vllm_adapter import EngineClient, freeze_startup_heap, start_engine
 from aim_runtime.serving.warmup import WarmupPlan, WarmupTarget, warm_up
 
 log = logging.getLogger(__name__)
 
 HEALTH_CHECK_INTERVAL_SECONDS = 2.0
+
+
+class ServedEngine(Protocol):
+    """What serving needs from the engine (vllm_adapter's `Engine` is the one implementation;
+    tests stand in for it): its OpenAI application and serving objects, its health, its
+    capacity, its adapters, and the tasks that watch it."""
+
+    app: Any  # vLLM's OpenAI application
+    args: argparse.Namespace  # the `vllm serve` arguments it runs with
+    dead_reason: str | None
+    monitor: asyncio.Task[None] | None
+    lora_watch: asyncio.Task[None] | None
+
+    @property
+    def completions(self) -> Any | None: ...
+    @property
+    def kv_capacity_tokens(self) -> int | None: ...
+    @property
+    def running_capacity(self) -> int: ...
+    @property
+    def max_model_len(self) -> int: ...
+    @property
+    def max_lora_rank(self) -> int | None: ...
+    def effective_config(self) -> dict[str, str]: ...
+    def adapter_names(self) -> set[str]: ...
+    async def load_adapter(self, name: str, path: Path) -> str | None: ...
+    async def unload_adapter(self, name: str) -> str | None: ...
+    async def healthy(self) -> bool: ...
+    def shutdown(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -61,7 +87,7 @@ class EngineLifecycle:
         self.served_name = served_name
         self.on_death = on_death
         self.on_ready = on_ready
-        self.engine: Engine | None = None
+        self.engine: ServedEngine | None = None
         self.warmed = spec.warmup is None or spec.warmup.extent == "off"
         self.draining = False  # SIGTERM received: still serving, no longer ready
         self._warmup_app: Any | None = None
@@ -81,7 +107,7 @@ class EngineLifecycle:
             await self._form_cluster(spec.cluster)
         started = time.monotonic()
         log.info("loading the vLLM engine")
-        engine = await start_engine(list(spec.argv), dict(spec.env), spec.client)
+        engine: ServedEngine = await start_engine(list(spec.argv), dict(spec.env), spec.client)
         self.engine = engine
         metrics.record_phase("engine", time.monotonic() - started)
         metrics.ENGINE_CONFIG.info(engine.effective_config())
@@ -111,7 +137,7 @@ class EngineLifecycle:
         await asyncio.to_thread(form_cluster, cluster)
         metrics.record_phase("cluster", time.monotonic() - started)
 
-    async def _load_adapters(self, engine: Engine) -> None:
+    async def _load_adapters(self, engine: ServedEngine) -> None:
         """The adapter directory's adapters, before readiness; then it is watched."""
         adapters = self.spec.adapters
         if engine.max_lora_rank is not None:
@@ -126,7 +152,7 @@ class EngineLifecycle:
         engine.lora_watch = asyncio.create_task(
             adapters.watch(engine.load_adapter, engine.unload_adapter, engine.adapter_names))
 
-    async def _warm_up(self, engine: Engine) -> None:
+    async def _warm_up(self, engine: ServedEngine) -> None:
         """Requests through our own listener before readiness (serving/warmup.py)."""
         target = self.spec.warmup
         if self.warmed or target is None:
@@ -157,7 +183,7 @@ class EngineLifecycle:
 
     # --- watch and health --------------------------------------------------------------------
 
-    async def _watch(self, engine: Engine) -> None:
+    async def _watch(self, engine: ServedEngine) -> None:
         """Poll engine health and progress; on death or a stall (requests running and no token
         produced for `stall_seconds`), liveness turns false and the owner is told."""
         stall_seconds = self.spec.stall_seconds
@@ -201,7 +227,7 @@ class EngineLifecycle:
     def dead_reason(self) -> str | None:
         return self.engine.dead_reason if self.engine is not None else None
 
-    def live_engine(self) -> Engine | None:
+    def live_engine(self) -> ServedEngine | None:
         """The engine while it is loaded and alive."""
         return self.engine if self.engine is not None and not self.dead else None
 
