@@ -38,9 +38,26 @@ def blocks() -> dict[str, tuple[str, Callable[[], str]]]:
 
 
 def metrics_table() -> str:
-    from aim_runtime.serving import metrics  # imports prometheus-client
+    """The runtime's own series, from their definitions: every metric serving/metrics.py
+    defines, and the series its collectors make at each scrape."""
+    from prometheus_client.metrics import MetricWrapperBase
 
-    return metrics.reference_table()
+    from aim_runtime.serving import metrics
+
+    exposed_suffix = {"counter": "_total", "info": "_info"}
+    rows = []
+    for metric in [v for v in vars(metrics).values() if isinstance(v, MetricWrapperBase)]:
+        (family,) = metric.describe()
+        labels = ", ".join(f"`{label}`" for label in metric._labelnames)
+        rows.append((family.name + exposed_suffix.get(family.type, ""), family.type, labels,
+                     family.documentation))
+    collected = {**metrics.ServingState.SERIES, **metrics.DecodeEfficiency.SERIES}
+    rows += [(name, "gauge", "`state`" if name == "aim_state" else "", doc)
+             for name, doc in collected.items()]
+    lines = ["| series | type | labels | what it says |", "|---|---|---|---|"]
+    lines += [f"| `{name}` | {kind} | {labels} | {doc} |" for name, kind, labels, doc in
+              sorted(rows)]
+    return "\n".join(lines)
 
 
 def cli_help() -> str:

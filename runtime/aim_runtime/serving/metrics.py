@@ -33,7 +33,6 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 
@@ -406,24 +405,3 @@ def phases_recorded() -> dict[str, float]:
     return {sample.labels["phase"]: sample.value
             for family in STARTUP_PHASE_SECONDS.collect() for sample in family.samples}
 
-
-# --- the reference page --------------------------------------------------------------------------
-
-_EXPOSED_SUFFIX = {"counter": "_total", "info": "_info"}
-
-
-def reference_table() -> str:
-    """The docs' table of the runtime's own series (docs/metrics.md), from their definitions:
-    every metric this module defines, and the series its collectors make at each scrape."""
-    rows = []
-    for metric in [v for v in globals().values() if isinstance(v, MetricWrapperBase)]:
-        (family,) = metric.describe()
-        labels = ", ".join(f"`{label}`" for label in metric._labelnames)
-        rows.append((family.name + _EXPOSED_SUFFIX.get(family.type, ""), family.type, labels,
-                     family.documentation))
-    rows += [(name, "gauge", "`state`" if name == "aim_state" else "", doc)
-             for name, doc in {**ServingState.SERIES, **DecodeEfficiency.SERIES}.items()]
-    lines = ["| series | type | labels | what it says |", "|---|---|---|---|"]
-    lines += [f"| `{name}` | {kind} | {labels} | {doc} |" for name, kind, labels, doc in
-              sorted(rows)]
-    return "\n".join(lines)
