@@ -226,6 +226,34 @@ def test_a_taken_port_is_a_clear_error(clean_env, tiny_model, taken):
         sock.close()
 
 
+def test_a_command_line_error_is_a_start_up_failure_with_a_termination_message(
+        clean_env, tmp_path, monkeypatch):
+    from aim_runtime.cli import serve
+
+    message = tmp_path / "termination-log"
+    monkeypatch.setenv("AIM_TERMINATION_LOG", str(message))
+    monkeypatch.setattr(startup, "CURRENT_PHASE", ["arguments"])  # as in a fresh process
+    with pytest.raises(AimError, match="--workers 2: one process serves one vLLM engine"):
+        serve.main(["--workers", "2"])
+    assert message.read_text().startswith("start-up failed in phase arguments: --workers 2")
+
+
+def test_one_server_does_not_share_its_port_and_a_foreign_address_is_named(clean_env,
+                                                                          tiny_model):
+    """SO_REUSEPORT only between the pod's own API servers: a second server on the same port
+    is refused, not handed half the connections; an address not this host's says so."""
+    from aim_runtime.serving.api_server_group import listening_sockets
+
+    port = free_port()
+    (first,) = listening_sockets("127.0.0.1", port, 1)
+    with first, pytest.raises(OSError):
+        listening_sockets("127.0.0.1", port, 1)
+    inputs = prepare(tiny_model, "--host", "203.0.113.7", "--http_port", str(port)).inputs
+    with pytest.raises(AimError) as error:
+        startup.bind_listeners(inputs, 1)
+    assert "--host must be an address of this host" in str(error.value)
+
+
 @pytest.mark.slow
 def test_a_taken_port_fails_start_up_before_the_engine_loads(tmp_path, tiny_model):
     """As a user meets it: one error line, exit 2, and no engine loaded first."""

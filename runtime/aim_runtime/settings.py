@@ -126,6 +126,12 @@ def boolean(text: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def vllm_boolean(text: str) -> bool:
+    """True for 1 or true, as vLLM's own environment registry reads its switches; else
+    false."""
+    return text.strip().lower() in ("1", "true")
+
+
 def recipe_id(text: str) -> str:
     """A recipe id: a plain name that cannot name a path."""
     value = text.strip()
@@ -337,11 +343,13 @@ DATA_PARALLEL_SIZE: Variable[int | None] = _register(Variable(
     "positive integer", flag="--data-parallel-size"))
 GPU_MEMORY_UTILIZATION: Variable[float] = _register(Variable(
     "AIM_GPU_MEMORY_UTILIZATION", fraction, DEFAULT_GPU_MEMORY_UTILIZATION,
-    "share of each GPU's memory vLLM may use", "fraction (0, 0.99]",
+    "share of each GPU's memory vLLM may use (a recipe's own share wins over the default)",
+    "fraction (0, 0.99]",
     flag="--gpu-memory-utilization"))
 MIN_CONCURRENCY: Variable[int] = _register(Variable(
     "AIM_MIN_CONCURRENCY", positive_int, 4,
-    "full-length sequences the KV cache must hold", "positive integer",
+    "full-length sequences the KV cache must hold (one where the context is pinned)",
+    "positive integer",
     flag="--min-concurrency"))
 TRUST_REMOTE_CODE: Variable[bool | None] = _register(Variable(
     "AIM_TRUST_REMOTE_CODE", boolean, None,
@@ -421,8 +429,8 @@ ROLE: Variable[str] = _register(Variable(
     flag="--role"))
 NODES: Variable[int | None] = _register(Variable(
     "AIM_NODES", positive_int, None,
-    "nodes of a multi-node deployment (KServe sets PIPELINE_PARALLEL_SIZE instead)",
-    "positive integer"))
+    "a multi-node head: nodes in all, this one included (KServe sets PIPELINE_PARALLEL_SIZE, "
+    "which wins)", "positive integer", flag="--nodes"))
 RAY_JOIN_TIMEOUT: Variable[float] = _register(Variable(
     "AIM_RAY_JOIN_TIMEOUT", positive_float, 600.0,
     "seconds the head waits for its workers, and a worker for its head", "seconds",
@@ -488,7 +496,7 @@ VLLM_ADDITIONAL_ARGS: Variable[tuple[str, ...]] = _deployment(Variable(
     "KServe's LLMInferenceService presets: extra `vllm serve` flags, appended to the command "
     "line", "shell words"))
 VLLM_ALLOW_RUNTIME_LORA_UPDATING: Variable[bool] = _deployment(Variable(
-    "VLLM_ALLOW_RUNTIME_LORA_UPDATING", boolean, False,
+    "VLLM_ALLOW_RUNTIME_LORA_UPDATING", vllm_boolean, False,
     "vLLM: serve its adapter load/unload API (set by the runtime with AIM_LORA_DIR)",
     "true|false"))
 VLLM_RAY_EXTRA_ENV_VARS_TO_COPY: Variable[tuple[str, ...]] = _deployment(Variable(

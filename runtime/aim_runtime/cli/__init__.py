@@ -27,10 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if long_running:
             settings.check_all()
         if command == "serve":
-            from aim_runtime.cli.serve import parse_command
-            from aim_runtime.serving.startup import serve_main  # imports KServe and vLLM
+            from aim_runtime.cli import serve  # imports KServe; vLLM once the model is read
 
-            return serve_main(parse_command(args_list[1:]))
+            return serve.main(args_list[1:])
         if command == "worker":
             from aim_runtime.cli import worker
 

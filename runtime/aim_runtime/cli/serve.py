@@ -39,7 +39,7 @@ def serve_parser() -> argparse.ArgumentParser:
     model.add_argument("--model-dir", "--model_dir", dest="model_dir",
                        help="local model directory (KServe fills /mnt/models); default: the "
                             "embedded default model (AIM_DEFAULT_MODEL), made on first use")
-    settings.MODEL_ID.add_argument(model, "--model_id")
+    settings.MODEL_ID.add_argument(model, "--model_id", from_env=False)
     settings.HOST.add_argument(parser)
     settings.OPENAI_ROOT_ROUTES.add_argument(parser)
     operations = parser.add_argument_group("operations")
@@ -53,13 +53,23 @@ def serve_parser() -> argparse.ArgumentParser:
     settings.MAX_REQUEST_BYTES.add_argument(operations)
     cluster = parser.add_argument_group("multi-node (KServe workerSpec)")
     settings.ROLE.add_argument(cluster)
-    cluster.add_argument(
-        "--nodes", type=settings.positive_int,
-        help="head: nodes in all, this one included (default: PIPELINE_PARALLEL_SIZE, which "
-             "KServe sets from workerSpec.pipelineParallelSize, else AIM_NODES)")
+    settings.NODES.add_argument(cluster, from_env=False)  # KServe's variable comes first
     pipeline.add_detection_args(parser, simulate=False)
     pipeline.add_planner_args(parser, vllm_names=False)
     return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    """`aim-runtime serve ARGV`: a command-line error is a start-up failure too (the termination
+    message names it, as Kubernetes shows it)."""
+    from aim_runtime.serving.startup import report_start_up_failure, serve_main
+
+    try:
+        command = parse_command(argv)
+    except AimError as exc:
+        report_start_up_failure(exc)
+        raise
+    return serve_main(command)
 
 
 def parse_command(argv: Sequence[str]) -> ServeCommand:

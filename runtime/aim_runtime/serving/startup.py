@@ -73,13 +73,20 @@ def serve_main(command: ServeCommand) -> int:
     tap_standard_output()  # before the engine processes start: they inherit it
     try:
         prepared = prepare(command)
-        sockets = bind_listeners(prepared.inputs, prepared.api_servers)
+        with phase("listen"):
+            sockets = bind_listeners(prepared.inputs, prepared.api_servers)
+        if prepared.api_servers > 1:
+            return _serve_with_api_servers(prepared, sockets)
+        server = build_server(prepared.inputs, sock=sockets[0])
     except AimError as exc:
-        write_termination_message(f"start-up failed in phase {CURRENT_PHASE[-1]}: {exc}")
+        report_start_up_failure(exc)
         raise
-    if prepared.api_servers > 1:
-        return _serve_with_api_servers(prepared, sockets)
-    return _run(build_server(prepared.inputs, sock=sockets[0]))
+    return _run(server)
+
+
+def report_start_up_failure(error: AimError) -> None:
+    """The termination message of a start-up that failed, naming the phase it failed in."""
+    write_termination_message(f"start-up failed in phase {CURRENT_PHASE[-1]}: {error}")
 
 
 def bind_listeners(inputs: ServerInputs, count: int) -> list[socket.socket]:
@@ -93,7 +100,7 @@ def bind_listeners(inputs: ServerInputs, count: int) -> list[socket.socket]:
         sockets = listening_sockets(host, inputs.http_port, count)
     except OSError as exc:
         raise AimError(f"cannot listen on {host}:{inputs.http_port}: {exc}",
-                       "another process holds the port; pick --http_port") from exc
+                       _listen_hint(exc)) from exc
     if inputs.args.enable_grpc:
         try:
             _check_port_free(inputs.args.grpc_port)
@@ -104,6 +111,16 @@ def bind_listeners(inputs: ServerInputs, count: int) -> list[socket.socket]:
                            "another process holds the port; pick --grpc_port, or "
                            "--enable_grpc false") from exc
     return sockets
+
+
+def _listen_hint(error: OSError) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return "another process holds the port; pick --http_port"
+    if error.errno == errno.EACCES:
+        return "ports below 1024 need a privilege the runtime does not ask for; pick 1024 or up"
+    if isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL:
+        return "--host must be an address of this host (0.0.0.0 or :: for every address)"
+    return "check --host and --http_port"
 
 
 def _check_port_free(port: int) -> None:
