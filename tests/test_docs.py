@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,20 @@ def test_the_reference_pages_are_what_the_code_generates():
     from aim_runtime.cli import reference
 
     assert reference.stale_pages(DOCS) == [], f"regenerate them: `{REGENERATE}`"
+
+
+def test_the_reference_command_finds_and_rewrites_a_stale_page(tmp_path, capsys):
+    from aim_runtime.cli import reference
+
+    docs = tmp_path / "docs"
+    shutil.copytree(DOCS, docs)
+    page = docs / "metrics.md"
+    page.write_text(reference.refreshed(page.read_text(), "metrics", "| stale |"))
+    assert reference.main(["--docs", str(docs), "--check"]) == 1
+    assert "metrics.md: differs from the code" in capsys.readouterr().err
+    assert reference.main(["--docs", str(docs)]) == 0
+    assert reference.main(["--docs", str(docs), "--check"]) == 0
+    assert page.read_text() == (DOCS / "metrics.md").read_text()
 
 
 def test_the_variables_page_names_every_variable_once():

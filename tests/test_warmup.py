@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from aim_runtime.serving.warmup import WarmupPlan, requests_for
-from servers import aim_server, server_environment
+from servers import aim_server, free_port, server_environment
 from test_reliability import metric
 from testkit import REPO, engine_less_model
 
@@ -104,8 +104,11 @@ def stop_mid_request(server, engine_core: psutil.Process, streams: contextlib.Ex
 
 @pytest.mark.slow
 def test_a_stalled_engine_fails_liveness_and_says_so(work_dir, tiny_model, tmp_path):
+    """With gRPC on too: the death handler stops both listeners, so the process ends (KServe
+    waits on both; a gRPC listener left open once kept a dead server running)."""
     message = tmp_path / "termination-log"
-    server = aim_server(work_dir, tiny_model, "--warmup", "off", name="stall",
+    server = aim_server(work_dir, tiny_model, "--warmup", "off", "--enable_grpc", "true",
+                        "--grpc_port", str(free_port()), name="stall",
                         env={"AIM_STALL_SECONDS": "4",
                              "AIM_TERMINATION_LOG": str(message)}).start()
     try:
@@ -127,7 +130,10 @@ def test_a_stalled_engine_fails_liveness_and_says_so(work_dir, tiny_model, tmp_p
             assert statuses[0] == 200 and statuses[-1] != 200, (  # alive, then not
                 f"liveness {statuses[-1]} {time.monotonic() - started:.0f} s after the stop; "
                 f"log:\n{server.log_path.read_text()[-4000:]}")
-        assert server.process.wait(timeout=120) == 1  # exits for a restart
+            failed_at = time.monotonic()
+        # Exits for a restart, soon: a listener left open had kept a dead server up for minutes.
+        assert server.process.wait(timeout=120) == 1
+        assert time.monotonic() - failed_at < 30, server.log_path.read_text()[-4000:]
         assert "stalled: " in message.read_text()
         assert "no token produced for 4 s" in server.log_path.read_text()
     finally:
