@@ -130,11 +130,11 @@ def add_planner_args(parser: argparse.ArgumentParser, vllm_names: bool = True) -
     """Planner overrides, from their AIM_* variables' flags. With `vllm_names` False, the flags
     vLLM also defines are left to vLLM's own parser (serve) and only the planner's own flags
     are added here."""
-    group = parser.add_argument_group("planner overrides (win over AIM_* variables and recipes)")
+    group = parser.add_argument_group(settings.PLANNER_GROUP)
     for name in FIELDS:
         variable = override_variable(name)
         if variable is not None and (vllm_names or name in PLANNER_ONLY):
-            variable.add_argument(group, from_env=False)
+            variable.add_argument(parser, from_env=False)
         elif vllm_names and name in BATCH_SHAPE:
             group.add_argument(override_flag(name), type=settings.positive_int,
                                help="as `vllm serve` takes it")

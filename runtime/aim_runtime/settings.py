@@ -204,6 +204,7 @@ class Variable(Generic[T]):
     kind: str  # what a value looks like, for the docs' table
     secret: bool = False
     flag: str | None = None
+    group: str = ""  # the help section the flag is listed in ("": the command's own options)
 
     def default_text(self) -> str:
         """The default as the help and the docs show it ("" when there is none)."""
@@ -236,7 +237,8 @@ class Variable(Generic[T]):
         else:
             options.setdefault("type", self._argparse_type)
             options.setdefault("metavar", self._metavar())
-        parser.add_argument(self.flag, *aliases, dest=self.name.removeprefix("AIM_").lower(),
+        section(parser, self.group).add_argument(
+            self.flag, *aliases, dest=self.name.removeprefix("AIM_").lower(),
                             default=default, help=self.help(), **options)
 
     def _metavar(self) -> str:
@@ -269,6 +271,20 @@ class Variable(Generic[T]):
         return bool((os.environ if environ is None else environ).get(self.name, "").strip())
 
 
+def section(parser: Any, title: str) -> Any:
+    """The parser's argument group titled `title` (made on first use); the parser for ""."""
+    if not title:
+        return parser
+    found = [group for group in parser._action_groups if group.title == title]
+    return found[0] if found else parser.add_argument_group(title)
+
+
+# The help sections flags are listed in.
+MODEL_GROUP = "model"
+OPERATIONS_GROUP = "operations"
+CLUSTER_GROUP = "multi-node (KServe workerSpec)"
+PLANNER_GROUP = "planner overrides (win over AIM_* variables and recipes)"
+
 REGISTRY: dict[str, Variable[Any]] = {}  # values differ in type
 
 
@@ -289,7 +305,7 @@ def _register(variable: Variable[T]) -> Variable[T]:
 # Model and recipes
 MODEL_ID: Variable[str | None] = _register(Variable(
     "AIM_MODEL_ID", plain_text, None, "Hugging Face id of the model, for recipe matching",
-    "org/name", flag="--model-id"))
+    "org/name", flag="--model-id", group=MODEL_GROUP))
 RECIPES_DIR: Variable[tuple[Path, ...]] = _register(Variable(
     "AIM_RECIPES_DIR", path_list, (), "recipe directories instead of the curated ones",
     "DIR[:DIR...]"))
@@ -319,42 +335,43 @@ GPU_COUNT: Variable[int | None] = _register(Variable(
 # Planner overrides (CLI flags win over them; see planner/overrides.py)
 RECIPE_ID: Variable[str | None] = _register(Variable(
     "AIM_RECIPE_ID", recipe_id, None, "pin a curated recipe by id", "recipe id",
-    flag="--recipe"))
+    flag="--recipe", group=PLANNER_GROUP))
 OBJECTIVE: Variable[str] = _register(Variable(
     "AIM_OBJECTIVE", choice(*OBJECTIVES), DEFAULT_OBJECTIVE,
-    "what the plan favours: latency or throughput", "|".join(OBJECTIVES), flag="--objective"))
+    "what the plan favours: latency or throughput", "|".join(OBJECTIVES), flag="--objective",
+    group=PLANNER_GROUP))
 PRECISION: Variable[str | None] = _register(Variable(
     "AIM_PRECISION", choice(*PRECISIONS), None, "weight precision", "|".join(PRECISIONS),
-    flag="--precision"))
+    flag="--precision", group=PLANNER_GROUP))
 KV_CACHE_DTYPE: Variable[str | None] = _register(Variable(
     "AIM_KV_CACHE_DTYPE", choice(*KV_CACHE_DTYPES), None, "KV cache dtype",
-    "|".join(KV_CACHE_DTYPES), flag="--kv-cache-dtype"))
+    "|".join(KV_CACHE_DTYPES), flag="--kv-cache-dtype", group=PLANNER_GROUP))
 MAX_MODEL_LEN: Variable[int | None] = _register(Variable(
     "AIM_MAX_MODEL_LEN", positive_int, None, "context length", "positive integer",
-    flag="--max-model-len"))
+    flag="--max-model-len", group=PLANNER_GROUP))
 TENSOR_PARALLEL_SIZE: Variable[int | None] = _register(Variable(
     "AIM_TENSOR_PARALLEL_SIZE", positive_int, None, "tensor parallel size",
-    "positive integer", flag="--tensor-parallel-size"))
+    "positive integer", flag="--tensor-parallel-size", group=PLANNER_GROUP))
 PIPELINE_PARALLEL_SIZE: Variable[int | None] = _register(Variable(
     "AIM_PIPELINE_PARALLEL_SIZE", positive_int, None, "pipeline parallel size",
-    "positive integer", flag="--pipeline-parallel-size"))
+    "positive integer", flag="--pipeline-parallel-size", group=PLANNER_GROUP))
 DATA_PARALLEL_SIZE: Variable[int | None] = _register(Variable(
     "AIM_DATA_PARALLEL_SIZE", positive_int, None, "data-parallel replicas in the pod",
-    "positive integer", flag="--data-parallel-size"))
+    "positive integer", flag="--data-parallel-size", group=PLANNER_GROUP))
 GPU_MEMORY_UTILIZATION: Variable[float] = _register(Variable(
     "AIM_GPU_MEMORY_UTILIZATION", fraction, DEFAULT_GPU_MEMORY_UTILIZATION,
     "share of each GPU's memory vLLM may use (a recipe's own share wins over the default)",
     "fraction (0, 0.99]",
-    flag="--gpu-memory-utilization"))
+    flag="--gpu-memory-utilization", group=PLANNER_GROUP))
 MIN_CONCURRENCY: Variable[int] = _register(Variable(
     "AIM_MIN_CONCURRENCY", positive_int, 4,
     "full-length sequences the KV cache must hold (one where the context is pinned)",
     "positive integer",
-    flag="--min-concurrency"))
+    flag="--min-concurrency", group=PLANNER_GROUP))
 TRUST_REMOTE_CODE: Variable[bool | None] = _register(Variable(
     "AIM_TRUST_REMOTE_CODE", boolean, None,
     "allow the model's own code (the recipe must allow it too)", "true|false",
-    flag="--trust-remote-code"))
+    flag="--trust-remote-code", group=PLANNER_GROUP))
 
 # Serving
 HOST: Variable[str] = _register(Variable(
@@ -363,7 +380,8 @@ HOST: Variable[str] = _register(Variable(
 GRACEFUL_SHUTDOWN_SECONDS: Variable[int] = _register(Variable(
     "AIM_GRACEFUL_SHUTDOWN_SECONDS", non_negative_int, 100,
     "on SIGTERM, how long in-flight requests may run on (keep it below the pod's "
-    "terminationGracePeriodSeconds)", "seconds", flag="--graceful-shutdown-seconds"))
+    "terminationGracePeriodSeconds)", "seconds", flag="--graceful-shutdown-seconds",
+    group=OPERATIONS_GROUP))
 DRAIN_SECONDS: Variable[float] = _register(Variable(
     "AIM_DRAIN_SECONDS", non_negative_float, 0.0,
     "on SIGTERM, how long to keep accepting requests with readiness 503 `draining` before the "
@@ -371,11 +389,12 @@ DRAIN_SECONDS: Variable[float] = _register(Variable(
 MAX_QUEUED_REQUESTS: Variable[int | None] = _register(Variable(
     "AIM_MAX_QUEUED_REQUESTS", non_negative_int, None,
     "inference requests admitted beyond what the engine runs at once (max_num_seqs, also the "
-    "default); more get 503 + Retry-After", "whole number", flag="--max-queued-requests"))
+    "default); more get 503 + Retry-After", "whole number", flag="--max-queued-requests",
+    group=OPERATIONS_GROUP))
 MAX_REQUEST_BYTES: Variable[int] = _register(Variable(
     "AIM_MAX_REQUEST_BYTES", positive_int, 32 * MIB,
     "largest request body accepted, in bytes (larger: 413)", "bytes",
-    flag="--max-request-bytes"))
+    flag="--max-request-bytes", group=OPERATIONS_GROUP))
 MAX_N: Variable[int] = _register(Variable(
     "AIM_MAX_N", positive_int, 128, "most completions one request may ask for (n)",
     "positive integer"))
@@ -400,7 +419,7 @@ WARMUP: Variable[str] = _register(Variable(
     "AIM_WARMUP", choice(*WARMUP_EXTENTS), "full",
     "requests the server sends itself after the engine loads and before it reports ready, so "
     "the first user request is as fast as the next", "|".join(WARMUP_EXTENTS),
-    flag="--warmup"))
+    flag="--warmup", group=OPERATIONS_GROUP))
 STALL_SECONDS: Variable[float] = _register(Variable(
     "AIM_STALL_SECONDS", positive_float, 600.0,
     "requests running and no token produced for this long: liveness fails (a stalled engine)",
@@ -426,11 +445,11 @@ ROLE: Variable[str] = _register(Variable(
     "AIM_ROLE", choice(*ROLES), "single",
     "single, or head of a multi-node deployment: start a Ray head, wait for the worker nodes "
     "(`aim-runtime worker`), then serve with pipeline stages across them", "|".join(ROLES),
-    flag="--role"))
+    flag="--role", group=CLUSTER_GROUP))
 NODES: Variable[int | None] = _register(Variable(
     "AIM_NODES", positive_int, None,
     "a multi-node head: nodes in all, this one included (KServe sets PIPELINE_PARALLEL_SIZE, "
-    "which wins)", "positive integer", flag="--nodes"))
+    "which wins)", "positive integer", flag="--nodes", group=CLUSTER_GROUP))
 RAY_JOIN_TIMEOUT: Variable[float] = _register(Variable(
     "AIM_RAY_JOIN_TIMEOUT", positive_float, 600.0,
     "seconds the head waits for its workers, and a worker for its head", "seconds",

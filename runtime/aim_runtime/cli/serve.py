@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from aim_runtime import pipeline, settings
 from aim_runtime.errors import AimError
@@ -35,25 +36,22 @@ def serve_parser() -> argparse.ArgumentParser:
         description="Serve a model with vLLM behind KServe (OpenAI under /openai/v1, KServe v2). "
                     "Every `vllm serve` flag is accepted too and wins over the plan.",
     )
-    model = parser.add_argument_group("model")
+    model = parser.add_argument_group(settings.MODEL_GROUP)
     model.add_argument("--model-dir", "--model_dir", dest="model_dir",
                        help="local model directory (KServe fills /mnt/models); default: the "
                             "embedded default model (AIM_DEFAULT_MODEL), made on first use")
-    settings.MODEL_ID.add_argument(model, "--model_id", from_env=False)
-    settings.HOST.add_argument(parser)
-    settings.OPENAI_ROOT_ROUTES.add_argument(parser)
-    operations = parser.add_argument_group("operations")
-    settings.WARMUP.add_argument(operations)
-    operations.add_argument(
+    settings.MODEL_ID.add_argument(parser, "--model_id", from_env=False)
+    options: tuple[settings.Variable[Any], ...] = (
+        settings.HOST, settings.OPENAI_ROOT_ROUTES, settings.WARMUP,
+        settings.GRACEFUL_SHUTDOWN_SECONDS, settings.MAX_QUEUED_REQUESTS,
+        settings.MAX_REQUEST_BYTES, settings.ROLE)
+    for variable in options:
+        variable.add_argument(parser)
+    settings.section(parser, settings.OPERATIONS_GROUP).add_argument(
         "--exit-after-warmup", action="store_true",
         help="stop once warmed up (exit 0): fills AIM_COMPILE_CACHE_DIR's caches for this "
              "model and GPU, as a Job before an InferenceService scales")
-    settings.GRACEFUL_SHUTDOWN_SECONDS.add_argument(operations)
-    settings.MAX_QUEUED_REQUESTS.add_argument(operations)
-    settings.MAX_REQUEST_BYTES.add_argument(operations)
-    cluster = parser.add_argument_group("multi-node (KServe workerSpec)")
-    settings.ROLE.add_argument(cluster)
-    settings.NODES.add_argument(cluster, from_env=False)  # KServe's variable comes first
+    settings.NODES.add_argument(parser, from_env=False)  # KServe's variable comes first
     pipeline.add_detection_args(parser, simulate=False)
     pipeline.add_planner_args(parser, vllm_names=False)
     return parser
