@@ -19,7 +19,8 @@ from servers import REPO, server_environment
 RESULTS = REPO / "benchmarks" / "results"
 # (harness module, results stem) for every report the benchmarks write
 REPORTS = [("report", "results"), ("warm_start", "warm_start"), ("api_servers", "api_servers"),
-           ("api_servers", "api_servers_dp"), ("front_end_profile", "front_end_profile"),
+           ("api_servers", "api_servers_dp"), ("api_servers", "api_servers_1"),
+           ("front_end_profile", "front_end_profile"),
            ("first_request", "first_request"), ("precision", "precision")]
 
 
