@@ -124,8 +124,9 @@ def _listen_hint(error: OSError) -> str:
 
 
 def _check_port_free(port: int) -> None:
-    """Raise OSError if `port` cannot be bound on every address, as gRPC binds it ([::]; 0.0.0.0
-    where IPv6 is off)."""
+    """Raise OSError if another socket holds `port` on IPv6's or IPv4's every-address, which
+    gRPC binds ([::], dual-stack or not; 0.0.0.0 where IPv6 is off). Each is probed on its
+    own, so an IPv4 holder is found where IPv6 sockets are IPv6-only too."""
     for family, address in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
         try:
             probe = socket.socket(family, socket.SOCK_STREAM)
@@ -138,8 +139,6 @@ def _check_port_free(port: int) -> None:
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
                     raise
-                continue  # the address family is off: try the next
-            return
 
 
 def _run(server: AimModelServer) -> int:
