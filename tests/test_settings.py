@@ -115,7 +115,6 @@ def test_a_registry_default_reaches_the_help_the_planner_and_the_docs(monkeypatc
     plan_help = " ".join(build_parser()._subparsers._group_actions[0].choices["plan"]
                          .format_help().split())
     assert "(default: 6; AIM_MIN_CONCURRENCY)" in plan_help
-    pytest.importorskip("kserve")
     from aim_runtime.cli.serve import serve_parser
 
     serve_help = " ".join(serve_parser().format_help().split())
@@ -134,7 +133,6 @@ def test_a_registry_default_reaches_the_help_the_planner_and_the_docs(monkeypatc
 
 
 def test_a_flag_checks_its_value_with_the_variable_s_parser(capsys):
-    pytest.importorskip("kserve")
     from aim_runtime.cli.serve import serve_parser
 
     with pytest.raises(SystemExit):

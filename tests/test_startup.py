@@ -242,7 +242,7 @@ def test_one_server_does_not_share_its_port_and_a_foreign_address_is_named(clean
                                                                           tiny_model):
     """SO_REUSEPORT only between the pod's own API servers: a second server on the same port
     is refused, not handed half the connections; an address not this host's says so."""
-    from aim_runtime.serving.api_server_group import listening_sockets
+    from aim_runtime.serving.listener import listening_sockets
 
     port = free_port()
     (first,) = listening_sockets("127.0.0.1", port, 1)

@@ -130,7 +130,7 @@ def add_planner_args(parser: argparse.ArgumentParser, vllm_names: bool = True) -
     """Planner overrides, from their AIM_* variables' flags. With `vllm_names` False, the flags
     vLLM also defines are left to vLLM's own parser (serve) and only the planner's own flags
     are added here."""
-    group = parser.add_argument_group(settings.PLANNER_GROUP)
+    group = settings.section(parser, settings.PLANNER_GROUP)
     for name in FIELDS:
         variable = override_variable(name)
         if variable is not None and (vllm_names or name in PLANNER_ONLY):

@@ -238,8 +238,8 @@ class Variable(Generic[T]):
             options.setdefault("type", self._argparse_type)
             options.setdefault("metavar", self._metavar())
         section(parser, self.group).add_argument(
-            self.flag, *aliases, dest=self.name.removeprefix("AIM_").lower(),
-                            default=default, help=self.help(), **options)
+            self.flag, *aliases, dest=self.name.removeprefix("AIM_").lower(), default=default,
+            help=self.help(), **options)
 
     def _metavar(self) -> str:
         """`{a,b}` for a choice, else the kind's first words: POSITIVE_INTEGER, SECONDS."""
@@ -286,6 +286,8 @@ CLUSTER_GROUP = "multi-node (KServe workerSpec)"
 PLANNER_GROUP = "planner overrides (win over AIM_* variables and recipes)"
 
 REGISTRY: dict[str, Variable[Any]] = {}  # values differ in type
+# The deployment's variables, documented apart (see "variables of the deployment" below).
+DEPLOYMENT: dict[str, Variable[Any]] = {}
 
 
 def check_all(environ: Mapping[str, str] | None = None) -> None:
@@ -295,10 +297,12 @@ def check_all(environ: Mapping[str, str] | None = None) -> None:
         variable.read(environ)
 
 
-def _register(variable: Variable[T]) -> Variable[T]:
-    if variable.name in REGISTRY:
+def _register(variable: Variable[T], registry: dict[str, Variable[Any]] | None = None
+              ) -> Variable[T]:
+    """Add `variable` to `registry` (default: REGISTRY), refusing a name either registry has."""
+    if variable.name in REGISTRY or variable.name in DEPLOYMENT:
         raise ValueError(f"{variable.name} registered twice")
-    REGISTRY[variable.name] = variable
+    (REGISTRY if registry is None else registry)[variable.name] = variable
     return variable
 
 
@@ -464,14 +468,9 @@ RAY_NUM_GPUS: Variable[int | None] = _register(Variable(
 # as the AIM_* variables are: documented apart (`deployment_table`), read through the same
 # `Variable`, so a bad value is an error naming it too.
 
-DEPLOYMENT: dict[str, Variable[Any]] = {}
-
 
 def _deployment(variable: Variable[T]) -> Variable[T]:
-    if variable.name in DEPLOYMENT or variable.name in REGISTRY:
-        raise ValueError(f"{variable.name} registered twice")
-    DEPLOYMENT[variable.name] = variable
-    return variable
+    return _register(variable, DEPLOYMENT)
 
 
 KSERVE_PIPELINE_PARALLEL_SIZE: Variable[int | None] = _deployment(Variable(

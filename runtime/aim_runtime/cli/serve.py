@@ -30,6 +30,7 @@ PINNABLE_FLAGS = ("--tensor-parallel-size", "--pipeline-parallel-size", "--data-
 PINNABLE_ALIASES = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size",
                     "-dp": "--data-parallel-size", "-dpl": "--data-parallel-size-local"}
 
+
 def serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aim-runtime serve", parents=[kserve_parser()], allow_abbrev=False,
@@ -108,7 +109,8 @@ def normalize_argv(argv: Sequence[str], environ: Mapping[str, str] | None = None
 def _explicit_ours(argv: list[str]) -> frozenset[str]:
     """Our options the user set (on the command line or through their AIM_* variable)."""
     given = {settings.flag_of_token(token) for token in argv}
-    if "--graceful-shutdown-seconds" in given or settings.GRACEFUL_SHUTDOWN_SECONDS.is_set():
+    grace = settings.GRACEFUL_SHUTDOWN_SECONDS
+    if grace.flag in given or grace.is_set():
         return frozenset({"graceful_shutdown_seconds"})
     return frozenset()
 

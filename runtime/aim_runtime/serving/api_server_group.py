@@ -39,7 +39,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
@@ -52,7 +51,6 @@ from aim_runtime.serving.vllm_adapter import ApiServers
 log = logging.getLogger(__name__)
 
 ENGINE_PHASES = tuple(PHASE_LINES)
-LISTEN_BACKLOG = 2048  # uvicorn's default
 
 
 @dataclass(frozen=True)
@@ -104,42 +102,6 @@ class GroupMember:
         for phase, seconds in zip(ENGINE_PHASES, self.group.engine_phases, strict=True):
             if seconds > 0:
                 metrics.record_phase(phase, seconds)
-
-
-def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
-    """`count` listening sockets on the HTTP port, one per API server (sharing it with
-    SO_REUSEPORT when there are several), bound before any engine loads so that a taken port
-    fails start-up at once. `::` (or an empty host) listens on IPv6 and IPv4 alike; a name is
-    resolved as uvicorn resolves it."""
-    family, address = _listen_address(host, port)
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if count > 1:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6 and host in ("", "::"):
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind(address)
-            sock.listen(LISTEN_BACKLOG)
-    except OSError:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
-def _listen_address(host: str, port: int) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
-    """(address family, bind address) of a host: every address for `::` or an empty host (IPv4
-    alone where IPv6 is off), else the first address the name resolves to."""
-    if host in ("", "::") and socket.has_ipv6:
-        return socket.AF_INET6, ("::", port)
-    family, _, _, _, address = socket.getaddrinfo(host or "0.0.0.0", port,
-                                                  type=socket.SOCK_STREAM,
-                                                  flags=socket.AI_PASSIVE)[0]
-    return family, address
 
 
 def supervise(start: Callable[[], ApiServers], group: ApiServerGroup,

@@ -221,15 +221,16 @@ class EngineLifecycle:
 
     @property
     def dead(self) -> bool:
-        return self.engine is not None and self.engine.dead_reason is not None
+        return self.dead_reason is not None
 
     @property
     def dead_reason(self) -> str | None:
         return self.engine.dead_reason if self.engine is not None else None
 
     def live_engine(self) -> ServedEngine | None:
-        """The engine while it is loaded and alive."""
-        return self.engine if self.engine is not None and not self.dead else None
+        """The engine while it is loaded and alive (asked on every OpenAI request)."""
+        engine = self.engine
+        return engine if engine is not None and engine.dead_reason is None else None
 
     def capacity(self) -> int | None:
         """Sequences the engine runs at once, all data-parallel ranks (None until loaded)."""

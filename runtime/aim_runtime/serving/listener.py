@@ -14,12 +14,17 @@ Some hold without translation: KServe's listener refreshes its certificate whene
 (`--disable-uvicorn-access-log`, `--disable-access-log-for-endpoints`). vLLM's
 `--shutdown-timeout` reaches the engine as it is, and is also the listener's drain time unless
 `--graceful-shutdown-seconds` is given.
+
+Start-up binds the listening sockets here (`listening_sockets`, `check_port_free` for gRPC's
+port) before any engine loads, so that a taken port fails in a second, not after the weights.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,3 +139,62 @@ async def _abort_lingering_tls(connections: set[Any]) -> None:
         for connection in closing & closing_before:
             connection.transport.abort()
         closing_before = closing
+
+
+# --- binding: before any engine loads, so that a taken port fails start-up at once ----------
+
+LISTEN_BACKLOG = 2048  # uvicorn's default
+
+
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` listening sockets on the HTTP port, one per API server (sharing it with
+    SO_REUSEPORT when there are several), bound before any engine loads so that a taken port
+    fails start-up at once. `::` (or an empty host) listens on IPv6 and IPv4 alike; a name is
+    resolved as uvicorn resolves it."""
+    family, address = _listen_address(host, port)
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if count > 1:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6 and host in ("", "::"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _listen_address(host: str, port: int) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
+    """(address family, bind address) of a host: every address for `::` or an empty host (IPv4
+    alone where IPv6 is off), else the first address the name resolves to."""
+    if host in ("", "::") and socket.has_ipv6:
+        return socket.AF_INET6, ("::", port)
+    family, _, _, _, address = socket.getaddrinfo(host or "0.0.0.0", port,
+                                                  type=socket.SOCK_STREAM,
+                                                  flags=socket.AI_PASSIVE)[0]
+    return family, address
+
+
+def check_port_free(port: int) -> None:
+    """Raise OSError if another socket holds `port` on IPv6's or IPv4's every-address, which
+    gRPC binds ([::], dual-stack or not; 0.0.0.0 where IPv6 is off). Each is probed on its
+    own, so an IPv4 holder is found where IPv6 sockets are IPv6-only too."""
+    for family, address in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        try:
+            probe = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue  # no IPv6 here
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise

@@ -26,7 +26,7 @@ from aim_runtime.serving import metrics
 from aim_runtime.serving.api_server_count import api_server_count
 from aim_runtime.serving.cluster import nodes_from_env, spec_from_env
 from aim_runtime.serving.inputs import ServeCommand, ServerInputs
-from aim_runtime.serving.listener import listener_options
+from aim_runtime.serving.listener import check_port_free, listener_options, listening_sockets
 from aim_runtime.serving.model_location import model_location
 from aim_runtime.serving.phases import CURRENT_PHASE, phase
 
@@ -93,8 +93,6 @@ def bind_listeners(inputs: ServerInputs, count: int) -> list[socket.socket]:
     """The HTTP port's listening sockets, one per API server, and the gRPC port checked free,
     before any engine loads: a taken port is one clear error, not a failure after the engine
     has loaded."""
-    from aim_runtime.serving.api_server_group import listening_sockets
-
     host = inputs.args.host
     try:
         sockets = listening_sockets(host, inputs.http_port, count)
@@ -103,7 +101,7 @@ def bind_listeners(inputs: ServerInputs, count: int) -> list[socket.socket]:
                        _listen_hint(exc)) from exc
     if inputs.args.enable_grpc:
         try:
-            _check_port_free(inputs.args.grpc_port)
+            check_port_free(inputs.args.grpc_port)
         except OSError as exc:
             for sock in sockets:
                 sock.close()
@@ -121,24 +119,6 @@ def _listen_hint(error: OSError) -> str:
     if isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL:
         return "--host must be an address of this host (0.0.0.0 or :: for every address)"
     return "check --host and --http_port"
-
-
-def _check_port_free(port: int) -> None:
-    """Raise OSError if another socket holds `port` on IPv6's or IPv4's every-address, which
-    gRPC binds ([::], dual-stack or not; 0.0.0.0 where IPv6 is off). Each is probed on its
-    own, so an IPv4 holder is found where IPv6 sockets are IPv6-only too."""
-    for family, address in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
-        try:
-            probe = socket.socket(family, socket.SOCK_STREAM)
-        except OSError:
-            continue  # no IPv6 here
-        with probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((address, port))
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise
 
 
 def _run(server: AimModelServer) -> int:
