@@ -9,12 +9,12 @@ import shutil
 import sys
 from pathlib import Path
 
-from aim_runtime import __version__, pipeline
+from aim_runtime import __version__, pipeline, settings
 from aim_runtime.cli import validate
 from aim_runtime.errors import AimError, RecipeError
 from aim_runtime.planner.catalog import Catalog, load_recipe_file
 from aim_runtime.planner.explain import describe_inventory, explain_plan, summarize_plan
-from aim_runtime.settings import OBJECTIVES
+from aim_runtime.settings import GPUS_PER_NODE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,11 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "type, from the plan")
     render_cmd.add_argument("--kind", choices=("inferenceservice", "llminferenceservice"),
                             default="inferenceservice",
-                            help="KServe resource to render (default inferenceservice; "
+                            help="KServe resource to render (default %(default)s; "
                                  "llminferenceservice uses the aim-runtime-llm preset)")
     render_cmd.add_argument("--output", choices=("manifest", "helm-values"), default="manifest",
-                            help="manifest: the KServe object (default); helm-values: the "
-                                 "values with which charts/aim-model renders that object")
+                            help="manifest: the KServe object; helm-values: the values with "
+                                 "which charts/aim-model renders that object (default "
+                                 "%(default)s)")
     render_cmd.add_argument("--prefill-replicas", type=int, default=0, metavar="N",
                             help="llminferenceservice: split prefill (N pods) from decode")
     render_cmd.add_argument("--model-dir", "--model_dir", "--model", dest="model", required=True,
@@ -80,16 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     render_cmd.add_argument("--gpu", required=True, help="product, e.g. MI300X")
     render_cmd.add_argument("--count", type=int,
                             help="GPUs per replica (default: the fewest that serve the model); "
-                                 "with --nodes, GPUs per node (default 8)")
+                                 f"with --nodes, GPUs per node (default {GPUS_PER_NODE})")
     render_cmd.add_argument("--nodes", type=int, default=1,
                             help="multi-node: nodes per replica (KServe workerSpec, Ray); needs "
                                  "--storage-uri pvc:// or oci://")
     render_cmd.add_argument("--name", help="InferenceService name (canary: predictor name)")
     render_cmd.add_argument("--namespace")
     render_cmd.add_argument("--storage-uri", help="pvc://, s3://, oci:// or hf:// URI")
-    render_cmd.add_argument("--objective", choices=OBJECTIVES)
+    settings.OBJECTIVE.add_argument(render_cmd, from_env=False)
     render_cmd.add_argument("--mode", choices=("standard", "knative"), default="standard",
-                            help="KServe deployment mode (default standard)")
+                            help="KServe deployment mode (default %(default)s)")
     render_cmd.add_argument("--canary-of", metavar="NAME",
                             help="render a canary of this InferenceService")
     render_cmd.add_argument("--traffic", type=int, help="canary traffic percentage")

@@ -15,7 +15,8 @@ def worker_parser() -> argparse.ArgumentParser:
                                      description="Join a multi-node AIM Runtime head as a Ray "
                                                  "worker node and stay up.")
     parser.add_argument("--head-address", help="host:port of the head's Ray GCS (default: "
-                        "RAY_HEAD_ADDRESS or <ISVC_NAME>-head.<POD_NAMESPACE>...:6379)")
+                        "RAY_HEAD_ADDRESS or <ISVC_NAME>-head.<POD_NAMESPACE>...:"
+                        f"{settings.RAY_PORT.default})")
     settings.RAY_JOIN_TIMEOUT.add_argument(parser)
     parser.add_argument("--health-port", type=int, default=WORKER_HEALTH_PORT,
                         help=f"where liveness and readiness are answered (default "
