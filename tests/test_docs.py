@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from aim_runtime import settings
+from aim_runtime.deploy import monitoring
 from aim_runtime.hardware.products import PRODUCTS, isa_supports_fp8, mxfp4_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,12 +90,17 @@ def test_the_variables_page_names_every_variable_once():
 
 def test_the_site_builds_strictly(tmp_path):
     """MkDocs in strict mode: a broken link or anchor, or a page missing from the navigation,
-    fails (mkdocs.yml's validation settings)."""
+    fails (mkdocs.yml's validation settings). Every alert's runbook link lands on a heading of
+    the built runbooks page (the anchors MkDocs writes, not a guess at them)."""
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
                              str(tmp_path / "site")], cwd=REPO, capture_output=True, text=True,
                             timeout=300, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "site" / "cli" / "index.html").exists()
+    runbooks = (tmp_path / "site" / "runbooks" / "index.html").read_text()
+    for alert in monitoring.ALERTS:
+        page, _, anchor = alert.rule()["annotations"]["runbook_url"].partition("#")
+        assert page == "docs/runbooks.md" and f'id="{anchor}"' in runbooks, alert.name
 
 
 def test_the_readme_is_short_and_links_every_page():

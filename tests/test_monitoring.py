@@ -257,16 +257,19 @@ def live_rule_file(tmp_path) -> str:
 
 
 @pytest.mark.serving
-def test_a_real_prometheus_evaluates_every_rule_and_answers_every_panel(server, tmp_path):
-    """Prometheus scrapes the test server (labelled as the ServiceMonitor labels a pod) and a
+def test_a_real_prometheus_evaluates_every_rule_and_answers_every_panel(guarded, tmp_path):
+    """Prometheus scrapes the test server with an adapter (labelled as the ServiceMonitor labels a
+    pod) and a
     target that is gone, with the rules loaded: every rule evaluates with health ok; only the
-    positive control (the gone target's AimRuntimeTargetDown) is active, nothing on the healthy
-    server; every panel's query answers, with data where a healthy server has it."""
+    gone target's AimRuntimeTargetDown is active, nothing on the healthy server; every panel's
+    query answers, with data where a healthy server has it (latency included: requests are
+    served while Prometheus scrapes, to the model and its adapter). Then the test breaks
+    something on the healthy server (an adapter load it refuses) and the alert for it fires on
+    the server's own series."""
     from servers import free_port
 
-    for _ in range(3):
-        assert httpx.post(server.url + "/openai/v1/completions", json={
-            "model": "tiny", "prompt": "Hello", "max_tokens": 2}, timeout=60).status_code == 200
+    server, auth = guarded, {"authorization": f"Bearer {API_KEY}"}
+
     gone = {**LIVE_LABELS, "pod": "gone-0"}
     config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
               "rule_files": [live_rule_file(tmp_path)],
@@ -275,6 +278,10 @@ def test_a_real_prometheus_evaluates_every_rule_and_answers_every_panel(server, 
                   {"targets": [f"127.0.0.1:{free_port()}"], "labels": gone}]}]}
     with promtool.Prometheus(tmp_path, config, free_port()) as prometheus:
         wait_until(lambda: _firing(prometheus) >= {("AimRuntimeTargetDown", "gone-0")}, 60)
+        for model in ("tiny", "alpha", "tiny"):  # between scrapes: rates and quantiles have data
+            assert httpx.post(server.url + "/openai/v1/completions", headers=auth, json={
+                "model": model, "prompt": "Hello", "max_tokens": 2}, timeout=60).status_code == 200
+            time.sleep(1.5)
         wait_until(lambda: all(rule["health"] == "ok" and rule.get("lastEvaluation", "0001")
                                [:4] != "0001" for rule in _rules(prometheus)), 30)
         time.sleep(3)  # a few more scrapes and evaluations
@@ -283,15 +290,26 @@ def test_a_real_prometheus_evaluates_every_rule_and_answers_every_panel(server, 
         assert all(rule["health"] == "ok" for rule in _rules(prometheus)), _rules(prometheus)
         assert _firing(prometheus, states=("pending", "firing")) == \
             {("AimRuntimeTargetDown", "gone-0")}
-        empty = []
-        for panel in dashboard.panels():
-            for expr, _ in panel.queries:
-                for variable, value in GRAFANA_VARIABLES.items():
-                    expr = expr.replace(variable, value)
-                result = prometheus.api("query", query=expr)["result"]
-                if panel.always_answers and not result:
-                    empty.append((panel.title, expr))
-        assert not empty, "\n".join(f"{t}: {e}" for t, e in empty)
+        assert _empty_panels(prometheus) == []
+
+        refused = httpx.post(server.url + "/openai/v1/load_lora_adapter", headers=auth,
+                             timeout=30, json={"lora_name": "broken", "lora_path": "/nowhere"})
+        assert refused.status_code == 400
+        wait_until(lambda: ("AimRuntimeAdapterLoadFailures", LIVE_LABELS["pod"])
+                   in _firing(prometheus), 30)
+
+
+def _empty_panels(prometheus) -> list[str]:
+    """The panel queries a healthy server should answer with data and does not."""
+    empty = []
+    for panel in dashboard.panels():
+        for expr, _ in panel.queries:
+            for variable, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(variable, value)
+            result = prometheus.api("query", query=expr)["result"]
+            if panel.always_answers and not result:
+                empty.append(f"{panel.title}: {expr}")
+    return empty
 
 
 def _rules(prometheus) -> list[dict]:

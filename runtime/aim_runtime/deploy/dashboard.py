@@ -71,14 +71,10 @@ ROWS = (
               "Inference requests admitted and not finished, against the admission limit."),
     )),
     Row("Latency", (
-        Panel("Time to first token", quantiles("vllm:time_to_first_token_seconds"), "s",
-              always_answers=False),
-        Panel("Inter-token latency", quantiles("vllm:inter_token_latency_seconds"), "s",
-              always_answers=False),
-        Panel("End-to-end request latency", quantiles("vllm:e2e_request_latency_seconds"), "s",
-              always_answers=False),
-        Panel("Queue time", quantiles("vllm:request_queue_time_seconds"), "s",
-              always_answers=False),
+        Panel("Time to first token", quantiles("vllm:time_to_first_token_seconds"), "s"),
+        Panel("Inter-token latency", quantiles("vllm:inter_token_latency_seconds"), "s"),
+        Panel("End-to-end request latency", quantiles("vllm:e2e_request_latency_seconds"), "s"),
+        Panel("Queue time", quantiles("vllm:request_queue_time_seconds"), "s"),
     )),
     Row("Saturation", (
         Panel("Running and waiting", ((f"sum(vllm:num_requests_running{sel()})", "running"),
@@ -116,8 +112,7 @@ ROWS = (
     )),
     Row("LoRA adapters", (
         Panel("Requests by adapter", ((f"sum by (adapter) (rate(aim_lora_requests_total{sel()}"
-                                       f"[{RATE}]))", "{{adapter}}"),), "reqps",
-              always_answers=False),
+                                       f"[{RATE}]))", "{{adapter}}"),), "reqps"),
         Panel("Adapters loaded and load errors",
               ((f"sum(aim_lora_adapters_loaded{sel()})", "loaded"),
                (f"sum by (source) (increase(aim_lora_load_errors_total{sel()}[{RATE}]))",
