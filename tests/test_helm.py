@@ -280,23 +280,27 @@ def documented_installs(chart: str) -> list[tuple[str, dict, list[str]]]:
     for doc in [REPO / "README.md", *REPO.glob("charts/*/README.md"), *REPO.glob("docs/*.md")]:
         text = doc.read_text().replace("\\\n", " ")
         for line in text.splitlines():
-            words = line.split("#")[0].split()
-            if words[:2] not in (["helm", "install"], ["helm", "upgrade"]) or \
-                    f"charts/{chart}" not in words:
-                continue
-            values: dict = {}
-            files = [value for word, value in itertools.pairwise(words) if word == "-f"]
-            for word, value in itertools.pairwise(words):
-                if word == "--set":
-                    key, _, setting = value.partition("=")
-                    node = values
-                    *parents, leaf = key.split(".")
-                    for parent in parents:
-                        node = node.setdefault(parent, {})
-                    node[leaf] = {"true": True, "false": False, "null": None}.get(setting,
-                                                                                 setting)
-            found.append((f"{doc.name}: {line.strip()}", values, files))
+            commands = [line.split("#")[0], *re.findall(r"`(helm (?:install|upgrade) [^`]*)`", line)]
+            for command in commands:
+                words = command.split()
+                if words[:2] in (["helm", "install"], ["helm", "upgrade"]) and \
+                        f"charts/{chart}" in words:
+                    found.append((f"{doc.name}: {command.strip()}", *_values_and_files(words)))
     return found
+
+
+def _values_and_files(words: list[str]) -> tuple[dict, list[str]]:
+    """A helm command's --set values (nested) and its -f files."""
+    values: dict = {}
+    for word, value in itertools.pairwise(words):
+        if word == "--set":
+            key, _, setting = value.partition("=")
+            node = values
+            *parents, leaf = key.split(".")
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = {"true": True, "false": False, "null": None}.get(setting, setting)
+    return values, [value for word, value in itertools.pairwise(words) if word == "-f"]
 
 
 def test_every_documented_install_lints_and_renders():
@@ -339,14 +343,7 @@ def test_every_documented_model_install_renders_from_the_documented_values():
             given[key] = {**given.get(key, {}), **value} if isinstance(value, dict) else value
         given = {k: v for k, v in given.items() if v is not None}  # --set key=null drops it
         assert helm.lint(MODEL_CHART, given) == [], where
-        documents = helm.objects(helm.render(MODEL_CHART, given))
-        for document in documents:  # the checks the kustomize manifests pass
-            if kube_schema.is_custom(document):
-                assert kube_schema.validate(document) == [], where
-                if document["kind"] == "InferenceService":
-                    assert rules.multinode_service_problems(document) == [], where
-            else:
-                kubernetes_validate.validate(document, k8s_schemas.latest_version(), strict=True)
+        assert_admitted(helm.objects(helm.render(MODEL_CHART, given)), where)
 
 
 # --- the aim-model chart: `render`'s objects from `render --output helm-values` --------------
@@ -475,16 +472,25 @@ def test_every_model_ci_values_file_renders_objects_kubernetes_and_kserve_admit(
     documents = helm.objects(helm.render(MODEL_CHART, values_of(values)))
     assert {"InferenceService", "Pod"} <= {d["kind"] for d in documents} or \
         [d["kind"] for d in documents] == ["LLMInferenceService"]
+    assert_admitted(documents, values.stem)
+
+
+def assert_admitted(documents: list[dict], where: str) -> None:
+    """The checks the kustomize manifests pass: the vendored CRDs or the Kubernetes schemas,
+    KServe's multi-node, canary and Knative rules for a service, Pod Security's restricted
+    profile for every pod the chart runs (the helm test's and the download Job's)."""
     for document in documents:
         if kube_schema.is_custom(document):
-            assert kube_schema.validate(document) == [], document["metadata"]["name"]
+            assert kube_schema.validate(document) == [], where
         else:
             kubernetes_validate.validate(document, k8s_schemas.latest_version(), strict=True)
     for service in [d for d in documents if d["kind"] == "InferenceService"]:
-        assert rules.multinode_service_problems(service) == []
+        assert rules.multinode_service_problems(service) == [], where
+        assert rules.canary_problems(service) == [], where
+        assert rules.knative_problems(service, admission.RUNTIMES["aim-runtime"])[0] == [], where
     for pod in [d["spec"] for d in documents if d["kind"] == "Pod"] + \
             [d["spec"]["template"]["spec"] for d in documents if d["kind"] == "Job"]:
-        assert rules.restricted_problems(pod, pod["containers"]) == []
+        assert rules.restricted_problems(pod, pod["containers"]) == [], where
 
 
 @pytest.mark.parametrize(("values", "named"), [
