@@ -273,6 +273,9 @@ def test_the_chart_readme_tables_the_schema(chart, keys):
         assert f"`{key}`" in readme
 
 
+INLINE_HELM_COMMAND = r"`(helm (?:install|upgrade) [^`]*)`"  # a command in a sentence
+
+
 def documented_installs(chart: str) -> list[tuple[str, dict, list[str]]]:
     """Every `helm install|upgrade ... charts/<chart>` in the docs: where, its --set values and
     its -f files."""
@@ -280,7 +283,7 @@ def documented_installs(chart: str) -> list[tuple[str, dict, list[str]]]:
     for doc in [REPO / "README.md", *REPO.glob("charts/*/README.md"), *REPO.glob("docs/*.md")]:
         text = doc.read_text().replace("\\\n", " ")
         for line in text.splitlines():
-            commands = [line.split("#")[0], *re.findall(r"`(helm (?:install|upgrade) [^`]*)`", line)]
+            commands = [line.split("#")[0], *re.findall(INLINE_HELM_COMMAND, line)]
             for command in commands:
                 words = command.split()
                 if words[:2] in (["helm", "install"], ["helm", "upgrade"]) and \

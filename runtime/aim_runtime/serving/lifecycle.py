@@ -22,7 +22,12 @@ from aim_runtime.serving import metrics
 from aim_runtime.serving.cluster import ClusterSpec, form_cluster, stop_ray
 from aim_runtime.serving.compile_cache import CompileCache
 from aim_runtime.serving.lora import AdapterGuard, Adapters
-from aim_runtime.serving.vllm_adapter import EngineClient, freeze_startup_heap, start_engine
+from aim_runtime.serving.vllm_adapter import (
+    EngineClient,
+    cache_vllm_environment,
+    freeze_startup_heap,
+    start_engine,
+)
 from aim_runtime.serving.warmup import WarmupPlan, WarmupTarget, warm_up
 
 log = logging.getLogger(__name__)
@@ -122,6 +127,7 @@ class EngineLifecycle:
         await self._warm_up(engine)
         frozen_at = time.monotonic()
         frozen = freeze_startup_heap()
+        cache_vllm_environment()
         log.info("start-up heap frozen for the garbage collector: %d objects (%.2f s)", frozen,
                  time.monotonic() - frozen_at)
         self.warmed = True

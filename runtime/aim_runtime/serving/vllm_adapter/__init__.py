@@ -22,6 +22,7 @@ the checks made with it), `engine` (the engine, its application, its request and
 
 from aim_runtime.serving.vllm_adapter.api_servers import (
     ApiServers,
+    cache_vllm_environment,
     freeze_startup_heap,
     launch_api_servers,
     setup_multiprocess_metrics,
@@ -55,9 +56,9 @@ from aim_runtime.serving.vllm_adapter.versions import (
 
 __all__ = [
     "PARSER_DESTS_READ", "SUPPORTED_KSERVE", "SUPPORTED_VLLM", "ApiServers", "Engine",
-    "EngineClient", "build_versions", "check_recipe_args", "check_settings", "check_versions",
-    "completion_request", "engine_argv", "engine_dead_error_type", "error_response",
-    "freeze_startup_heap", "installed_versions", "launch_api_servers", "parse_vllm_args",
-    "setup_multiprocess_metrics", "start_engine", "supported_pair", "title_api_server",
-    "vllm_error_type", "vllm_serve_parser",
+    "EngineClient", "build_versions", "cache_vllm_environment", "check_recipe_args",
+    "check_settings", "check_versions", "completion_request", "engine_argv",
+    "engine_dead_error_type", "error_response", "freeze_startup_heap", "installed_versions",
+    "launch_api_servers", "parse_vllm_args", "setup_multiprocess_metrics", "start_engine",
+    "supported_pair", "title_api_server", "vllm_error_type", "vllm_serve_parser",
 ]

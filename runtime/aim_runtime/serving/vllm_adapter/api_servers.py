@@ -59,6 +59,17 @@ def freeze_startup_heap() -> int:
     return gc.get_freeze_count()
 
 
+def cache_vllm_environment() -> None:
+    """What vLLM's engine core and workers do once initialised (vllm.envs.enable_envs_cache),
+    and `vllm serve`'s API server does not: every VLLM_* variable read once and kept, instead
+    of read from os.environ at every use (the output processor reads one for every token it
+    streams). Nothing writes the environment once the engine is up: serving/process_env.py,
+    its one writer, runs during start-up."""
+    from vllm import envs
+
+    envs.enable_envs_cache()
+
+
 def title_api_server(index: int) -> None:
     """This process's title as `vllm serve` names its API servers (VLLM::APIServer_<index>),
     so that ps, top and the benchmarks tell them apart."""
