@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from aim_runtime.checkpoint.facts import ModelFacts
-from aim_runtime.checkpoint.parameters import SAFETENSORS_HEADER_LIMIT_BYTES
+from aim_runtime.checkpoint.parameters import read_safetensors_header
+from aim_runtime.errors import ModelFactsError
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -109,14 +109,9 @@ def linear_layer_shapes(facts: ModelFacts) -> dict[str, tuple[int, int]]:
 
 
 def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes from a safetensors header (8-byte length, then JSON)."""
+    """Tensor shapes from a safetensors header (checkpoint/parameters.py reads it)."""
     try:
-        with path.open("rb") as stream:
-            (length,) = struct.unpack("<Q", stream.read(8))
-            if length > SAFETENSORS_HEADER_LIMIT_BYTES:
-                raise ValueError("header too large")
-            header = json.loads(stream.read(length))
-    except (OSError, ValueError, struct.error) as exc:
+        header = read_safetensors_header(path)
+    except ModelFactsError as exc:
         raise ValueError(f"{path}: not a safetensors file ({exc})") from None
-    return {name: tuple(entry["shape"]) for name, entry in header.items()
-            if name != "__metadata__" and isinstance(entry, dict)}
+    return {name: tuple(entry["shape"]) for name, entry in header.items()}

@@ -18,7 +18,7 @@ from typing import Any
 from aim_runtime import pipeline, settings
 from aim_runtime.errors import AimError
 from aim_runtime.serving.inputs import ServeCommand
-from aim_runtime.serving.startup import kserve_parser
+from aim_runtime.serving.startup import kserve_parser, report_start_up_failure, serve_main
 
 # vLLM flags the runtime owns under another name.
 RESERVED_VLLM_FLAGS = {"--port": "--http_port", "--host": "--host", "--model": "--model-dir"}
@@ -61,8 +61,6 @@ def serve_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     """`aim-runtime serve ARGV`: a command-line error is a start-up failure too (the termination
     message names it, as Kubernetes shows it)."""
-    from aim_runtime.serving.startup import report_start_up_failure, serve_main
-
     try:
         command = parse_command(argv)
     except AimError as exc:

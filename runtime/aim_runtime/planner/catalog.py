@@ -192,14 +192,9 @@ def load_recipe_file(file: Path) -> list[Recipe]:
     return [_resolve(file, parsed, variant) for variant in parsed.recipes]
 
 
-def normalize_arg_name(name: str) -> str:
-    """vLLM flag spellings (`--max-num-seqs`, `max-num-seqs`) to EngineArgs names."""
-    return settings.name_of_flag(name)
-
-
 def _resolve(file: Path, parsed: RecipeFile, variant: RecipeVariant) -> Recipe:
-    engine_args = {normalize_arg_name(k): v for k, v in parsed.engine_args.items()}
-    engine_args.update({normalize_arg_name(k): v for k, v in variant.engine_args.items()})
+    engine_args = {settings.name_of_flag(k): v for k, v in parsed.engine_args.items()}
+    engine_args.update({settings.name_of_flag(k): v for k, v in variant.engine_args.items()})
     return Recipe.model_validate({
         **variant.model_dump(),
         "engine_args": engine_args,
@@ -218,7 +213,7 @@ def _semantic_problems(parsed: RecipeFile) -> list[str]:
     ]
     for prefix, engine_args, env in scopes:
         for name in engine_args:
-            normalized = normalize_arg_name(name)
+            normalized = settings.name_of_flag(name)
             if normalized in PLANNER_OWNED_ARGS:
                 problems.append(f"{prefix}engine_args.{name}: set the recipe field "
                                 f"'{normalized}' instead (the planner owns it)")

@@ -193,7 +193,7 @@ class Rule:
     def settings(self) -> str:
         """What it sets, as the docs' table shows it."""
         parts = [f"`{k}={v}`" for k, v in self.env.items()]
-        parts += [f"`--{k.replace('_', '-')} {v}`" for k, v in self.engine_args.items()]
+        parts += [f"`{settings.flag_for(k)} {v}`" for k, v in self.engine_args.items()]
         if self.compute == "block_budget":
             parts.append("`--max-num-seqs` <= blocks of the KV (and Mamba state) pool")
         elif self.compute == "numa":
@@ -429,19 +429,15 @@ def derive(given: RuleInput) -> RocmSettings:
 
 def _applied(rule: Rule, env: dict[str, str], args: dict[str, Any],
              given: RuleInput) -> AppliedRule:
-    sets = {**env, **{_flag(k): str(v) for k, v in args.items()}}
+    sets = {**env, **{settings.flag_for(k): str(v) for k, v in args.items()}}
     overridden = {k: v for k, v in given.recipe_env.items() if k in env and v != env[k]}
     origins = (given.user_engine_args,) if rule.compute else (
         given.recipe_engine_args, given.user_engine_args)
     for origin in origins:
-        overridden.update({_flag(k): str(v) for k, v in origin.items()
+        overridden.update({settings.flag_for(k): str(v) for k, v in origin.items()
                            if k in args and v != args[k]})
     return AppliedRule(id=rule.id, sets=sets, overridden=overridden, why=rule.why,
                        source=rule.source)
-
-
-def _flag(name: str) -> str:
-    return settings.flag_for(name)
 
 
 def _block_budget(given: RuleInput) -> tuple[dict[str, Any], str | None]:

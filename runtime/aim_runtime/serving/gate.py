@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aim_runtime import settings
 from aim_runtime.serving import metrics
 from aim_runtime.serving.paths import OPEN_PATHS, openai_shaped
 from aim_runtime.serving.protocol_errors import bearer_matches, send_error
@@ -38,7 +39,7 @@ WS_POLICY_VIOLATION = 1008  # RFC 6455's close code for a refused policy
 @dataclass
 class GateSettings:
     api_keys: tuple[str, ...] = ()
-    max_request_bytes: int = 32 * 1024 * 1024
+    max_request_bytes: int = settings.MAX_REQUEST_BYTES.default
     max_queued: int | None = None  # None: as many as the engine runs at once (max_num_seqs)
 
 

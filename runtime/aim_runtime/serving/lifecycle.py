@@ -127,9 +127,9 @@ class EngineLifecycle:
         await self._warm_up(engine)
         frozen_at = time.monotonic()
         frozen = freeze_startup_heap()
-        cache_vllm_environment()
         log.info("start-up heap frozen for the garbage collector: %d objects (%.2f s)", frozen,
                  time.monotonic() - frozen_at)
+        cache_vllm_environment()
         self.warmed = True
         if spec.compile_cache is not None:
             spec.compile_cache.mark_complete()

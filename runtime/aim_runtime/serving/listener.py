@@ -30,6 +30,7 @@ from typing import Any
 
 from kserve.constants.constants import DEFAULT_HTTP_PORT, DEFAULT_HTTPS_PORT
 
+from aim_runtime import settings
 from aim_runtime.errors import AimError
 
 # `vllm serve` flags for listeners or processes this server does not have.
@@ -50,7 +51,7 @@ class ListenerOptions:
     ssl_ca_certs: str | None = None
     ssl_cert_reqs: int | None = None
     ssl_ciphers: str | None = None
-    graceful_shutdown_seconds: int = 100
+    graceful_shutdown_seconds: int = settings.GRACEFUL_SHUTDOWN_SECONDS.default
     # `vllm serve`'s request-header limits (--h11-max-incomplete-event-size, a request head's
     # bytes; --h11-max-header-count), vLLM's defaults unless given.
     max_header_bytes: int = 4 * 1024 * 1024
@@ -76,7 +77,7 @@ def listener_options(ours: argparse.Namespace, vllm: argparse.Namespace,
     vLLM's `--shutdown-timeout`."""
     for dest, hint in REFUSED.items():
         if dest in explicit_vllm:
-            raise AimError(f"--{dest.replace('_', '-')}: `vllm serve`'s option is not supported "
+            raise AimError(f"{settings.flag_for(dest)}: `vllm serve`'s option is not supported "
                            "by aim-runtime serve", hint)
     certfile = _one_of("ssl_certfile", ours, vllm, explicit_vllm)
     keyfile = _one_of("ssl_keyfile", ours, vllm, explicit_vllm)

@@ -404,4 +404,3 @@ def phases_recorded() -> dict[str, float]:
     """The start-up phases this process has timed so far, by name."""
     return {sample.labels["phase"]: sample.value
             for family in STARTUP_PHASE_SECONDS.collect() for sample in family.samples}
-
