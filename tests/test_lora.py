@@ -17,10 +17,7 @@ from aim_runtime.checkpoint.facts import load_model_facts
 from aim_runtime.checkpoint.lora import adapter_problem
 from lora_adapters import make_adapter
 from servers import ServerProcess
-from testkit import API_KEY
-
-AUTH = {"authorization": f"Bearer {API_KEY}"}
-
+from testkit import AUTH
 
 # --- the adapter check, offline ---------------------------------------------------------------
 

@@ -19,6 +19,7 @@ RECIPES = REPO / "recipes"
 MODELS = REPO / "tests" / "fixtures" / "models"  # real public config.json files, no weights
 # The shared guarded server's keys (tests/conftest.py): the new one and the one being rotated out.
 API_KEY = "test-key-0123456789"
+AUTH = {"authorization": f"Bearer {API_KEY}"}  # the header a client with the key sends
 OLD_API_KEY = "old-key"
 
 def is_runtime_setting(name: str) -> bool:
