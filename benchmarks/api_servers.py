@@ -4,14 +4,18 @@
                                      [--api-servers 1 2] [--data-parallel] [--smoke]
 
 For each count N (1 and 2), bare `vllm serve --api-server-count N` and `aim-runtime serve
---api-server-count N` serve the same model with the same engine args (the plan's), one after the
-other, alternating which goes first. The API server processes get a core of their own (one for all
-of them), the engine and the load generator the others (`front_ends_pinned`). By default the
-data-parallel size stays 1: vLLM's CPU build runs one engine core per rank, and on a small machine
-two engine cores measure their own contention; N API servers over one engine core is the
-arrangement vLLM also allows. `--data-parallel` runs the arrangement the count follows by default
-instead, `--data-parallel-size N` on both servers (N engine cores, N API servers), and writes
-`results/api_servers_dp.{json,md}`.
+--api-server-count N` serve the same model with the same engine args (the plan's). In each pair
+both are started and stay up together, and each workload runs four times, A B B A (bare first in
+even pairs, ours first in odd ones): this machine's pace drifts by a third between two server
+starts a minute apart, for both servers alike, so a pair that ran one server after the other
+measured the drift as much as the servers; interleaved, a drift over the pair weighs on both. A
+server's figures in a pair are its two runs together. The API server processes get a core of
+their own (one for all of them), the engine and the load generator the others
+(`front_ends_pinned`). By default the data-parallel size stays 1: vLLM's CPU build runs one
+engine core per rank, and on a small machine two engine cores measure their own contention; N API
+servers over one engine core is the arrangement vLLM also allows. `--data-parallel` runs the
+arrangement the count follows by default instead, `--data-parallel-size N` on both servers (N
+engine cores, N API servers), and writes `results/api_servers_dp.{json,md}`.
 
 Each server is loaded with vLLM's serving benchmark (streaming, random prompts, fixed seed). For
 every front-end process (the main process when N is 1, else each `VLLM::APIServer_<i>`), its user
@@ -49,6 +53,7 @@ MODEL_NAME = "bench"
 COUNTS = (1, 2)
 BARE_FRONTEND_ARGS = ("--disable-uvicorn-access-log",)
 FRONTEND_TITLE = "APIServer"  # vLLM's process title for its API servers, and ours
+ORDER = "ABBA"  # within a pair, both servers up (`measure_pair`)
 
 
 @dataclass(frozen=True)
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 for row in measure_pair(count, pair, settings, model, engine_argv, env, work)]
         results = {
             "machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "settings": {"model": str(model), "pairs": settings.pairs,
+            "settings": {"model": str(model), "pairs": settings.pairs, "order": ORDER,
                          "concurrency": settings.concurrency, "prompts": settings.prompts,
                          "input_len": settings.input_len, "output_len": settings.output_len,
                          "engine_args": engine_argv, "cores": _cores_setting(),
@@ -143,13 +148,41 @@ def parse(argv: list[str] | None, prog: str = "python -m benchmarks.api_servers"
 def measure_pair(count: int, pair: int, settings: Settings, model: Path,
                  engine_argv: list[str], env: dict[str, str],
                  work: Path) -> list[dict[str, Any]]:
-    """Bare vLLM and ours with `count` API servers, one after the other: a row per workload."""
-    order = ("bare", "ours") if pair % 2 == 0 else ("ours", "bare")
-    measured = {label: measure_one(label, count, settings, model, engine_argv, env, work)
-                for label in order}
-    return [{"count": count, "pair": pair, "workload": workload.name,
-             **{label: measured[label][workload.name] for label in order}}
-            for workload in settings.workloads(count)]
+    """Bare vLLM and ours with `count` API servers, both started and up at once: each workload
+    runs four times in the order A B B A (bare first in even pairs, ours first in odd ones), so
+    that the machine's drift over the pair weighs on both servers alike. A row per workload:
+    each server's figures over its two runs together (`over_legs`)."""
+    first, second = ("bare", "ours") if pair % 2 == 0 else ("ours", "bare")
+    order = (first, second, second, first)
+    rows = []
+    with contextlib.ExitStack() as stack:
+        servers = {label: stack.enter_context(warmed_server(label, count, settings, model,
+                                                            engine_argv, env, work))
+                   for label in (first, second)}
+        for workload in settings.workloads(count):
+            legs: dict[str, list[dict[str, Any]]] = {first: [], second: []}
+            for label in order:
+                legs[label].append(measure_leg(label, count, servers[label], workload, model))
+            rows.append({"count": count, "pair": pair, "workload": workload.name,
+                         "order": list(order),
+                         **{label: over_legs(runs) for label, runs in legs.items()}})
+    return rows
+
+
+def over_legs(legs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One server's runs in a pair as one: CPU and tokens summed, throughput averaged; each
+    run's own figures kept under `legs`."""
+    tokens = sum(leg["total_output_tokens"] for leg in legs)
+    per_process = [round(sum(cpu), 3) for cpu in
+                   zip(*(leg["frontend_cpu_s_per_process"] for leg in legs), strict=True)]
+    served = [leg.get("requests_per_process") for leg in legs]
+    return {"frontend_cpu_ms_per_token": round(1000 * sum(per_process) / tokens, 4),
+            "output_throughput": round(sum(leg["output_throughput"] for leg in legs)
+                                       / len(legs), 3),
+            "total_output_tokens": tokens, "frontend_cpu_s_per_process": per_process,
+            "requests_per_process": None if None in served else
+            [sum(counts) for counts in zip(*served, strict=True)],
+            "failed": sum(leg["failed"] for leg in legs), "legs": legs}
 
 
 def server_for(label: str, count: int, model: Path, engine_argv: list[str],
@@ -200,27 +233,28 @@ def warmed_server(label: str, count: int, settings: Settings, model: Path,
         process.stop()
 
 
-def measure_one(label: str, count: int, settings: Settings, model: Path,
-                engine_argv: list[str], env: dict[str, str],
-                work: Path) -> dict[str, dict[str, Any]]:
-    """Each workload's figures on one warmed server, by workload name."""
-    measured = {}
-    with warmed_server(label, count, settings, model, engine_argv, env, work) as (
-            process, endpoint, frontends):
-        for workload in settings.workloads(count):
-            before = requests_per_process(process, count) if label == "ours" else None
-            figures = _bench(process, endpoint, model, workload.concurrency, workload.prompts,
-                             workload, f"{label}{count}-{workload.name}", frontends)
-            if before is not None:
-                after = requests_per_process(process, count)
-                figures["requests_per_process"] = [a - b for a, b in
-                                                   zip(after, before, strict=True)]
-            measured[workload.name] = figures
-    return measured
+def measure_leg(label: str, count: int,
+                server: tuple[ServerProcess, str, list[psutil.Process]],
+                workload: Workload, model: Path) -> dict[str, Any]:
+    """One run of `workload` on a warmed server (`warmed_server`'s triple): its figures, with
+    the requests each of ours' API servers admitted."""
+    process, endpoint, frontends = server
+    before = requests_per_process(process, count) if label == "ours" else None
+    figures = _bench(process, endpoint, model, workload.concurrency,
+                     workload.prompts, workload, f"{label}{count}-{workload.name}", frontends)
+    if before is not None:
+        after = requests_per_process(process, count)
+        figures["requests_per_process"] = [a - b for a, b in zip(after, before, strict=True)]
+    return figures
+
+
+# The cores this benchmark may use, as it started: while one server is up and pinned, this process
+# runs on the split's other side, and a second server is pinned from the same split.
+CORES = frozenset(os.sched_getaffinity(0))
 
 
 def _cores_setting() -> dict[str, list[int]] | None:
-    split = core_split(os.sched_getaffinity(0))
+    split = core_split(set(CORES))
     return None if split is None else {"front_end": sorted(split[0]), "others": sorted(split[1])}
 
 
@@ -242,7 +276,7 @@ def front_ends_pinned(server: ServerProcess, frontends: list[psutil.Process]) ->
     the contention around it and swung run to run more than the servers differ. Every thread is
     pinned, each has its own affinity."""
     allowed = os.sched_getaffinity(0)
-    split = core_split(allowed)
+    split = core_split(set(CORES))
     if split is None:
         yield
         return
@@ -333,6 +367,7 @@ def render_markdown(results: dict[str, Any]) -> str:
          "servers." if settings.get("data_parallel") else
          "Arrangement: N API servers (`--api-server-count N`) over one engine rank."),
         "",
+        *_order_text(settings.get("order")),
         "Front-end CPU: user + system time of the API server processes over the load, per "
         "output token (median of the pairs). Ceiling: API servers / CPU per token, each on its "
         "own core. Share: each process's part of the front-end CPU (first pair). Requests: what "
@@ -363,6 +398,14 @@ def render_markdown(results: dict[str, Any]) -> str:
                      f"| {cpu['min']:.2f}-{cpu['median']:.2f}-{cpu['max']:.2f} "
                      f"| {tput['min']:.2f}-{tput['median']:.2f}-{tput['max']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _order_text(order: str | None) -> list[str]:
+    if order != ORDER:
+        return []
+    return ["Pairs: both servers up together, each workload run four times in the order A B B "
+            "A (bare first in even pairs, ours first in odd ones); a server's figures in a pair "
+            "are its two runs together.", ""]
 
 
 def _short_text(short: dict[str, Any] | None) -> str:

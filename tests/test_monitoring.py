@@ -349,6 +349,26 @@ def test_every_sample_is_named_as_its_family_in_every_format(server, scraper):
     assert "vllm:num_requests_running" in samples and "vllm:generation_tokens_total" in samples
 
 
+@pytest.mark.serving
+@pytest.mark.parametrize("scraper", list(PROMETHEUS_ACCEPT))
+def test_a_request_is_counted_once_and_no_series_is_a_creation_time(server, scraper):
+    """`aim_requests_total` is the one request counter: vLLM's HTTP instrumentation (`http_*`)
+    is not on its application. No counter or histogram has a `_created` sample: one process
+    exports what several do (multiprocess mode writes none)."""
+    before = metric(server.url, "aim_requests_total", protocol="openai", status_class="2xx")
+    assert httpx.post(server.url + "/openai/v1/completions", timeout=60, json={
+        "model": "tiny", "prompt": "Hello", "max_tokens": 2, "stream": True}).status_code == 200
+    text = httpx.get(server.url + "/metrics", timeout=10,
+                     headers={"Accept": PROMETHEUS_ACCEPT[scraper]}).text
+    samples = {line.split("{")[0].split(" ")[0] for line in text.splitlines()
+               if line and not line.startswith("#")}
+    assert not {name for name in samples if name.startswith("http_") or
+                name.endswith("_created")}, sorted(samples)
+    assert {"aim_requests_total", "vllm:request_success_total"} <= samples
+    assert metric(server.url, "aim_requests_total", protocol="openai",
+                  status_class="2xx") == before + 1
+
+
 TARGET_LABELS = {"namespace", "pod", "runtime", dashboard.SERVICE_LABEL}  # the ServiceMonitor's
 
 

@@ -29,6 +29,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Info,
+    disable_created_metrics,
     exposition,
     multiprocess,
 )
@@ -41,6 +42,11 @@ from aim_runtime.planner.plan import Plan
 from aim_runtime.planner.roofline import Roofline
 from aim_runtime.serving.paths import PROTOCOLS
 
+# No `<name>_created` sample beside each counter and histogram, vLLM's included: with several API
+# server processes, multiprocess mode writes none, so one process now exports the same series as
+# several; and Prometheus stored each as a series of its own (a third of a scrape here) that no
+# rule, panel or KEDA trigger reads.
+disable_created_metrics()
 SAME_EVERYWHERE = "mostrecent"  # multiprocess mode: a value every process sets alike
 PLAN = Info("aim_plan", "The recipe the planner chose, and on what")
 ENGINE_CONFIG = Info("aim_engine_config",

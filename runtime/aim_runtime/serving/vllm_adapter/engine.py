@@ -7,7 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,6 +194,27 @@ class EngineClient:
         return cls(addresses=addresses, count=count, index=index)
 
 
+@contextlib.contextmanager
+def without_http_instrumentation() -> Iterator[None]:
+    """While vLLM builds its application: no HTTP instrumentation on it. `vllm serve` instruments
+    its application with prometheus-fastapi-instrumentator (the `http_requests_total`,
+    `http_request_duration_*` and `http_re*_size_bytes` series). The runtime counts every
+    request once, on every listener and protocol, in `aim_requests_total{protocol,
+    status_class}` (serving/asgi.py `CountedRequests`); the instrumentation counted vLLM's
+    routes a second time, and for that walked the application's route table on every request
+    and wrapped every streamed chunk. Its `instrument` adds nothing for the block's duration
+    (vLLM's build builds the middleware at once, so it cannot be taken out afterwards without
+    its series staying registered); where vLLM no longer instruments, this changes nothing."""
+    from prometheus_fastapi_instrumentator import Instrumentator
+
+    instrument = Instrumentator.instrument
+    setattr(Instrumentator, "instrument", lambda self, app, *args, **kwargs: self)  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(Instrumentator, "instrument", instrument)  # noqa: B010
+
+
 async def start_engine(argv: list[str], env: dict[str, str],
                        client: EngineClient | None = None) -> Engine:
     """Build the AsyncLLM (in a worker thread, so the server keeps answering probes while the
@@ -229,7 +250,8 @@ async def start_engine(argv: list[str], env: dict[str, str],
         tasks = tuple(await llm.get_supported_tasks())
         # API keys are the gate's, for every listener alike; vLLM's own check would be a second.
         app_args = argparse.Namespace(**{**vars(args), "api_key": None})
-        app = entry(BUILD_APP)(app_args, tasks, llm.vllm_config.model_config)
+        with without_http_instrumentation():
+            app = entry(BUILD_APP)(app_args, tasks, llm.vllm_config.model_config)
         await entry(INIT_APP_STATE)(llm, app.state, app_args, tasks)
         # vLLM's engine-error handler reads `vllm serve`'s uvicorn server here and sets its
         # should_exit once the engine has errored; without it the handler itself failed (a 500
