@@ -25,11 +25,13 @@ the front end. Reported:
 - requests each process served (ours: aim_api_server_requests_total{server}; bare vLLM has no
   per-process count, so its CPU share stands in);
 - the throughput ceiling the front end sets: N / (CPU seconds per token), each process on a core.
-Two workloads run on each warmed server: the long one (the flags above: 256 prompts of 64 in /
-128 out tokens at concurrency 16) and, with one API server, a short one (48 requests of 64 out
-tokens at concurrency 8), where a request's fixed path (gate, admission, headers, counters, access
-log) is spread over fewer tokens. Ratios are ours over bare, with min-median-max over the pairs.
-Results go to `results/api_servers.{json,md}` (`api_servers_1.*` with `--api-servers 1`).
+Workloads on each warmed server: the long one (the flags above: 256 prompts of 64 in / 128 out
+tokens at concurrency 16); with one API server also a short one (48 requests of 64 out tokens at
+concurrency 8), where a request's fixed path (gate, admission, headers, counters, access log) is
+spread over fewer tokens, and a single one (64 requests one at a time, one token out each: that
+path alone, with no batch to share the engine's output processing). Ratios are ours over bare,
+with min-median-max over the pairs. Results go to `results/api_servers.{json,md}`
+(`api_servers_1.*` with `--api-servers 1`).
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ class Workload:
 
 SHORT = Workload("short", concurrency=8, prompts=48, input_len=64, output_len=64)
 SHORT_SMOKE = Workload("short", concurrency=4, prompts=8, input_len=64, output_len=16)
+# One request at a time, one token each: the per-request path alone, nothing to share it with.
+SINGLE = Workload("single", concurrency=1, prompts=64, input_len=64, output_len=1)
+SINGLE_SMOKE = Workload("single", concurrency=1, prompts=4, input_len=64, output_len=1)
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ class Settings:
     out: Path
     data_parallel: bool = False  # N engine ranks (and so N API servers), not N over one rank
     short: Workload | None = SHORT
+    single: Workload | None = SINGLE
     counts: tuple[int, ...] = COUNTS
 
     @property
@@ -91,9 +97,10 @@ class Settings:
         return f"api_servers{'_dp' if self.data_parallel else ''}{counts}"
 
     def workloads(self, count: int) -> list[Workload]:
-        """The long load for every count; the short one with one API server."""
+        """The long load for every count; the short and single ones with one API server."""
         long = Workload("long", self.concurrency, self.prompts, self.input_len, self.output_len)
-        return [long, self.short] if count == 1 and self.short is not None else [long]
+        extra = [self.short, self.single] if count == 1 else []
+        return [long, *(workload for workload in extra if workload is not None)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                          "input_len": settings.input_len, "output_len": settings.output_len,
                          "engine_args": engine_argv, "cores": _cores_setting(),
                          "data_parallel": settings.data_parallel,
-                         "short": vars(settings.short) if settings.short else None},
+                         "short": vars(settings.short) if settings.short else None,
+                         "single": vars(settings.single) if settings.single else None},
             "runs": runs, "summary": summarize(runs)}
         (settings.out / f"{settings.stem}.json").write_text(json.dumps(results, indent=2) + "\n")
         (settings.out / f"{settings.stem}.md").write_text(render_markdown(results))
@@ -142,7 +150,8 @@ def parse(argv: list[str] | None, prog: str = "python -m benchmarks.api_servers"
         args.pairs, args.concurrency, args.prompts, args.output_len = 1, 4, 8, 32
     return Settings(args.model, args.pairs, args.concurrency, args.prompts,
                     args.input_len, args.output_len, args.out, args.data_parallel,
-                    short=SHORT_SMOKE if args.smoke else SHORT, counts=tuple(args.api_servers))
+                    short=SHORT_SMOKE if args.smoke else SHORT,
+                    single=SINGLE_SMOKE if args.smoke else SINGLE, counts=tuple(args.api_servers))
 
 
 def measure_pair(count: int, pair: int, settings: Settings, model: Path,
@@ -359,7 +368,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"vllm {machine_['vllm']}, kserve {machine_['kserve']} · {settings['pairs']} pair(s), "
         f"concurrency {settings['concurrency']}, {settings['prompts']} prompts of "
         f"{settings['input_len']} in / {settings['output_len']} out tokens, streamed (the long "
-        f"workload){_short_text(settings.get('short'))}.",
+        f"workload){_short_text(settings.get('short'))}{_single_text(settings.get('single'))}.",
         "",
         f"Cores: {_cores_text(settings.get('cores'))}.",
         "",
@@ -406,6 +415,14 @@ def _order_text(order: str | None) -> list[str]:
     return ["Pairs: both servers up together, each workload run four times in the order A B B "
             "A (bare first in even pairs, ours first in odd ones); a server's figures in a pair "
             "are its two runs together.", ""]
+
+
+def _single_text(single: dict[str, Any] | None) -> str:
+    if not single:
+        return ""
+    return (f"; and the single workload, {single['prompts']} requests one at a time of "
+            f"{single['input_len']} in / {single['output_len']} out token (the per-request path "
+            "alone)")
 
 
 def _short_text(short: dict[str, Any] | None) -> str:
