@@ -226,8 +226,10 @@ def test_every_series_the_rules_and_panels_read_is_exported_by_the_pod(pod):
     # Per adapter, so not created before the first adapter request: one process still writes
     # its TYPE line, the multiprocess exposition only families with a sample.
     assert missing_series(pod.url) in ([], ["aim_lora_requests_total"])
+    # vLLM's routes served first: a labelled family is written only once it has a sample.
+    assert post_concurrently(pod.url + "/openai/v1/completions", 2, SHORT, AUTH) == [200] * 2
     text = httpx.get(pod.url + "/metrics", timeout=10).text
-    assert not re.search(r"^http_", text, flags=re.M)  # no API server instruments vLLM's app
+    assert not re.search(r"^http_", text, flags=re.M)
     for name in ("vllm:num_requests_running", "vllm:kv_cache_usage_perc"):
         engines = set(re.findall(rf'^{name}{{[^}}]*engine="(\d+)"', text, flags=re.M))
         assert engines == {"0", "1"}, (name, engines)

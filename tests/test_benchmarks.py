@@ -60,6 +60,24 @@ def test_each_report_renders_from_its_recorded_results(module, stem):
     assert harness.render_markdown(results) == (RESULTS / f"{stem}.md").read_text()
 
 
+def test_a_servers_runs_in_a_pair_count_as_one():
+    """CPU and tokens add up; throughput is the tokens over the runs' time together, not the
+    mean of their rates (a stalled run weighs by its length)."""
+    from benchmarks.api_servers import over_legs
+
+    legs = [{"total_output_tokens": 1000, "output_throughput": 100.0, "failed": 0,
+             "frontend_cpu_s_per_process": [0.3], "requests_per_process": [9]},
+            {"total_output_tokens": 1000, "output_throughput": 25.0, "failed": 1,
+             "frontend_cpu_s_per_process": [0.5], "requests_per_process": [8]}]
+    combined = over_legs(legs)
+    assert combined["frontend_cpu_ms_per_token"] == 0.4
+    assert combined["output_throughput"] == 40.0
+    assert combined["frontend_cpu_s_per_process"] == [0.8]
+    assert combined["requests_per_process"] == [17] and combined["failed"] == 1
+    assert over_legs([{**leg, "requests_per_process": None} for leg in legs])[
+        "requests_per_process"] is None
+
+
 def test_the_plot_renders_from_the_recorded_results(tmp_path):
     from benchmarks import report
 

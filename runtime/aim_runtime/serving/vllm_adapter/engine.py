@@ -202,11 +202,17 @@ def without_http_instrumentation() -> Iterator[None]:
     request once, on every listener and protocol, in `aim_requests_total{protocol,
     status_class}` (serving/asgi.py `CountedRequests`); the instrumentation counted vLLM's
     routes a second time, and for that walked the application's route table on every request
-    and wrapped every streamed chunk. Its `instrument` adds nothing for the block's duration
-    (vLLM's build builds the middleware at once, so it cannot be taken out afterwards without
-    its series staying registered); where vLLM no longer instruments, this changes nothing."""
-    from prometheus_fastapi_instrumentator import Instrumentator
-
+    and wrapped every streamed chunk. Its `instrument` adds nothing for the block's duration:
+    taken out of `user_middleware` afterwards, the middleware's series stayed exported, since
+    `build_app`'s SageMaker bootstrap (model_hosting_container_standards) already builds the
+    middleware stack, which creates them. Where vLLM no longer uses the package, nothing to do.
+    The patch holds for one synchronous call on the event loop's thread, where nothing else
+    builds an application."""
+    try:
+        from prometheus_fastapi_instrumentator import Instrumentator
+    except ImportError:
+        yield
+        return
     instrument = Instrumentator.instrument
     setattr(Instrumentator, "instrument", lambda self, app, *args, **kwargs: self)  # noqa: B010
     try:
