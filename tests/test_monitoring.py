@@ -333,16 +333,26 @@ PROMETHEUS_ACCEPT = {
     "text": "text/plain;version=0.0.4"}
 
 
+def scraped(url: str, scraper: str) -> str:
+    """`/metrics` as the scraper asks for it."""
+    return httpx.get(url + "/metrics", timeout=10,
+                     headers={"Accept": PROMETHEUS_ACCEPT[scraper]}).text
+
+
+def sample_names(text: str) -> set[str]:
+    """The name of every sample in an exposition."""
+    return {line.split("{")[0].split(" ")[0] for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
 @pytest.mark.serving
 @pytest.mark.parametrize("scraper", list(PROMETHEUS_ACCEPT))
 def test_every_sample_is_named_as_its_family_in_every_format(server, scraper):
     """prometheus_client wrote OpenMetrics samples of `vllm:x` as `vllm_x` (under a `# TYPE
     vllm:x`): Prometheus 2 stored them so, and the `vllm:` queries found nothing."""
-    text = httpx.get(server.url + "/metrics", timeout=10,
-                     headers={"Accept": PROMETHEUS_ACCEPT[scraper]}).text
+    text = scraped(server.url, scraper)
     families = set(re.findall(r"^# TYPE (\S+)", text, flags=re.M))
-    samples = {line.split("{")[0].split(" ")[0] for line in text.splitlines()
-               if line and not line.startswith("#")}
+    samples = sample_names(text)
     orphans = {name for name in samples if not any(
         name == family or name.startswith(family + "_") for family in families)}
     assert not orphans, sorted(orphans)[:10]
@@ -358,10 +368,7 @@ def test_a_request_is_counted_once_and_no_series_is_a_creation_time(server, scra
     before = metric(server.url, "aim_requests_total", protocol="openai", status_class="2xx")
     assert httpx.post(server.url + "/openai/v1/completions", timeout=60, json={
         "model": "tiny", "prompt": "Hello", "max_tokens": 2, "stream": True}).status_code == 200
-    text = httpx.get(server.url + "/metrics", timeout=10,
-                     headers={"Accept": PROMETHEUS_ACCEPT[scraper]}).text
-    samples = {line.split("{")[0].split(" ")[0] for line in text.splitlines()
-               if line and not line.startswith("#")}
+    samples = sample_names(scraped(server.url, scraper))
     assert not {name for name in samples if name.startswith("http_") or
                 name.endswith("_created")}, sorted(samples)
     assert {"aim_requests_total", "vllm:request_success_total"} <= samples

@@ -44,8 +44,8 @@ from aim_runtime.serving.paths import PROTOCOLS
 
 # No `<name>_created` sample beside each counter and histogram, vLLM's included: with several API
 # server processes, multiprocess mode writes none, so one process now exports the same series as
-# several; and Prometheus stored each as a series of its own (a third of a scrape here) that no
-# rule, panel or KEDA trigger reads.
+# several; and Prometheus stored each as a series of its own that no rule, panel or KEDA trigger
+# reads (docs/metrics.md).
 disable_created_metrics()
 SAME_EVERYWHERE = "mostrecent"  # multiprocess mode: a value every process sets alike
 PLAN = Info("aim_plan", "The recipe the planner chose, and on what")
